@@ -1,0 +1,217 @@
+//! The node's handle on the cluster: submit writes and membership changes, wherever the
+//! leader is.
+//!
+//! A request submitted on a follower is forwarded once to the leader over the Raft
+//! transport; the leader carries it out and answers after it is committed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+
+use crate::state::{Command, EventKind};
+use crate::state_machine::{SharedState, StateMachineStore};
+use crate::transport::client::{PeerLinks, Transport};
+use crate::transport::rpc::{LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
+use crate::types::{NodeId, TypeConfig};
+
+/// The openraft handle of a vigil node.
+pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
+
+/// How long a learner may take to catch up before `AddMember` gives up on promoting it.
+pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a forwarded request may take, including the commit on the leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Why a request could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// No leader is known now; retry after an election.
+    #[error("no leader: the cluster has no leader right now (is a majority of voters up?)")]
+    NoLeader,
+    /// The leader could not be reached.
+    #[error("leader node {leader} unreachable: {reason}")]
+    LeaderUnreachable {
+        /// The leader's id.
+        leader: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The leader refused or failed the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A node's handle on Raft, the replicated state and the transport.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The local Raft node.
+    pub raft: Raft,
+    /// The replicated state as applied on this node.
+    pub state: SharedState,
+    /// The outgoing transport, for forwarding and for peer link status.
+    pub transport: Arc<Transport>,
+    /// This node's id.
+    pub node_id: NodeId,
+}
+
+impl Cluster {
+    /// The links this node has to its peers.
+    pub fn links(&self) -> PeerLinks {
+        self.transport.links()
+    }
+
+    /// Carries out `request` on the leader, forwarding it if this node is not the leader.
+    pub async fn submit(&self, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        match self.execute_as_leader(request.clone()).await {
+            LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
+                self.forward(leader, request).await
+            }
+            LeaderResponse::NotLeader { .. } => Err(SubmitError::NoLeader),
+            LeaderResponse::Failed { reason } => Err(SubmitError::Refused(reason)),
+            done => Ok(done),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        let Some(node) = self.state.read().expect("state lock poisoned").nodes().get(&leader).cloned() else {
+            return Err(SubmitError::NoLeader);
+        };
+        let response = self
+            .transport
+            .call(leader, &node.raft_addr, &RaftRequest::Forward(request), FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| SubmitError::LeaderUnreachable { leader, reason: e.to_string() })?;
+        match response {
+            RaftResponse::Forward(LeaderResponse::NotLeader { .. }) => Err(SubmitError::NoLeader),
+            RaftResponse::Forward(LeaderResponse::Failed { reason }) => Err(SubmitError::Refused(reason)),
+            RaftResponse::Forward(done) => Ok(done),
+            RaftResponse::Error { reason } => Err(SubmitError::Refused(reason)),
+            other => Err(SubmitError::Refused(format!("leader sent an unexpected answer: {other:?}"))),
+        }
+    }
+
+    /// Carries out `request` if this node is the leader; answers `NotLeader` otherwise.
+    pub async fn execute_as_leader(&self, request: LeaderRequest) -> LeaderResponse {
+        match request {
+            LeaderRequest::Write { command } => self.write(command).await,
+            LeaderRequest::AddMember { id, node, learner_only } => self.add_member(id, node, learner_only).await,
+            LeaderRequest::RemoveMember { id } => self.remove_member(id).await,
+        }
+    }
+
+    async fn write(&self, command: Command) -> LeaderResponse {
+        outcome(self.raft.client_write(command).await)
+    }
+
+    async fn add_member(&self, id: NodeId, node: crate::types::NodeInfo, learner_only: bool) -> LeaderResponse {
+        if let Some(refusal) = self.refuse_if_not_leader() {
+            return refusal;
+        }
+        let (voters, nodes) = {
+            let state = self.state.read().expect("state lock poisoned");
+            (state.voter_ids(), state.nodes())
+        };
+        if voters.contains(&id) {
+            return LeaderResponse::Failed { reason: format!("node {id} is already a voter") };
+        }
+        if let Some((other, _)) = nodes.iter().find(|(other, info)| **other != id && info.name == node.name) {
+            return LeaderResponse::Failed { reason: format!("name {:?} is already taken by node {other}", node.name) };
+        }
+        let added =
+            tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, self.raft.add_learner(id, node.clone(), true)).await;
+        let learner_response = match added {
+            Ok(result) => outcome(result),
+            Err(_) => {
+                return LeaderResponse::Failed {
+                    reason: format!(
+                        "node {id} was added as a learner but did not catch up within {} s; \
+                         check that it runs and that {} is reachable",
+                        LEARNER_CATCH_UP_TIMEOUT.as_secs(),
+                        node.raft_addr
+                    ),
+                };
+            }
+        };
+        if learner_only || !matches!(learner_response, LeaderResponse::Done { .. }) {
+            return self.record_membership_change(learner_response, format!("add node {id} as learner")).await;
+        }
+        let promoted = outcome(self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await);
+        self.record_membership_change(promoted, format!("add node {id} as voter")).await
+    }
+
+    async fn remove_member(&self, id: NodeId) -> LeaderResponse {
+        if let Some(refusal) = self.refuse_if_not_leader() {
+            return refusal;
+        }
+        let (voters, nodes) = {
+            let state = self.state.read().expect("state lock poisoned");
+            (state.voter_ids(), state.nodes())
+        };
+        if !nodes.contains_key(&id) {
+            return LeaderResponse::Failed { reason: format!("node {id} is not a member") };
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return LeaderResponse::Failed { reason: format!("node {id} is the last voter and cannot be removed") };
+            }
+            let demoted =
+                outcome(self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true).await);
+            if !matches!(demoted, LeaderResponse::Done { .. }) {
+                return demoted;
+            }
+        }
+        let removed = outcome(self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await);
+        self.record_membership_change(removed, format!("remove node {id}")).await
+    }
+
+    fn refuse_if_not_leader(&self) -> Option<LeaderResponse> {
+        match self.raft.as_leader() {
+            Ok(_) => None,
+            Err(forward) => Some(LeaderResponse::NotLeader { leader: forward.leader_id }),
+        }
+    }
+
+    /// Writes a history event for a membership change that succeeded, and answers with the
+    /// membership change's own outcome.
+    async fn record_membership_change(&self, changed: LeaderResponse, change: String) -> LeaderResponse {
+        if !matches!(changed, LeaderResponse::Done { .. }) {
+            return changed;
+        }
+        let (voters, learners) = {
+            let state = self.state.read().expect("state lock poisoned");
+            let voters = state.voter_ids();
+            let learners = state.nodes().into_keys().filter(|id| !voters.contains(id)).collect();
+            (voters, learners)
+        };
+        let event = EventKind::MembershipChanged { change, voters, learners };
+        if let LeaderResponse::Failed { reason } = self.write(self.event_command(event)).await {
+            tracing::warn!(%reason, "membership changed but its history event was not recorded");
+        }
+        changed
+    }
+
+    /// A command that records `kind` in the history, stamped with this node's clock.
+    pub fn event_command(&self, kind: EventKind) -> Command {
+        Command::RecordEvent { at_unix_ms: unix_millis_now(), proposer: self.node_id, kind }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's wall clock.
+pub fn unix_millis_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+fn outcome(result: Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>) -> LeaderResponse {
+    match result {
+        Ok(written) => LeaderResponse::Done { log_index: written.log_id.index, response: written.data },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            LeaderResponse::NotLeader { leader: forward.leader_id }
+        }
+        Err(error) => LeaderResponse::Failed { reason: error.to_string() },
+    }
+}

@@ -1,0 +1,167 @@
+//! The answering side of the transport: accepts peers' connections and hands their RPCs to
+//! the local Raft node.
+//!
+//! A peer is known by its certificate alone. Every Raft message that names a sender (the
+//! leader in `AppendEntries`, the candidate in `Vote`) must name the node the certificate
+//! names; anything else is refused and logged with the reason.
+
+use std::sync::Arc;
+
+use openraft::vote::RaftLeaderId;
+use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::Cluster;
+use crate::state_machine::Snapshot;
+use crate::tls::node_id_of_certificate;
+use crate::transport::client::describe_connection_error;
+use crate::transport::frame::{read_frame, write_frame};
+use crate::transport::rpc::{RaftRequest, RaftResponse};
+use crate::types::{NodeId, Vote};
+
+/// Accepts connections on `endpoint` until `cancel` fires.
+pub async fn serve(endpoint: quinn::Endpoint, cluster: Cluster, cluster_name: String, cancel: CancellationToken) {
+    let cluster_name: Arc<str> = cluster_name.into();
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let cluster = cluster.clone();
+        let cluster_name = cluster_name.clone();
+        let cancel = cancel.child_token();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    warn!(%remote, reason = %describe_connection_error(&error), "refused a raft connection");
+                    return;
+                }
+            };
+            serve_connection(connection, cluster, cluster_name, cancel).await;
+        });
+    }
+    endpoint.close(0u32.into(), b"node shutting down");
+}
+
+fn certified_node_id(connection: &quinn::Connection) -> Option<NodeId> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    node_id_of_certificate(chain.first()?)
+}
+
+async fn serve_connection(
+    connection: quinn::Connection,
+    cluster: Cluster,
+    cluster_name: Arc<str>,
+    cancel: CancellationToken,
+) {
+    let remote = connection.remote_address();
+    let Some(peer) = certified_node_id(&connection) else {
+        warn!(%remote, "refused a raft connection: its certificate is from the cluster CA but names no node");
+        connection.close(1u32.into(), b"certificate names no node");
+        return;
+    };
+    debug!(%remote, peer, "raft connection accepted");
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            stream = connection.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(peer, reason = %describe_connection_error(&error), "raft connection ended");
+                    return;
+                }
+            },
+        };
+        let cluster = cluster.clone();
+        let cluster_name = cluster_name.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let request: RaftRequest = match read_frame(&mut recv).await {
+                Ok(request) => request,
+                Err(error) => {
+                    warn!(peer, %error, "unreadable raft request");
+                    return;
+                }
+            };
+            let response = handle(request, peer, &cluster, &cluster_name).await;
+            let refused_hello = matches!(&response, Handled::CloseAfter(_));
+            let response = response.into_response();
+            if let Err(error) = write_frame(&mut send, &response).await {
+                debug!(peer, %error, "could not answer a raft request");
+            }
+            if refused_hello {
+                // Let the refusal reach the peer before the connection goes.
+                let _ = send.stopped().await;
+                connection.close(2u32.into(), b"cluster mismatch");
+            }
+        });
+    }
+}
+
+enum Handled {
+    Answer(RaftResponse),
+    CloseAfter(RaftResponse),
+}
+
+impl Handled {
+    fn into_response(self) -> RaftResponse {
+        match self {
+            Handled::Answer(response) | Handled::CloseAfter(response) => response,
+        }
+    }
+}
+
+fn impersonation(peer: NodeId, vote: &Vote) -> Option<RaftResponse> {
+    let claimed = *vote.leader_id.node_id();
+    (claimed != peer).then(|| {
+        warn!(peer, claimed, "refused a raft message: the sender claims another node's identity");
+        RaftResponse::Error {
+            reason: format!("message claims to come from node {claimed}, but the certificate names node {peer}"),
+        }
+    })
+}
+
+async fn handle(request: RaftRequest, peer: NodeId, cluster: &Cluster, cluster_name: &str) -> Handled {
+    let raft = &cluster.raft;
+    let failed = |error: &dyn std::fmt::Display| RaftResponse::Error { reason: error.to_string() };
+    let response = match request {
+        RaftRequest::Hello { cluster: theirs } if theirs == cluster_name => {
+            info!(peer, "peer connected");
+            RaftResponse::Hello { cluster: cluster_name.to_string(), node_id: cluster.node_id }
+        }
+        RaftRequest::Hello { cluster: theirs } => {
+            warn!(peer, their_cluster = %theirs, "refused a peer of another cluster");
+            return Handled::CloseAfter(RaftResponse::Error {
+                reason: format!("node {} belongs to cluster {cluster_name:?}, not {theirs:?}", cluster.node_id),
+            });
+        }
+        RaftRequest::AppendEntries(rpc) => match impersonation(peer, &rpc.vote) {
+            Some(refusal) => refusal,
+            None => raft.append_entries(rpc).await.map_or_else(|e| failed(&e), RaftResponse::AppendEntries),
+        },
+        RaftRequest::Vote(rpc) => match impersonation(peer, &rpc.vote) {
+            Some(refusal) => refusal,
+            None => raft.vote(rpc).await.map_or_else(|e| failed(&e), RaftResponse::Vote),
+        },
+        RaftRequest::PreVote(rpc) => match impersonation(peer, &rpc.vote) {
+            Some(refusal) => refusal,
+            None => raft.pre_vote(rpc).await.map_or_else(|e| failed(&e), RaftResponse::Vote),
+        },
+        RaftRequest::InstallSnapshot { vote, meta, data } => match impersonation(peer, &vote) {
+            Some(refusal) => refusal,
+            None => raft
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .await
+                .map_or_else(|e| failed(&e), RaftResponse::InstallSnapshot),
+        },
+        RaftRequest::Forward(request) => RaftResponse::Forward(cluster.execute_as_leader(request).await),
+    };
+    Handled::Answer(response)
+}
