@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod error;
 pub mod log_store;
+pub mod node;
 pub mod pki;
 pub mod state;
 pub mod state_machine;

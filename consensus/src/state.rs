@@ -184,7 +184,13 @@ impl ClusterState {
         self.history.iter().filter(move |event| event.id >= since_id)
     }
 
-    fn push_event(&mut self, log_index: u64, at_unix_ms: u64, proposer: NodeId, kind: EventKind) -> u64 {
+    fn push_event(
+        &mut self,
+        log_index: u64,
+        at_unix_ms: u64,
+        proposer: NodeId,
+        kind: EventKind,
+    ) -> u64 {
         let id = self.next_event_id;
         self.next_event_id += 1;
         self.history.push_back(Event { id, log_index, at_unix_ms, proposer, kind });

@@ -56,7 +56,11 @@ pub struct Transport {
 
 impl Transport {
     /// A transport that connects from `endpoint` with `client_config`, as a node of `cluster`.
-    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, cluster: String) -> Self {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        cluster: String,
+    ) -> Self {
         Self {
             endpoint,
             client_config,
@@ -94,16 +98,26 @@ impl Transport {
         result
     }
 
-    async fn call_inner(&self, peer: NodeId, addr: &str, request: &RaftRequest) -> Result<RaftResponse, TransportError> {
+    async fn call_inner(
+        &self,
+        peer: NodeId,
+        addr: &str,
+        request: &RaftRequest,
+    ) -> Result<RaftResponse, TransportError> {
         let connection = self.connection(peer, addr).await?;
         let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
+        let (mut send, mut recv) =
+            connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
         write_frame(&mut send, request).await.map_err(|e| unreachable(e.to_string()))?;
         read_frame(&mut recv).await.map_err(|e| unreachable(e.to_string()))
     }
 
     /// The open connection to `peer`, connecting (and saying hello) if there is none.
-    async fn connection(&self, peer: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
+    async fn connection(
+        &self,
+        peer: NodeId,
+        addr: &str,
+    ) -> Result<quinn::Connection, TransportError> {
         let slot = {
             let mut connections = self.connections.lock().expect("connections lock poisoned");
             connections
@@ -130,7 +144,10 @@ impl Transport {
         {
             return Err(TransportError::Unreachable {
                 peer,
-                reason: format!("backing off for {} ms after a failed connect", (next_attempt - now).as_millis()),
+                reason: format!(
+                    "backing off for {} ms after a failed connect",
+                    (next_attempt - now).as_millis()
+                ),
             });
         }
         match self.connect(peer, addr).await {
@@ -157,32 +174,46 @@ impl Transport {
             .endpoint
             .connect_with(self.client_config.clone(), socket_addr, &server_name)
             .map_err(|e| unreachable(format!("cannot connect to {addr}: {e}")))?;
-        let connection = connecting.await.map_err(|e| unreachable(describe_connection_error(&e)))?;
+        let connection =
+            connecting.await.map_err(|e| unreachable(describe_connection_error(&e)))?;
         let hello = RaftRequest::Hello { cluster: self.cluster.clone() };
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
+        let (mut send, mut recv) =
+            connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
         write_frame(&mut send, &hello).await.map_err(|e| unreachable(e.to_string()))?;
         let answer: RaftResponse = read_frame(&mut recv).await.map_err(|_| {
             // The server closes the connection with its reason when it refuses us; prefer that.
             unreachable(match connection.close_reason() {
                 Some(reason) => describe_connection_error(&reason),
-                None => "connection lost during hello (our certificate may have been refused)".to_string(),
+                None => "connection lost during hello (our certificate may have been refused)"
+                    .to_string(),
             })
         })?;
         match answer {
-            RaftResponse::Hello { cluster, node_id } if cluster == self.cluster && node_id == peer => Ok(connection),
+            RaftResponse::Hello { cluster, node_id }
+                if cluster == self.cluster && node_id == peer =>
+            {
+                Ok(connection)
+            }
             RaftResponse::Hello { cluster, node_id } => Err(TransportError::Protocol {
                 peer,
-                reason: format!("{addr} is node {node_id} of cluster {cluster:?}, expected node {peer} of cluster {:?}", self.cluster),
+                reason: format!(
+                    "{addr} is node {node_id} of cluster {cluster:?}, expected node {peer} of cluster {:?}",
+                    self.cluster
+                ),
             }),
             RaftResponse::Error { reason } => Err(TransportError::Remote { peer, reason }),
-            other => Err(TransportError::Protocol { peer, reason: format!("unexpected answer to hello: {other:?}") }),
+            other => Err(TransportError::Protocol {
+                peer,
+                reason: format!("unexpected answer to hello: {other:?}"),
+            }),
         }
     }
 
     async fn record_success(&self, peer: NodeId) {
         let rtt = self.open_connection(peer).await.map(|connection| connection.rtt());
         if let Some(rtt) = rtt {
-            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string()).set(rtt.as_secs_f64());
+            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string())
+                .set(rtt.as_secs_f64());
         }
         let mut links = self.links.lock().expect("links lock poisoned");
         let link = links.entry(peer).or_default();
@@ -228,18 +259,30 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
     if let Ok(socket_addr) = addr.parse() {
         return Ok(socket_addr);
     }
-    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+    let mut addrs =
+        tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
     addrs.next().ok_or_else(|| format!("{addr} resolves to no address"))
 }
 
 /// Words for a QUIC connection failure; a TLS refusal keeps the alert the peer sent.
 pub fn describe_connection_error(error: &quinn::ConnectionError) -> String {
     match error {
-        quinn::ConnectionError::TimedOut => "connection timed out (peer down or network cut)".to_string(),
+        quinn::ConnectionError::TimedOut => {
+            "connection timed out (peer down or network cut)".to_string()
+        }
         quinn::ConnectionError::ApplicationClosed(close) => {
             format!("peer closed the connection: {}", String::from_utf8_lossy(&close.reason))
         }
-        quinn::ConnectionError::ConnectionClosed(close) => format!("peer refused the connection: {close}"),
-        other => other.to_string(),
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            format!("peer refused the connection: {close}")
+        }
+        other => {
+            let text = other.to_string();
+            if text.contains("UnknownIssuer") {
+                format!("TLS handshake failed: certificate not signed by the cluster CA ({text})")
+            } else {
+                text
+            }
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 
 use crate::error::TransportError;
 use crate::state_machine::Snapshot;
@@ -43,7 +45,11 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    async fn call(&self, request: RaftRequest, timeout: Duration) -> Result<RaftResponse, TransportError> {
+    async fn call(
+        &self,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResponse, TransportError> {
         let response = self.transport.call(self.target, &self.addr, &request, timeout).await?;
         if let RaftResponse::Error { reason } = response {
             return Err(TransportError::Remote { peer: self.target, reason });
@@ -52,7 +58,10 @@ impl PeerNetwork {
     }
 
     fn unexpected(&self, response: RaftResponse) -> TransportError {
-        TransportError::Protocol { peer: self.target, reason: format!("unexpected response {response:?}") }
+        TransportError::Protocol {
+            peer: self.target,
+            reason: format!("unexpected response {response:?}"),
+        }
     }
 }
 
@@ -71,7 +80,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RaftRequest::AppendEntries(rpc), option.soft_ttl()).await.map_err(rpc_error)? {
+        match self
+            .call(RaftRequest::AppendEntries(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_error)?
+        {
             RaftResponse::AppendEntries(response) => Ok(response),
             other => Err(rpc_error(self.unexpected(other))),
         }
@@ -106,7 +119,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let request = RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let request =
+            RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
         let call = self.call(request, option.hard_ttl());
         let response = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -115,7 +129,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         match response {
             Ok(RaftResponse::InstallSnapshot(response)) => Ok(response),
             Ok(other) => Err(StreamingError::Network(NetworkError::new(&self.unexpected(other)))),
-            Err(error @ TransportError::Unreachable { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&error))),
+            Err(error @ TransportError::Unreachable { .. }) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&error)))
+            }
             Err(error) => Err(StreamingError::Network(NetworkError::new(&error))),
         }
     }

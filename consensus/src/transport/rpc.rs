@@ -1,6 +1,8 @@
 //! The messages of the Raft transport. One request and one response per QUIC stream.
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Command, CommandResponse};
