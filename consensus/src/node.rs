@@ -108,6 +108,8 @@ impl RaftNode {
     /// Opens the node's storage, binds its endpoint, starts openraft and, on a fresh data
     /// dir with initial members, bootstraps the cluster.
     pub async fn start(setup: NodeSetup, cancel: CancellationToken) -> Result<Self, StartError> {
+        // Bind first: a port in use must fail start-up before anything touches the data dir.
+        let (endpoint, client_config) = endpoint::bind(&setup.identity, setup.bind_addr)?;
         std::fs::create_dir_all(&setup.data_dir)
             .map_err(|source| StartError::DataDir { path: setup.data_dir.clone(), source })?;
         let log_store = LogStore::open(&setup.data_dir.join(LOG_FILE))?;
@@ -115,7 +117,6 @@ impl RaftNode {
         let state_machine = StateMachineStore::open(&setup.data_dir.join(SNAPSHOT_DIR))?;
         let state = state_machine.shared_state();
 
-        let (endpoint, client_config) = endpoint::bind(&setup.identity, setup.bind_addr)?;
         let transport =
             Arc::new(Transport::new(endpoint.clone(), client_config, setup.cluster_name.clone()));
 
@@ -136,6 +137,8 @@ impl RaftNode {
             setup.cluster_name.clone(),
             cancel.child_token(),
         ));
+
+        tokio::spawn(monitor_peers(cluster.clone(), cancel.child_token()));
 
         if fresh && !setup.initial_members.is_empty() {
             bootstrap(&cluster, &setup.initial_members).await?;
@@ -167,6 +170,36 @@ impl RaftNode {
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(grace, self.server).await;
+    }
+}
+
+/// How often every node pings every other member, so each knows whom it can reach.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pings every other member each [`PING_INTERVAL`]. Followers send no Raft traffic to each
+/// other, so without this a follower could not tell which of its peers are reachable.
+async fn monitor_peers(cluster: Cluster, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(PING_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let peers: Vec<(NodeId, NodeInfo)> = {
+            let state = cluster.state.read().expect("state lock poisoned");
+            state.nodes().into_iter().filter(|(id, _)| *id != cluster.node_id).collect()
+        };
+        let pings = peers.iter().map(|(id, info)| {
+            cluster.transport.call(
+                *id,
+                &info.raft_addr,
+                &crate::transport::rpc::RaftRequest::Ping,
+                PING_INTERVAL,
+            )
+        });
+        // Failures are recorded in the peer links by the transport; nothing else to do here.
+        let _ = futures_util::future::join_all(pings).await;
     }
 }
 

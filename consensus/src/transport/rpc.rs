@@ -17,6 +17,8 @@ pub enum RaftRequest {
         /// The cluster the caller belongs to.
         cluster: String,
     },
+    /// A liveness check, sent periodically so every node knows which peers it can reach.
+    Ping,
     /// Raft log replication and heartbeat.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Raft vote request.
@@ -47,6 +49,8 @@ pub enum RaftResponse {
         /// The answering node.
         node_id: NodeId,
     },
+    /// The answer to `Ping`.
+    Pong,
     /// The answer to `AppendEntries`.
     AppendEntries(AppendEntriesResponse<TypeConfig>),
     /// The answer to `Vote` and `PreVote`.

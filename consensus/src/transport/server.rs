@@ -157,6 +157,7 @@ async fn handle(
                 ),
             });
         }
+        RaftRequest::Ping => RaftResponse::Pong,
         RaftRequest::AppendEntries(rpc) => match impersonation(peer, &rpc.vote) {
             Some(refusal) => refusal,
             None => raft

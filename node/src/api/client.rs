@@ -1,0 +1,176 @@
+//! The HTTPS client the CLI uses: mutual TLS with a certificate from the cluster CA, the
+//! server verified as a node of this cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use vigil_consensus::tls::{API_SERVER_NAME, Identity};
+
+use crate::api::model::ApiError;
+use crate::api::server::API_ALPN;
+
+/// How long one API call may take, connect included. Membership changes wait for a
+/// learner to catch up, so this is generous.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Why a call failed, sorted by what the operator should do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached or refused the connection.
+    #[error("node unreachable: {endpoint}: {reason}")]
+    Unreachable {
+        /// The endpoint tried.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The cluster has no leader, so no write can be made.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// The cluster refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer made no sense.
+    #[error("bad answer from {endpoint}: {reason}")]
+    BadAnswer {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A client for one or more endpoints, tried in order until one answers.
+pub struct ApiClient {
+    endpoints: Vec<String>,
+    connector: TlsConnector,
+}
+
+impl ApiClient {
+    /// A client that authenticates with `identity` and calls `endpoints` (`HOST:PORT`).
+    pub fn new(identity: &Identity, endpoints: Vec<String>) -> anyhow::Result<Self> {
+        let config = identity.client_config(&[API_ALPN])?;
+        Ok(Self { endpoints, connector: TlsConnector::from(Arc::new(config)) })
+    }
+
+    /// `GET path`, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// `POST path` with a JSON body, decoded.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `DELETE path`, decoded.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body).expect("request bodies serialize")),
+            None => Bytes::new(),
+        };
+        let (endpoint, status, answer) = self.exchange(method, path, body).await?;
+        if status.is_success() {
+            return serde_json::from_slice(&answer).map_err(|e| ClientError::BadAnswer {
+                endpoint,
+                reason: format!("undecodable body: {e}"),
+            });
+        }
+        let error: ApiError = serde_json::from_slice(&answer).unwrap_or_else(|_| ApiError {
+            error: "unknown".to_string(),
+            message: format!("status {status}: {}", String::from_utf8_lossy(&answer)),
+        });
+        Err(match error.error.as_str() {
+            "no_leader" => ClientError::NoLeader(error.message),
+            _ => ClientError::Refused(error.message),
+        })
+    }
+
+    /// Tries each endpoint in turn; the first that answers at all decides.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(String, StatusCode, Bytes), ClientError> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            let attempt = tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.exchange_one(endpoint, method.clone(), path, body.clone()),
+            );
+            match attempt.await {
+                Ok(Ok((status, answer))) => return Ok((endpoint.clone(), status, answer)),
+                Ok(Err(reason)) => failures.push(format!("{endpoint}: {reason}")),
+                Err(_) => failures
+                    .push(format!("{endpoint}: no answer within {} s", CALL_TIMEOUT.as_secs())),
+            }
+        }
+        Err(ClientError::Unreachable {
+            endpoint: self.endpoints.join(", "),
+            reason: failures.join("; "),
+        })
+    }
+
+    async fn exchange_one(
+        &self,
+        endpoint: &str,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let tcp = TcpStream::connect(endpoint).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let server_name = ServerName::try_from(API_SERVER_NAME).expect("valid server name");
+        let tls =
+            self.connector.connect(server_name, tcp).await.map_err(|e| describe_tls_failure(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", endpoint)
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            // With TLS 1.3 a refused client certificate shows up only at the first read.
+            format!("connection closed ({e}); the node may have refused this certificate")
+        })?;
+        let status = response.status();
+        let answer = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, answer))
+    }
+}
+
+fn describe_tls_failure(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    if text.contains("UnknownIssuer") {
+        "TLS refused: the node's certificate is not signed by our CA (wrong --ca?)".to_string()
+    } else {
+        format!("TLS handshake failed: {text}")
+    }
+}

@@ -1,0 +1,6 @@
+//! The HTTPS API every node serves, and the client the CLI uses to call it.
+
+pub mod client;
+pub mod model;
+pub mod routes;
+pub mod server;

@@ -1,0 +1,133 @@
+//! The JSON documents of the HTTP API, shared by the server and the CLI.
+
+use serde::{Deserialize, Serialize};
+use vigil_consensus::{Event, NodeId};
+
+/// `GET /status`: the cluster as one node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The node that answered.
+    pub node: NodeSummary,
+    /// The leader this node follows, if any.
+    pub leader: Option<NodeSummary>,
+    /// The current Raft term.
+    pub term: u64,
+    /// The highest log index known committed.
+    pub commit_index: Option<u64>,
+    /// The highest log index applied to the state here.
+    pub applied_index: Option<u64>,
+    /// The highest log index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Every member, voters first, in id order.
+    pub members: Vec<MemberStatus>,
+    /// When this report was made, milliseconds since the Unix epoch, by this node's clock.
+    pub generated_at_unix_ms: u64,
+}
+
+/// A node named in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Raft role of the node as it sees itself: leader, follower, candidate or learner.
+    pub role: String,
+}
+
+/// One member of the cluster, as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Raft address.
+    pub raft_addr: String,
+    /// API address.
+    pub api_addr: String,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+    /// Whether this is the leader.
+    pub leader: bool,
+    /// Whether the answering node can reach it now; `None` when it has not tried yet.
+    pub reachable: Option<bool>,
+    /// Milliseconds since it last answered the answering node.
+    pub last_contact_ms: Option<u64>,
+    /// Round-trip time to it, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The last error reaching it, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// The log index the leader knows it holds (only in the leader's report).
+    pub matched_index: Option<u64>,
+}
+
+/// `POST /members`: add a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    /// The new node's id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// Its Raft (QUIC) address.
+    pub raft_addr: String,
+    /// Its API address.
+    pub api_addr: String,
+    /// Keep it a learner instead of making it a voter.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+/// `POST /notes`: write a note into the history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteRequest {
+    /// Who writes it.
+    pub author: String,
+    /// The note.
+    pub text: String,
+}
+
+/// The answer to a write: where it was committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReceipt {
+    /// The log index of the entry that carried it.
+    pub log_index: u64,
+}
+
+/// `GET /history`: recorded events, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReport {
+    /// The events.
+    pub events: Vec<Event>,
+}
+
+/// Every error the API answers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable machine-readable kind: `no_leader`, `leader_unreachable`, `refused`,
+    /// `bad_request`, `not_found`.
+    pub error: String,
+    /// Words for a person.
+    pub message: String,
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` when this node follows a leader (or is it), `no_leader` otherwise.
+    pub status: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// The leader, if any.
+    pub leader: Option<NodeId>,
+}

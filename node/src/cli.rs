@@ -1,0 +1,302 @@
+//! The command line: arguments, and the commands that talk to a node's API.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use vigil_consensus::NodeId;
+use vigil_consensus::tls::{Identity, TlsPaths};
+
+use crate::api::client::{ApiClient, ClientError};
+use crate::api::model::{
+    AddMemberRequest, HistoryReport, MemberStatus, NoteRequest, StatusReport, WriteReceipt,
+};
+use crate::config::{LogFormat, NodeConfig};
+use crate::exit::Failure;
+use crate::render;
+
+/// vigil: a peer-to-peer failover coordinator for PostgreSQL, Redis and other services.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// vigil's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Run {
+        /// The node configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format; overrides [log].format in the config.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a node configuration file (and its TLS files) without starting anything.
+    CheckConfig {
+        /// The node configuration file.
+        file: PathBuf,
+    },
+    /// Create or extend the cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Show the cluster as one node sees it.
+    Status {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or change the cluster's members.
+    Members {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// What to do; lists the members when omitted.
+        #[command(subcommand)]
+        action: Option<MembersCommand>,
+    },
+    /// Write a note into the cluster history.
+    Note {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// Who writes it.
+        #[arg(long, default_value_t = default_author())]
+        author: String,
+        /// The note.
+        text: String,
+    },
+    /// Show the cluster history.
+    History {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local three-node demo cluster on 127.0.0.1 and stop it with Ctrl-C.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// `vigil certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a new cluster CA, node certificates and an operator certificate.
+    Init {
+        /// Directory to write into; must not hold certificates already.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated, such as 1,2,3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<NodeId>,
+        /// The cluster's name (recorded in the CA's name).
+        #[arg(long, default_value = "vigil")]
+        cluster: String,
+        /// Extra host names or IP addresses for the node certificates (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// The operator certificate's name.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+    },
+    /// Issue one more certificate from the CA in a directory made by `certs init`.
+    Issue {
+        /// The directory holding ca.crt and ca.key; the new files go there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Issue a node certificate for this id.
+        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        node: Option<NodeId>,
+        /// Issue an operator certificate with this name.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Extra host names or IP addresses (node certificates only).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
+/// `vigil members ...`
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    Add {
+        /// The new node's id.
+        id: NodeId,
+        /// Its Raft (QUIC) address, IP:PORT.
+        raft_addr: String,
+        /// Its API address, IP:PORT.
+        #[arg(long)]
+        api: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Its datacenter.
+        #[arg(long)]
+        datacenter: String,
+        /// Keep it a learner (it replicates but does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node (voter or learner).
+    Remove {
+        /// The node's id.
+        id: NodeId,
+    },
+}
+
+/// Which node to ask and how to authenticate.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// A node configuration file: its API address and TLS files are used.
+    #[arg(long, short, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// API endpoints (IP:PORT), comma-separated, tried in order.
+    #[arg(long, value_delimiter = ',', env = "VIGIL_ENDPOINT")]
+    pub endpoint: Vec<String>,
+    /// Cluster CA certificate (with --endpoint).
+    #[arg(long, env = "VIGIL_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (with --endpoint).
+    #[arg(long, env = "VIGIL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client key (with --endpoint).
+    #[arg(long, env = "VIGIL_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_author() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".to_string())
+}
+
+impl Target {
+    /// A client for this target.
+    pub fn client(&self) -> Result<ApiClient, Failure> {
+        let (identity, mut endpoints) = match &self.config {
+            Some(path) => {
+                let config = NodeConfig::load(path).map_err(|e| Failure::config(e.to_string()))?;
+                (config.identity, vec![config.api_addr.to_string()])
+            }
+            None => {
+                let missing = |flag: &str| {
+                    Failure::usage(format!(
+                        "{flag} is required with --endpoint (or give --config with a node configuration file)"
+                    ))
+                };
+                let paths = TlsPaths {
+                    ca: self.ca.clone().ok_or_else(|| missing("--ca"))?,
+                    cert: self.cert.clone().ok_or_else(|| missing("--cert"))?,
+                    key: self.key.clone().ok_or_else(|| missing("--key"))?,
+                };
+                let identity =
+                    Identity::load(&paths).map_err(|e| Failure::config(e.to_string()))?;
+                (identity, Vec::new())
+            }
+        };
+        if !self.endpoint.is_empty() {
+            endpoints = self.endpoint.clone();
+        }
+        if endpoints.is_empty() {
+            return Err(Failure::usage("give --endpoint IP:PORT or --config FILE".to_string()));
+        }
+        ApiClient::new(&identity, endpoints).map_err(|e| Failure::config(e.to_string()))
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Unreachable { .. } => Failure::unreachable(error.to_string()),
+            ClientError::NoLeader(_) => Failure::no_leader(error.to_string()),
+            ClientError::Refused(_) => Failure::refused(error.to_string()),
+            ClientError::BadAnswer { .. } => Failure::other(error.to_string()),
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("reports serialize"));
+}
+
+/// `vigil status`.
+pub async fn status(target: &Target, json: bool) -> Result<(), Failure> {
+    let report: StatusReport = target.client()?.get("/status").await?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", render::status(&report));
+    }
+    if report.leader.is_none() {
+        return Err(Failure::no_leader(format!(
+            "no leader: node {} knows no leader in term {}",
+            report.node.name, report.term
+        )));
+    }
+    Ok(())
+}
+
+/// `vigil members [add|remove]`.
+pub async fn members(
+    target: &Target,
+    json: bool,
+    action: &Option<MembersCommand>,
+) -> Result<(), Failure> {
+    let client = target.client()?;
+    match action {
+        None => {
+            let members: Vec<MemberStatus> = client.get("/members").await?;
+            if json {
+                print_json(&members);
+            } else {
+                print!("{}", render::members(&members));
+            }
+        }
+        Some(MembersCommand::Add { id, raft_addr, api, name, datacenter, learner }) => {
+            let request = AddMemberRequest {
+                id: *id,
+                name: name.clone(),
+                datacenter: datacenter.clone(),
+                raft_addr: raft_addr.clone(),
+                api_addr: api.clone(),
+                learner: *learner,
+            };
+            let receipt: WriteReceipt = client.post("/members", &request).await?;
+            let role = if *learner { "learner" } else { "voter" };
+            println!("node {id} added as {role} (log index {})", receipt.log_index);
+        }
+        Some(MembersCommand::Remove { id }) => {
+            let receipt: WriteReceipt = client.delete(&format!("/members/{id}")).await?;
+            println!("node {id} removed (log index {})", receipt.log_index);
+        }
+    }
+    Ok(())
+}
+
+/// `vigil note`.
+pub async fn note(target: &Target, author: &str, text: &str) -> Result<(), Failure> {
+    let request = NoteRequest { author: author.to_string(), text: text.to_string() };
+    let receipt: WriteReceipt = target.client()?.post("/notes", &request).await?;
+    println!("note recorded at log index {}", receipt.log_index);
+    Ok(())
+}
+
+/// `vigil history`.
+pub async fn history(target: &Target, json: bool) -> Result<(), Failure> {
+    let report: HistoryReport = target.client()?.get("/history").await?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", render::history(&report));
+    }
+    Ok(())
+}

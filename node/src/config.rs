@@ -1,0 +1,446 @@
+//! The node configuration file (TOML): parsing and validation.
+//!
+//! Validation runs in full before the daemon binds a port or writes to its data dir, and
+//! `vigil check-config` runs exactly the same code. Every error names the field (as a TOML
+//! path such as `initial_members[2].raft_addr`) or the file at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vigil_consensus::node::{NodeSetup, RaftSettings};
+use vigil_consensus::tls::{Identity, TlsPaths};
+use vigil_consensus::{NodeId, NodeInfo};
+
+/// A configuration error: which field or file, and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The TOML path of the field at fault, or the file it names.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// The node configuration as written in the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The cluster's name; nodes of another cluster are refused.
+    pub cluster_name: String,
+    /// Where this node keeps its Raft log and snapshots.
+    pub data_dir: PathBuf,
+    /// This node.
+    pub node: RawNode,
+    /// TLS files.
+    pub tls: RawTls,
+    /// Raft timings.
+    #[serde(default)]
+    pub raft: RawRaft,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Wait to be added with `vigil members add` instead of bootstrapping.
+    #[serde(default)]
+    pub join: bool,
+    /// The voters the cluster is bootstrapped with.
+    #[serde(default)]
+    pub initial_members: Vec<RawMember>,
+}
+
+/// The `[node]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Node id, unique and never reused.
+    pub id: NodeId,
+    /// Node name, unique.
+    pub name: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// QUIC (UDP) address for Raft, `IP:PORT`.
+    pub raft_addr: String,
+    /// HTTPS (TCP) address of the API, `IP:PORT`.
+    pub api_addr: String,
+}
+
+/// The `[tls]` table. Relative paths are relative to the configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// The `[raft]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRaft {
+    /// Leader heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Shortest election timeout.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    /// Longest election timeout.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Entries between snapshots.
+    pub snapshot_after_entries: u64,
+}
+
+impl Default for RawRaft {
+    fn default() -> Self {
+        let defaults = RaftSettings::default();
+        Self {
+            heartbeat_interval: defaults.heartbeat_interval,
+            election_timeout_min: defaults.election_timeout.0,
+            election_timeout_max: defaults.election_timeout.1,
+            snapshot_after_entries: defaults.snapshot_after_entries,
+        }
+    }
+}
+
+/// The `[log]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,vigil=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".to_string() }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[[initial_members]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// QUIC (UDP) address for Raft.
+    pub raft_addr: String,
+    /// HTTPS (TCP) address of the API.
+    pub api_addr: String,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// This node's id.
+    pub id: NodeId,
+    /// This node as the cluster will know it.
+    pub info: NodeInfo,
+    /// Where the QUIC endpoint binds.
+    pub raft_addr: SocketAddr,
+    /// Where the HTTPS API binds.
+    pub api_addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The loaded and checked TLS identity.
+    pub identity: Identity,
+    /// Raft timings.
+    pub raft: RaftSettings,
+    /// Logging.
+    pub log: LogConfig,
+    /// The bootstrap voters; empty when joining.
+    pub initial_members: BTreeMap<NodeId, NodeInfo>,
+}
+
+impl NodeConfig {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: "(file)".to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: e
+                .span()
+                .map(|span| describe_span(&text, span))
+                .unwrap_or_else(|| "(file)".to_string()),
+            message: e.message().trim().to_string(),
+        })?;
+        validate(raw, path)
+    }
+
+    /// What [`vigil_consensus::node::RaftNode::start`] needs.
+    pub fn node_setup(&self) -> NodeSetup {
+        NodeSetup {
+            cluster_name: self.cluster_name.clone(),
+            id: self.id,
+            info: self.info.clone(),
+            bind_addr: self.raft_addr,
+            data_dir: self.data_dir.clone(),
+            identity: self.identity.clone(),
+            raft: self.raft.clone(),
+            initial_members: self.initial_members.clone(),
+        }
+    }
+}
+
+fn describe_span(text: &str, span: std::ops::Range<usize>) -> String {
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let snippet = text.get(span).unwrap_or("").trim();
+    if snippet.is_empty() { format!("line {line}") } else { format!("line {line} ({snippet})") }
+}
+
+struct Checker {
+    file: String,
+}
+
+impl Checker {
+    fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.clone(), field: field.into(), message: message.into() }
+    }
+
+    fn non_empty(&self, field: &str, value: &str) -> Result<(), ConfigError> {
+        if value.trim().is_empty() { Err(self.error(field, "must not be empty")) } else { Ok(()) }
+    }
+
+    fn socket_addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.error(field, format!("expected IP:PORT such as 127.0.0.1:7100, got {value:?}"))
+        })
+    }
+
+    fn member(&self, field: &str, member: &RawMember) -> Result<NodeInfo, ConfigError> {
+        if member.id == 0 {
+            return Err(self.error(format!("{field}.id"), "node ids start at 1"));
+        }
+        self.non_empty(&format!("{field}.name"), &member.name)?;
+        self.non_empty(&format!("{field}.datacenter"), &member.datacenter)?;
+        self.socket_addr(&format!("{field}.raft_addr"), &member.raft_addr)?;
+        self.socket_addr(&format!("{field}.api_addr"), &member.api_addr)?;
+        Ok(NodeInfo {
+            name: member.name.clone(),
+            datacenter: member.datacenter.clone(),
+            raft_addr: member.raft_addr.clone(),
+            api_addr: member.api_addr.clone(),
+        })
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
+    let check = Checker { file: path.display().to_string() };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+    check.non_empty("cluster_name", &raw.cluster_name)?;
+    let node = &raw.node;
+    let this = RawMember {
+        id: node.id,
+        name: node.name.clone(),
+        datacenter: node.datacenter.clone(),
+        raft_addr: node.raft_addr.clone(),
+        api_addr: node.api_addr.clone(),
+    };
+    let info = check.member("node", &this)?;
+    let raft_addr = check.socket_addr("node.raft_addr", &node.raft_addr)?;
+    let api_addr = check.socket_addr("node.api_addr", &node.api_addr)?;
+
+    let raft = &raw.raft;
+    if raft.heartbeat_interval.is_zero() {
+        return Err(check.error("raft.heartbeat_interval", "must be longer than 0"));
+    }
+    if raft.election_timeout_min <= raft.heartbeat_interval * 2 {
+        return Err(check.error(
+            "raft.election_timeout_min",
+            format!(
+                "must be more than twice raft.heartbeat_interval ({}), or one late heartbeat starts an election",
+                humantime::format_duration(raft.heartbeat_interval)
+            ),
+        ));
+    }
+    if raft.election_timeout_max <= raft.election_timeout_min {
+        return Err(check
+            .error("raft.election_timeout_max", "must be longer than raft.election_timeout_min"));
+    }
+    if raft.snapshot_after_entries == 0 {
+        return Err(check.error("raft.snapshot_after_entries", "must be at least 1"));
+    }
+
+    let mut initial_members = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for (index, member) in raw.initial_members.iter().enumerate() {
+        let field = format!("initial_members[{index}]");
+        let member_info = check.member(&field, member)?;
+        if initial_members.insert(member.id, member_info).is_some() {
+            return Err(
+                check.error(format!("{field}.id"), format!("node id {} appears twice", member.id))
+            );
+        }
+        if !names.insert(member.name.clone()) {
+            return Err(check
+                .error(format!("{field}.name"), format!("name {:?} appears twice", member.name)));
+        }
+    }
+    if raw.join {
+        if !initial_members.is_empty() {
+            return Err(check.error(
+                "initial_members",
+                "must be empty when join = true (a joining node never bootstraps)",
+            ));
+        }
+    } else {
+        match initial_members.get(&node.id) {
+            None if initial_members.is_empty() => {
+                return Err(check.error(
+                    "initial_members",
+                    "must list the voters to bootstrap with (or set join = true to wait for `vigil members add`)",
+                ));
+            }
+            None => {
+                return Err(check.error(
+                    "node.id",
+                    format!(
+                        "node {} is not in initial_members (ids there: {})",
+                        node.id,
+                        initial_members
+                            .keys()
+                            .map(|id| id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(listed) if *listed != info => {
+                return Err(check.error(
+                    "node",
+                    format!("differs from this node's entry in initial_members: [node] says {info}, the entry says {listed}"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    let data_dir = resolve(&raw.data_dir);
+    check_data_dir(&check, &data_dir)?;
+    check_data_dir_owner(&check, &data_dir, &raw.cluster_name, node.id)?;
+    let tls_paths = TlsPaths {
+        ca: resolve(&raw.tls.ca),
+        cert: resolve(&raw.tls.cert),
+        key: resolve(&raw.tls.key),
+    };
+    let identity = Identity::load(&tls_paths).map_err(|e| check.error("tls", e.to_string()))?;
+    identity.check_names_node(node.id).map_err(|e| check.error("tls.cert", e.to_string()))?;
+
+    Ok(NodeConfig {
+        cluster_name: raw.cluster_name.clone(),
+        id: node.id,
+        info,
+        raft_addr,
+        api_addr,
+        data_dir,
+        identity,
+        raft: RaftSettings {
+            heartbeat_interval: raft.heartbeat_interval,
+            election_timeout: (raft.election_timeout_min, raft.election_timeout_max),
+            snapshot_after_entries: raft.snapshot_after_entries,
+        },
+        log: raw.log.clone(),
+        initial_members,
+    })
+}
+
+/// The data dir must be a writable directory, or not exist yet under a writable parent.
+fn check_data_dir(check: &Checker, data_dir: &Path) -> Result<(), ConfigError> {
+    let field = "data_dir";
+    match std::fs::metadata(data_dir) {
+        Ok(metadata) if !metadata.is_dir() => {
+            Err(check.error(field, format!("{} exists and is not a directory", data_dir.display())))
+        }
+        Ok(metadata) if metadata.permissions().readonly() => {
+            Err(check.error(field, format!("{} is read-only", data_dir.display())))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = data_dir.ancestors().skip(1).find(|ancestor| ancestor.exists());
+            match parent {
+                Some(parent) if parent.is_dir() => Ok(()),
+                _ => Err(check.error(
+                    field,
+                    format!(
+                        "{} cannot be created: no existing parent directory",
+                        data_dir.display()
+                    ),
+                )),
+            }
+        }
+        Err(e) => Err(check.error(field, format!("{}: {e}", data_dir.display()))),
+    }
+}
+
+/// The file in the data dir that records whose data it holds.
+pub const DATA_DIR_OWNER_FILE: &str = "vigil-node.json";
+
+/// Who a data dir belongs to: written on the first start, checked on every start after.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct DataDirOwner {
+    /// The cluster.
+    pub cluster_name: String,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+/// Refuses a data dir that holds another node's or another cluster's Raft state: starting
+/// on it would make this node impersonate that node's log.
+fn check_data_dir_owner(
+    check: &Checker,
+    data_dir: &Path,
+    cluster_name: &str,
+    id: NodeId,
+) -> Result<(), ConfigError> {
+    let path = data_dir.join(DATA_DIR_OWNER_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(check.error("data_dir", format!("{}: {e}", path.display()))),
+    };
+    let owner: DataDirOwner = serde_json::from_str(&text)
+        .map_err(|e| check.error("data_dir", format!("{} is damaged: {e}", path.display())))?;
+    if owner.cluster_name != cluster_name || owner.node_id != id {
+        return Err(check.error(
+            "data_dir",
+            format!(
+                "{} holds the data of node {} of cluster {:?}, not node {id} of cluster {cluster_name:?}",
+                data_dir.display(),
+                owner.node_id,
+                owner.cluster_name
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `vigil run`: the node daemon. Validates, binds, starts Raft and the API, and shuts down
+//! cleanly on SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use vigil_consensus::node::RaftNode;
+
+use crate::api::routes::ApiState;
+use crate::config::{DATA_DIR_OWNER_FILE, DataDirOwner, NodeConfig};
+use crate::telemetry;
+
+/// How long shutdown waits for Raft and open API requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the node described by `config` until a termination signal arrives.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let prometheus = telemetry::init_metrics()?;
+    let listener = crate::api::server::bind(config.api_addr)
+        .await
+        .with_context(|| format!("node.api_addr: cannot listen on {}", config.api_addr))?;
+
+    let cancel = CancellationToken::new();
+    let raft_node = RaftNode::start(config.node_setup(), cancel.child_token())
+        .await
+        .with_context(|| format!("node.raft_addr {}: cannot start raft", config.raft_addr))?;
+    write_data_dir_owner(&config)?;
+    info!(
+        node = config.id,
+        name = %config.info.name,
+        raft = %config.raft_addr,
+        api = %config.api_addr,
+        "vigil node started"
+    );
+
+    let tasks = TaskTracker::new();
+    let state = ApiState {
+        cluster: raft_node.cluster.clone(),
+        cluster_name: config.cluster_name.clone(),
+        prometheus,
+    };
+    let identity = config.identity.clone();
+    let api_cancel = cancel.child_token();
+    tasks.spawn(async move {
+        if let Err(error) = crate::api::server::serve(listener, &identity, state, api_cancel).await
+        {
+            error!(%error, "api server failed");
+        }
+    });
+    tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
+    tasks.close();
+
+    wait_for_termination().await?;
+    info!("shutting down");
+    cancel.cancel();
+    raft_node.shutdown(SHUTDOWN_GRACE).await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        warn!("some tasks did not stop within the grace period");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn write_data_dir_owner(config: &NodeConfig) -> anyhow::Result<()> {
+    let path = config.data_dir.join(DATA_DIR_OWNER_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let owner = DataDirOwner { cluster_name: config.cluster_name.clone(), node_id: config.id };
+    std::fs::write(&path, serde_json::to_vec_pretty(&owner)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Logs every change of leader or term as this node sees it, and keeps the Prometheus
+/// gauges current.
+async fn log_leader_changes(cluster: vigil_consensus::Cluster, cancel: CancellationToken) {
+    let mut watch = cluster.raft.metrics();
+    let mut last = (None, 0);
+    loop {
+        let metrics = cluster.metrics();
+        telemetry::record_raft_metrics(&metrics);
+        let now = (metrics.current_leader, metrics.current_term);
+        if now != last {
+            match metrics.current_leader {
+                Some(leader) => info!(leader, term = metrics.current_term, "leader known"),
+                None => warn!(term = metrics.current_term, "no leader"),
+            }
+            last = now;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = openraft::async_runtime::WatchReceiver::changed(&mut watch) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

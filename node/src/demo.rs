@@ -1,0 +1,272 @@
+//! `vigil demo`: a local three-node cluster on 127.0.0.1 that a newcomer can watch.
+//!
+//! It writes certificates and configurations into one directory, starts three `vigil run`
+//! processes, prints every change of leader, and on Ctrl-C stops exactly the processes it
+//! started (by PID) and removes the directory.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use vigil_consensus::tls::{Identity, TlsPaths};
+
+use crate::api::client::ApiClient;
+use crate::api::model::StatusReport;
+use crate::certs;
+use crate::exit::Failure;
+
+/// Options of `vigil demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for certificates, configurations, data and logs.
+    #[arg(long, default_value = "demo-cluster")]
+    pub dir: PathBuf,
+    /// First port: node N uses UDP base+N for Raft and TCP base+100+N for its API.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// Keep the directory when stopping.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+const NODES: [u64; 3] = [1, 2, 3];
+const MARKER: &str = "vigil-demo";
+
+struct DemoNode {
+    id: u64,
+    config: PathBuf,
+    /// The process, until it exits.
+    child: Option<Child>,
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> Result<(), Failure> {
+    crate::telemetry::init_logging(crate::config::LogFormat::Text, "warn", None);
+    prepare_dir(&args.dir)?;
+    check_ports(args.base_port)?;
+    let dir = args.dir.canonicalize().context("cannot resolve the demo directory")?;
+    let certs_dir = dir.join("certs");
+    certs::init(&certs_dir, "demo", &NODES, &[], "admin")?;
+    let mut nodes = Vec::new();
+    for id in NODES {
+        let config = dir.join(format!("n{id}.toml"));
+        std::fs::write(&config, node_config(id, args.base_port))
+            .context("cannot write a demo config")?;
+        nodes.push(start_node(id, &config, &dir).await?);
+    }
+    let endpoints: Vec<String> =
+        NODES.iter().map(|id| format!("127.0.0.1:{}", api_port(args.base_port, *id))).collect();
+    let identity = Identity::load(&TlsPaths {
+        ca: certs_dir.join("ca.crt"),
+        cert: certs_dir.join("admin.crt"),
+        key: certs_dir.join("admin.key"),
+    })
+    .map_err(|e| Failure::config(e.to_string()))?;
+    let client = ApiClient::new(&identity, endpoints.clone())?;
+
+    let outcome = watch(&client, &mut nodes, &dir, &endpoints).await;
+    stop(&mut nodes).await;
+    if args.keep {
+        println!("kept {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        println!("removed {}", dir.display());
+    }
+    outcome
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            bail!(
+                "--dir: {} exists and was not made by `vigil demo`; choose another directory",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot clear the old demo in {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--dir: cannot create {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "made by vigil demo; removed when the demo stops\n")?;
+    Ok(())
+}
+
+fn raft_port(base: u16, id: u64) -> u16 {
+    base + id as u16
+}
+
+fn api_port(base: u16, id: u64) -> u16 {
+    base + 100 + id as u16
+}
+
+fn check_ports(base: u16) -> anyhow::Result<()> {
+    if base > u16::MAX - 200 {
+        bail!(
+            "--base-port: {base} leaves no room for the demo's ports; use at most {}",
+            u16::MAX - 200
+        );
+    }
+    for id in NODES {
+        let (raft, api) = (raft_port(base, id), api_port(base, id));
+        UdpSocket::bind(("127.0.0.1", raft)).with_context(|| {
+            format!("--base-port: UDP port {raft} is taken; choose another base port")
+        })?;
+        TcpListener::bind(("127.0.0.1", api)).with_context(|| {
+            format!("--base-port: TCP port {api} is taken; choose another base port")
+        })?;
+    }
+    Ok(())
+}
+
+fn node_config(id: u64, base: u16) -> String {
+    let mut config = format!(
+        "# Demo node {id}, written by `vigil demo`.\n\
+         cluster_name = \"demo\"\n\
+         data_dir = \"data/n{id}\"\n\n\
+         [node]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
+         raft_addr = \"127.0.0.1:{raft}\"\napi_addr = \"127.0.0.1:{api}\"\n\n\
+         [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n",
+        raft = raft_port(base, id),
+        api = api_port(base, id),
+    );
+    for member in NODES {
+        config.push_str(&format!(
+            "\n[[initial_members]]\nid = {member}\nname = \"n{member}\"\ndatacenter = \"dc{member}\"\n\
+             raft_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\n",
+            raft_port(base, member),
+            api_port(base, member)
+        ));
+    }
+    config
+}
+
+async fn start_node(id: u64, config: &Path, dir: &Path) -> anyhow::Result<DemoNode> {
+    let log_path = dir.join(format!("n{id}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let exe = std::env::current_exe().context("cannot find the vigil executable")?;
+    let child = Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start node {id}"))?;
+    Ok(DemoNode { id, config: config.to_path_buf(), child: Some(child) })
+}
+
+async fn watch(
+    client: &ApiClient,
+    nodes: &mut [DemoNode],
+    dir: &Path,
+    endpoints: &[String],
+) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "vigil".to_string());
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch for Ctrl-C")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    let mut announced = false;
+    let mut last_leader: Option<(u64, u64)> = None;
+    let started = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        for node in nodes.iter_mut() {
+            let exited = node.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                // The demo manages only processes it started; one restarted by hand is the
+                // operator's, so the demo forgets this one.
+                node.child = None;
+                println!(
+                    "[demo] node n{} exited ({status}); restart it with: {exe} run --config {}",
+                    node.id,
+                    node.config.display()
+                );
+            }
+        }
+        let status: Result<StatusReport, _> = client.get("/status").await;
+        let Ok(status) = status else {
+            if !announced && started.elapsed() > Duration::from_secs(30) {
+                return Err(Failure::other(format!(
+                    "the demo cluster did not come up; see the logs in {}",
+                    dir.display()
+                )));
+            }
+            continue;
+        };
+        let leader = status.leader.as_ref().map(|leader| (leader.id, status.term));
+        if !announced && leader.is_some() {
+            announced = true;
+            print_instructions(&exe, dir, endpoints, nodes);
+        }
+        if announced && leader != last_leader {
+            match &status.leader {
+                Some(node) => println!(
+                    "[demo] leader is {} (node {}), term {}",
+                    node.name, node.id, status.term
+                ),
+                None => println!("[demo] no leader right now (term {})", status.term),
+            }
+        }
+        last_leader = leader;
+    }
+}
+
+fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[DemoNode]) {
+    let certs = dir.join("certs");
+    println!("vigil demo: a 3-node cluster is running on 127.0.0.1 (files in {})", dir.display());
+    println!();
+    println!("  see it:        {exe} status --config {}", dir.join("n1.toml").display());
+    println!(
+        "  as operator:   {exe} status --endpoint {} --ca {} --cert {} --key {}",
+        endpoints.join(","),
+        certs.join("ca.crt").display(),
+        certs.join("admin.crt").display(),
+        certs.join("admin.key").display()
+    );
+    println!("  history:       {exe} history --config {}", dir.join("n1.toml").display());
+    println!("  write a note:  {exe} note --config {} \"hello\"", dir.join("n1.toml").display());
+    let pids: Vec<String> = nodes
+        .iter()
+        .filter_map(|node| node.child.as_ref()?.id().map(|pid| format!("n{}={pid}", node.id)))
+        .collect();
+    println!(
+        "  kill a node:   kill -9 <pid>   ({}); kill the leader and watch a new one elected",
+        pids.join(" ")
+    );
+    println!("  logs:          {}/n1.log n2.log n3.log", dir.display());
+    println!();
+    println!("Ctrl-C stops the cluster and removes {}.", dir.display());
+}
+
+async fn stop(nodes: &mut [DemoNode]) {
+    for child in nodes.iter().filter_map(|node| node.child.as_ref()) {
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for child in nodes.iter_mut().filter_map(|node| node.child.as_mut()) {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+    println!("stopped the demo nodes");
+}
