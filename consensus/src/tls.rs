@@ -196,9 +196,9 @@ impl Identity {
 /// Turns a rustls error into words an operator can act on.
 pub fn describe_tls_error(error: &rustls::Error) -> String {
     match error {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-            "certificate is not signed by the cluster CA (unknown issuer)".to_string()
-        }
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+        ) => "certificate is not signed by the cluster CA (unknown issuer)".to_string(),
         rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => {
             "certificate has expired".to_string()
         }

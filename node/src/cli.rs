@@ -58,7 +58,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// Print JSON for scripts.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         /// What to do; lists the members when omitted.
         #[command(subcommand)]
@@ -159,19 +159,19 @@ pub enum MembersCommand {
 #[derive(Debug, Args)]
 pub struct Target {
     /// A node configuration file: its API address and TLS files are used.
-    #[arg(long, short, env = "VIGIL_CONFIG")]
+    #[arg(long, short, env = "VIGIL_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// API endpoints (IP:PORT), comma-separated, tried in order.
-    #[arg(long, value_delimiter = ',', env = "VIGIL_ENDPOINT")]
+    #[arg(long, value_delimiter = ',', env = "VIGIL_ENDPOINT", global = true)]
     pub endpoint: Vec<String>,
     /// Cluster CA certificate (with --endpoint).
-    #[arg(long, env = "VIGIL_CA")]
+    #[arg(long, env = "VIGIL_CA", global = true)]
     pub ca: Option<PathBuf>,
     /// Client certificate (with --endpoint).
-    #[arg(long, env = "VIGIL_CERT")]
+    #[arg(long, env = "VIGIL_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// Client key (with --endpoint).
-    #[arg(long, env = "VIGIL_KEY")]
+    #[arg(long, env = "VIGIL_KEY", global = true)]
     pub key: Option<PathBuf>,
 }
 

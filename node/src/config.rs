@@ -109,6 +109,10 @@ impl Default for RawRaft {
     }
 }
 
+/// The default log filter: vigil at info; openraft only for warnings, because its info
+/// lines dump whole internal states.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
 /// The `[log]` table.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -121,7 +125,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".to_string() }
+        Self { format: LogFormat::Text, level: DEFAULT_LOG_FILTER.to_string() }
     }
 }
 
@@ -211,10 +215,33 @@ impl NodeConfig {
     }
 }
 
+/// Names the TOML field a parse error points at, such as `raft.heartbeat_interval (line 20)`.
 fn describe_span(text: &str, span: std::ops::Range<usize>) -> String {
-    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let snippet = text.get(span).unwrap_or("").trim();
-    if snippet.is_empty() { format!("line {line}") } else { format!("line {line} ({snippet})") }
+    let start = span.start.min(text.len());
+    let line_number = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return format!("line {line_number}");
+    };
+    // The table the line belongs to is the last header above it.
+    let mut table = String::new();
+    let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
+    for header in text[..line_start].lines().map(str::trim).filter(|l| l.starts_with('[')) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+            let count = array_counts.entry(name.trim().to_string()).or_insert(0);
+            table = format!("{}[{}]", name.trim(), *count);
+            *count += 1;
+        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = name.trim().to_string();
+        }
+    }
+    let key = key.trim();
+    if table.is_empty() {
+        format!("{key} (line {line_number})")
+    } else {
+        format!("{table}.{key} (line {line_number})")
+    }
 }
 
 struct Checker {
@@ -255,7 +282,11 @@ impl Checker {
 
 fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
     let check = Checker { file: path.display().to_string() };
-    let base = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has an empty parent, which means the current directory.
+    let base = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
 
     check.non_empty("cluster_name", &raw.cluster_name)?;

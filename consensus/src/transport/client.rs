@@ -43,6 +43,8 @@ struct PeerConnection {
     connection: Option<quinn::Connection>,
     next_attempt: Option<Instant>,
     backoff: Duration,
+    /// Why the last connect failed; repeated while backing off, so the reason stays visible.
+    last_failure: Option<String>,
 }
 
 /// The outgoing half of the Raft transport, shared by every Raft network client.
@@ -127,6 +129,7 @@ impl Transport {
                         connection: None,
                         next_attempt: None,
                         backoff: RECONNECT_BACKOFF_MIN,
+                        last_failure: None,
                     }))
                 })
                 .clone()
@@ -142,24 +145,40 @@ impl Transport {
         if let Some(next_attempt) = slot.next_attempt
             && now < next_attempt
         {
+            let last_failure = slot.last_failure.clone().unwrap_or_default();
             return Err(TransportError::Unreachable {
                 peer,
                 reason: format!(
-                    "backing off for {} ms after a failed connect",
+                    "{last_failure} (next attempt in {} ms)",
                     (next_attempt - now).as_millis()
                 ),
             });
         }
         match self.connect(peer, addr).await {
             Ok(connection) => {
+                if slot.last_failure.is_some() {
+                    tracing::info!(peer, %addr, "connected again");
+                }
                 slot.connection = Some(connection.clone());
                 slot.next_attempt = None;
                 slot.backoff = RECONNECT_BACKOFF_MIN;
+                slot.last_failure = None;
                 Ok(connection)
             }
             Err(error) => {
                 slot.next_attempt = Some(Instant::now() + slot.backoff);
                 slot.backoff = (slot.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                let reason = match &error {
+                    TransportError::Unreachable { reason, .. }
+                    | TransportError::Protocol { reason, .. }
+                    | TransportError::Remote { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                // Logged once per distinct reason, not once per attempt.
+                if slot.last_failure.as_ref() != Some(&reason) {
+                    tracing::warn!(peer, %addr, %reason, "cannot connect to peer");
+                }
+                slot.last_failure = Some(reason);
                 Err(error)
             }
         }
@@ -278,7 +297,8 @@ pub fn describe_connection_error(error: &quinn::ConnectionError) -> String {
         }
         other => {
             let text = other.to_string();
-            if text.contains("UnknownIssuer") {
+            // webpki says UnknownIssuer, or BadSignature when the foreign CA has the same name.
+            if text.contains("UnknownIssuer") || text.contains("BadSignature") {
                 format!("TLS handshake failed: certificate not signed by the cluster CA ({text})")
             } else {
                 text

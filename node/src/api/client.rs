@@ -168,7 +168,7 @@ impl ApiClient {
 
 fn describe_tls_failure(error: &std::io::Error) -> String {
     let text = error.to_string();
-    if text.contains("UnknownIssuer") {
+    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         "TLS refused: the node's certificate is not signed by our CA (wrong --ca?)".to_string()
     } else {
         format!("TLS handshake failed: {text}")

@@ -1,0 +1,262 @@
+//! Bad input gets a clear error naming the field or file, a documented non-zero exit code,
+//! and leaves the data dir untouched.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{TestCluster, vigil};
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Rewrites node 1's configuration with `edit`, then checks that both `check-config` and
+/// `run` refuse it with exit code 3 and a message containing `expected`, and that `run`
+/// created no data dir.
+fn assert_config_refused(edit: impl Fn(&str) -> String, expected: &str) {
+    let cluster = TestCluster::new(3);
+    let config = &cluster.nodes[&1].config;
+    let original = std::fs::read_to_string(config).unwrap();
+    let edited = edit(&original);
+    assert_ne!(edited, original, "the edit changed nothing");
+    std::fs::write(config, edited).unwrap();
+
+    let checked = vigil(&["check-config", config.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(3), "check-config: {}", stderr(&checked));
+    assert!(
+        stderr(&checked).contains(expected),
+        "check-config said {:?}, expected {expected:?}",
+        stderr(&checked)
+    );
+
+    let run = vigil(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(3), "run: {}", stderr(&run));
+    assert!(stderr(&run).contains(expected), "run said {:?}, expected {expected:?}", stderr(&run));
+    assert!(!cluster.data_dir(1).exists(), "run wrote to the data dir despite a bad config");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    assert_config_refused(
+        |c| c.replace("[node]\n", "[node]\ncolour = \"blue\"\n"),
+        "unknown field `colour`",
+    );
+}
+
+#[test]
+fn bad_address_is_named() {
+    assert_config_refused(
+        |c| {
+            let start = c.find("raft_addr = \"").unwrap();
+            let end = c[start..].find('\n').unwrap() + start;
+            format!("{}raft_addr = \"not-an-address\"{}", &c[..start], &c[end..])
+        },
+        "node.raft_addr: expected IP:PORT",
+    );
+}
+
+#[test]
+fn bad_duration_is_named() {
+    assert_config_refused(
+        |c| c.replace("heartbeat_interval = \"100ms\"", "heartbeat_interval = \"soon\""),
+        "soon",
+    );
+}
+
+#[test]
+fn impossible_raft_timings_are_refused() {
+    assert_config_refused(
+        |c| c.replace("election_timeout_min = \"500ms\"", "election_timeout_min = \"150ms\""),
+        "raft.election_timeout_min: must be more than twice raft.heartbeat_interval",
+    );
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    assert_config_refused(
+        |c| c.replace("certs/node1.crt", "certs/nowhere.crt"),
+        "nowhere.crt: cannot read",
+    );
+}
+
+#[test]
+fn node_id_missing_from_initial_members_is_refused() {
+    assert_config_refused(
+        |c| c.replacen("[[initial_members]]\nid = 1\n", "[[initial_members]]\nid = 7\n", 1),
+        "node.id: node 1 is not in initial_members",
+    );
+}
+
+#[test]
+fn certificate_of_another_node_is_refused() {
+    assert_config_refused(
+        |c| {
+            c.replace("certs/node1.crt", "certs/node2.crt")
+                .replace("certs/node1.key", "certs/node2.key")
+        },
+        "names node 2, but this node's id is 1",
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate_is_refused() {
+    assert_config_refused(
+        |c| c.replace("certs/node1.key", "certs/node2.key"),
+        "does not match certificate",
+    );
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused() {
+    let cluster = TestCluster::new(3);
+    let foreign = cluster.dir.path().join("foreign");
+    assert!(
+        vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"])
+            .status
+            .success()
+    );
+    let config = &cluster.nodes[&1].config;
+    let text = std::fs::read_to_string(config).unwrap().replace("certs/node1.", "foreign/node1.");
+    std::fs::write(config, text).unwrap();
+    let checked = vigil(&["check-config", config.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(3));
+    assert!(stderr(&checked).contains("is not valid for the cluster CA"), "{}", stderr(&checked));
+}
+
+/// A data dir that belongs to another node is refused before anything is written.
+#[test]
+fn data_dir_of_another_node_is_refused() {
+    let mut cluster = TestCluster::new(3);
+    cluster.start(1);
+    let owner_file = cluster.data_dir(1).join("vigil-node.json");
+    cluster.wait_until("node 1 to claim its data dir", Duration::from_secs(10), || {
+        owner_file.exists()
+    });
+    cluster.stop(1);
+    let before = std::fs::read(cluster.data_dir(1).join("raft-log.redb")).unwrap();
+    let config2 = &cluster.nodes[&2].config;
+    let text = std::fs::read_to_string(config2).unwrap().replace("data/n2", "data/n1");
+    std::fs::write(config2, text).unwrap();
+    let run = vigil(&["run", "--config", config2.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(3));
+    assert!(stderr(&run).contains("holds the data of node 1"), "{}", stderr(&run));
+    assert_eq!(
+        std::fs::read(cluster.data_dir(1).join("raft-log.redb")).unwrap(),
+        before,
+        "node 1's log changed"
+    );
+}
+
+/// The CLI against a node that does not answer says so and exits with 4.
+#[test]
+fn unreachable_node_is_said_plainly() {
+    let cluster = TestCluster::new(1);
+    let output = cluster.cli(1, &["status"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("node unreachable"), "{}", stderr(&output));
+}
+
+/// With one of three voters up there is no leader: status prints and exits 5, and a write
+/// is refused with exit 5.
+#[test]
+fn no_leader_is_said_plainly() {
+    let mut cluster = TestCluster::new(3);
+    cluster.start(1);
+    cluster.wait_until("node 1's API", Duration::from_secs(10), || cluster.status(1).is_some());
+    let status = cluster.cli(1, &["status"]);
+    assert_eq!(status.status.code(), Some(5), "{}", stderr(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("NONE"),
+        "table does not say there is no leader"
+    );
+    let note = cluster.cli(1, &["note", "hello"]);
+    assert_eq!(note.status.code(), Some(5), "{}", stderr(&note));
+    assert!(stderr(&note).contains("no leader"), "{}", stderr(&note));
+}
+
+/// An operator certificate from another CA is refused by the API, and the CLI says the
+/// node is unreachable because of TLS.
+#[test]
+fn cli_with_a_foreign_certificate_is_refused() {
+    let mut cluster = TestCluster::new(1);
+    // A one-node cluster elects itself.
+    cluster.start(1);
+    cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
+    let foreign = cluster.dir.path().join("foreign");
+    assert!(
+        vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"])
+            .status
+            .success()
+    );
+    let endpoint = format!("127.0.0.1:{}", cluster.nodes[&1].api_port);
+    let output = vigil(&[
+        "status",
+        "--endpoint",
+        &endpoint,
+        "--ca",
+        foreign.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        foreign.join("admin.crt").to_str().unwrap(),
+        "--key",
+        foreign.join("admin.key").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not signed by our CA"), "{}", stderr(&output));
+}
+
+/// `certs init` writes keys readable by the owner only and refuses to overwrite.
+#[test]
+fn certs_init_protects_keys_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let first = vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1,2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    for name in ["ca.key", "node1.key", "node2.key", "admin.key"] {
+        let mode = std::fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+    }
+    let ca_before = std::fs::read(out.join("ca.crt")).unwrap();
+    let second = vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1"]);
+    assert_ne!(second.status.code(), Some(0));
+    assert!(stderr(&second).contains("refusing to overwrite"), "{}", stderr(&second));
+    assert_eq!(std::fs::read(out.join("ca.crt")).unwrap(), ca_before);
+}
+
+/// Every log line carries the node id, in text and in JSON.
+#[test]
+fn log_lines_carry_the_node_id_in_text_and_json() {
+    let mut cluster = TestCluster::new(1);
+    cluster.start(1);
+    cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
+    cluster.stop(1);
+    let text = cluster.log_of(1);
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        assert!(line.contains(" node=1 "), "text line without the node id: {line}");
+    }
+    let config = cluster.nodes[&1].config.clone();
+    let json_log = cluster.dir.path().join("json.log");
+    let file = std::fs::File::create(&json_log).unwrap();
+    let mut child = std::process::Command::new(common::vigil_bin())
+        .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"])
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines = std::fs::read_to_string(&json_log).unwrap();
+    assert!(!lines.is_empty());
+    for line in lines.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(value["node"], 1, "{line}");
+    }
+}

@@ -1,0 +1,366 @@
+//! A harness that runs real `vigil` processes on loopback for the integration tests.
+//!
+//! Every process it starts is recorded by PID and killed when the harness is dropped, so a
+//! failing test leaves nothing running. Traffic stays on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The `vigil` binary under test.
+pub fn vigil_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
+}
+
+/// Runs `vigil` with `args` and waits for it.
+pub fn vigil(args: &[&str]) -> Output {
+    Command::new(vigil_bin()).args(args).output().expect("run vigil")
+}
+
+/// A port nothing listens on right now, free for both UDP and TCP.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One node of a test cluster.
+pub struct TestNode {
+    /// Node id.
+    pub id: u64,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
+    /// Raft port (UDP).
+    pub raft_port: u16,
+    /// API port (TCP).
+    pub api_port: u16,
+    /// The running process, if any.
+    pub child: Option<Child>,
+}
+
+/// Options for a cluster's node configurations.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Extra TOML appended to every node configuration.
+    pub extra_toml: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        // Short timeouts keep the tests quick; they are still realistic for loopback.
+        Self {
+            extra_toml: "[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"500ms\"\nelection_timeout_max = \"1s\"\n".to_string(),
+        }
+    }
+}
+
+/// A cluster of `vigil` processes in a temporary directory.
+pub struct TestCluster {
+    /// The directory holding certificates, configurations, data and logs.
+    pub dir: tempfile::TempDir,
+    /// The nodes by id.
+    pub nodes: BTreeMap<u64, TestNode>,
+    /// Configuration options.
+    pub options: ClusterOptions,
+}
+
+impl TestCluster {
+    /// Certificates and configurations for nodes `1..=count`; nothing started yet.
+    pub fn new(count: u64) -> Self {
+        Self::with_options(count, ClusterOptions::default())
+    }
+
+    /// Like [`TestCluster::new`] with options.
+    pub fn with_options(count: u64, options: ClusterOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let certs = dir.path().join("certs");
+        let ids: Vec<String> = (1..=count).map(|id| id.to_string()).collect();
+        let output = vigil(&[
+            "certs",
+            "init",
+            "--out",
+            certs.to_str().unwrap(),
+            "--nodes",
+            &ids.join(","),
+            "--cluster",
+            "test",
+        ]);
+        assert!(
+            output.status.success(),
+            "certs init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut nodes = BTreeMap::new();
+        for id in 1..=count {
+            let node = TestNode {
+                id,
+                config: dir.path().join(format!("n{id}.toml")),
+                log: dir.path().join(format!("n{id}.log")),
+                raft_port: free_port(),
+                api_port: free_port(),
+                child: None,
+            };
+            nodes.insert(id, node);
+        }
+        let cluster = Self { dir, nodes, options };
+        for id in 1..=count {
+            cluster.write_config(id, &cluster.member_list(), false, "certs");
+        }
+        cluster
+    }
+
+    /// The `[[initial_members]]` entries of every node.
+    pub fn member_list(&self) -> String {
+        self.nodes
+            .values()
+            .map(|node| {
+                format!(
+                    "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\nraft_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\n\n",
+                    node.raft_port,
+                    node.api_port,
+                    id = node.id
+                )
+            })
+            .collect()
+    }
+
+    /// Writes node `id`'s configuration; `certs_dir` is relative to the cluster directory.
+    pub fn write_config(&self, id: u64, members: &str, join: bool, certs_dir: &str) {
+        let node = &self.nodes[&id];
+        let text = format!(
+            "cluster_name = \"test\"\ndata_dir = \"data/n{id}\"\njoin = {join}\n\n\
+             [node]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
+             raft_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\n\n\
+             [tls]\nca = \"{certs_dir}/ca.crt\"\ncert = \"{certs_dir}/node{id}.crt\"\nkey = \"{certs_dir}/node{id}.key\"\n\n\
+             [log]\nlevel = \"info,openraft=warn\"\n\n{}\n{}",
+            node.raft_port,
+            node.api_port,
+            self.options.extra_toml,
+            if join { String::new() } else { members.to_string() },
+        );
+        std::fs::write(&node.config, text).unwrap();
+    }
+
+    /// Adds node `id` (configuration and ports) that joins an existing cluster.
+    pub fn add_joining_node(&mut self, id: u64) {
+        let certs = self.dir.path().join("certs");
+        let output =
+            vigil(&["certs", "issue", "--dir", certs.to_str().unwrap(), "--node", &id.to_string()]);
+        assert!(
+            output.status.success(),
+            "certs issue failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let node = TestNode {
+            id,
+            config: self.dir.path().join(format!("n{id}.toml")),
+            log: self.dir.path().join(format!("n{id}.log")),
+            raft_port: free_port(),
+            api_port: free_port(),
+            child: None,
+        };
+        self.nodes.insert(id, node);
+        self.write_config(id, "", true, "certs");
+    }
+
+    /// Starts every node.
+    pub fn start_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.start(id);
+        }
+    }
+
+    /// Starts node `id`, appending its output to its log file.
+    pub fn start(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let child = Command::new(vigil_bin())
+            .args(["run", "--config", node.config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start vigil");
+        node.child = Some(child);
+    }
+
+    /// Kills node `id` with SIGKILL and waits for it.
+    pub fn kill(&mut self, id: u64) {
+        self.signal(id, Signal::SIGKILL);
+    }
+
+    /// Stops node `id` with SIGTERM and waits for it to exit cleanly.
+    pub fn stop(&mut self, id: u64) {
+        self.signal(id, Signal::SIGTERM);
+    }
+
+    fn signal(&mut self, id: u64, signal: Signal) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Some(mut child) = node.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+            let status = child.wait().expect("wait for vigil");
+            if signal == Signal::SIGTERM {
+                assert!(
+                    status.success(),
+                    "node {id} did not exit cleanly on SIGTERM: {status}; log:\n{}",
+                    self.log_of(id)
+                );
+            }
+        }
+    }
+
+    /// The log of node `id` so far.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data/n{id}"))
+    }
+
+    /// Runs a CLI command against node `id`'s API using its configuration.
+    pub fn cli(&self, id: u64, args: &[&str]) -> Output {
+        let config = self.nodes[&id].config.to_str().unwrap().to_string();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--config", &config]);
+        vigil(&full)
+    }
+
+    /// Runs a CLI command as the operator (admin certificate) against `endpoints`.
+    pub fn cli_as_operator(&self, endpoints: &[u64], args: &[&str]) -> Output {
+        let certs = self.dir.path().join("certs");
+        let endpoint_list: Vec<String> =
+            endpoints.iter().map(|id| format!("127.0.0.1:{}", self.nodes[id].api_port)).collect();
+        let (ca, cert, key) =
+            (certs.join("ca.crt"), certs.join("admin.crt"), certs.join("admin.key"));
+        let joined = endpoint_list.join(",");
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend([
+            "--endpoint",
+            &joined,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        vigil(&full)
+    }
+
+    /// Node `id`'s `vigil status --json`, if it answers.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let output = self.cli(id, &["status", "--json"]);
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// Waits until every listed node reports the same leader and term; returns them.
+    pub fn wait_for_agreed_leader(&self, ids: &[u64], timeout: Duration) -> (u64, u64) {
+        self.wait_for_leader_where(ids, timeout, |_, _| true)
+    }
+
+    /// Waits until every listed node reports the same leader and term, and `accept(leader,
+    /// term)` holds; returns them.
+    pub fn wait_for_leader_where(
+        &self,
+        ids: &[u64],
+        timeout: Duration,
+        accept: impl Fn(u64, u64) -> bool,
+    ) -> (u64, u64) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<Option<(u64, u64)>> = ids
+                .iter()
+                .map(|id| {
+                    let status = self.status(*id)?;
+                    Some((status["leader"]["id"].as_u64()?, status["term"].as_u64()?))
+                })
+                .collect();
+            if let Some(Some(first)) = views.first()
+                && views.iter().all(|view| view.as_ref() == Some(first))
+                && accept(first.0, first.1)
+            {
+                return *first;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> =
+                    ids.iter().map(|id| format!("--- n{id}\n{}", self.log_of(*id))).collect();
+                panic!(
+                    "no agreed leader among {ids:?} within {timeout:?}: {views:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes a note through node `id` and returns its log index.
+    pub fn note(&self, id: u64, text: &str) -> u64 {
+        let output = self.cli(id, &["note", text]);
+        assert!(
+            output.status.success(),
+            "note failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout.trim().rsplit(' ').next().unwrap().parse().expect("log index in the note receipt")
+    }
+
+    /// The note texts in node `id`'s history.
+    pub fn notes(&self, id: u64) -> Vec<String> {
+        let output = self.cli(id, &["history", "--json"]);
+        let history: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        history["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|event| event["kind"]["kind"] == "note")
+                    .filter_map(|event| event["kind"]["text"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `condition` holds, polling; panics with `what` after `timeout`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Whether `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
