@@ -1,6 +1,9 @@
 //! Real `vigil` processes on loopback: election, failover of the Raft leader, restart from
 //! disk, full restart, membership changes, and refusal of foreign certificates.
 
+// These tests time real processes with the OS clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -141,22 +141,65 @@ impl ApiClient {
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
+        let mut session = ApiSession::open(&self.connector, endpoint, API_SERVER_NAME).await?;
+        session.exchange(method, path, body).await
+    }
+
+    /// A kept-alive connection to the first endpoint, for many calls in a row.
+    pub async fn session(&self) -> Result<ApiSession, ClientError> {
+        let endpoint = self.endpoints.first().cloned().unwrap_or_default();
+        ApiSession::open(&self.connector, &endpoint, API_SERVER_NAME)
+            .await
+            .map_err(|reason| ClientError::Unreachable { endpoint, reason })
+    }
+}
+
+/// One HTTP/1.1 connection over TLS, reused for request after request.
+pub struct ApiSession {
+    endpoint: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl ApiSession {
+    /// Connects to `endpoint` and verifies the server as `server_name`.
+    pub async fn open(
+        connector: &TlsConnector,
+        endpoint: &str,
+        server_name: &str,
+    ) -> Result<Self, String> {
         let tcp = TcpStream::connect(endpoint).await.map_err(|e| format!("cannot connect: {e}"))?;
-        let server_name = ServerName::try_from(API_SERVER_NAME).expect("valid server name");
+        // Small requests must not wait for Nagle's algorithm.
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| format!("bad server name: {e}"))?;
         let tls =
-            self.connector.connect(server_name, tcp).await.map_err(|e| describe_tls_failure(&e))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            connector.connect(server_name, tcp).await.map_err(|e| describe_tls_failure(&e))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
+        Ok(Self { endpoint: endpoint.to_string(), sender })
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
         let request = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", endpoint)
+            .header("host", &self.endpoint)
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| {
+        // hyper refuses a request on a connection that has not finished its previous one.
+        self.sender.ready().await.map_err(|e| {
+            format!("connection closed ({e}); the node may have refused this certificate")
+        })?;
+        let response = self.sender.send_request(request).await.map_err(|e| {
             // With TLS 1.3 a refused client certificate shows up only at the first read.
             format!("connection closed ({e}); the node may have refused this certificate")
         })?;

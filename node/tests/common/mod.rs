@@ -4,6 +4,8 @@
 //! failing test leaves nothing running. Traffic stays on 127.0.0.1.
 
 #![allow(dead_code)]
+// Real processes and real waiting: this harness needs the OS clock.
+#![allow(clippy::disallowed_types)]
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds vigil and starts the local three-node demo cluster on 127.0.0.1.
+# Installs missing build packages with apt when run as root. Ctrl-C stops and cleans up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(build-essential pkg-config ca-certificates)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "please install: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+
+cargo build --release --locked -p vigil
+exec target/release/vigil demo "$@"

@@ -1,0 +1,93 @@
+//! The `vigil` node daemon and command-line interface, as a library so the benchmarks
+//! and tests can use its API client and harness; the binary is a thin `main`.
+//!
+//! Architecture Invariant: this is the only crate that reads the node configuration,
+//! binds the API, or owns the process's signal handling and exit codes.
+
+pub mod api;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod exit;
+pub mod render;
+pub mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{CertsCommand, Cli, Command};
+use crate::config::NodeConfig;
+use crate::exit::Failure;
+
+/// Parses the command line, runs the command, and returns the documented exit code.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("vigil: cannot start the async runtime: {error}");
+                return ExitCode::from(exit::OTHER);
+            }
+        };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("vigil: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config, log_format } => {
+            let config = NodeConfig::load(&config).map_err(|e| Failure::config(e.to_string()))?;
+            let format = log_format.unwrap_or(config.log.format);
+            telemetry::init_logging(format, &config.log.level, Some(config.id));
+            daemon::run(config).await.map_err(|error| {
+                tracing::error!(error = format!("{error:#}"), "node failed");
+                Failure::from(error)
+            })
+        }
+        Command::CheckConfig { file } => {
+            let config = NodeConfig::load(&file).map_err(|e| Failure::config(e.to_string()))?;
+            println!(
+                "{}: ok (node {} \"{}\" of cluster \"{}\", {} initial members)",
+                file.display(),
+                config.id,
+                config.info.name,
+                config.cluster_name,
+                config.initial_members.len()
+            );
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Init { out, nodes, cluster, sans, operator }) => {
+            for path in certs::init(&out, &cluster, &nodes, &sans, &operator)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue { dir, node, operator, sans }) => {
+            let what = match (&node, &operator) {
+                (Some(id), _) => certs::IssueFor::Node(*id),
+                (None, Some(name)) => certs::IssueFor::Operator(name),
+                (None, None) => {
+                    return Err(Failure::usage("give --node ID or --operator NAME".to_string()));
+                }
+            };
+            for path in certs::issue(&dir, what, &sans)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Status { target, json } => cli::status(&target, json).await,
+        Command::Members { target, json, action } => cli::members(&target, json, &action).await,
+        Command::Note { target, author, text } => cli::note(&target, &author, &text).await,
+        Command::History { target, json } => cli::history(&target, json).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
