@@ -31,7 +31,7 @@ pub enum Command {
         /// The node configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Log format; overrides [log].format in the config.
+        /// Log format; overrides `[log] format` in the config.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
