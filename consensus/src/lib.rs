@@ -10,10 +10,13 @@
 //! - A peer is identified by its certificate, never by what its messages claim.
 
 pub mod cluster;
+pub mod decision;
 pub mod error;
+pub mod group;
 pub mod log_store;
 pub mod node;
 pub mod pki;
+pub mod spec;
 pub mod state;
 pub mod state_machine;
 pub mod tls;

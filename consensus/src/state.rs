@@ -9,6 +9,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::group::{
+    FailoverKind, FailoverRun, GroupState, Step, StepFacts, StepState, StepStatus, VerdictReport,
+};
+use crate::spec::ClusterSpec;
 use crate::types::{LogId, NodeId, NodeInfo, StoredMembership};
 
 /// How many events the history keeps; older ones are dropped first.
@@ -29,6 +33,131 @@ pub enum Command {
         /// What happened.
         kind: EventKind,
     },
+    /// Replace the cluster spec. Refused unless it validates against the membership.
+    ApplySpec {
+        /// The new spec.
+        spec: ClusterSpec,
+        /// Proposer's wall clock.
+        at_unix_ms: u64,
+        /// The node that proposed it.
+        proposer: NodeId,
+        /// Who asked, in words.
+        author: String,
+    },
+    /// A node's verdict on a member.
+    ReportVerdict {
+        /// The observing node.
+        node: NodeId,
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The verdict and its times.
+        report: VerdictReport,
+    },
+    /// Record which member is the primary (first discovery, when none is recorded).
+    RecordPrimary {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The epoch found in the member's `vigil.epoch` table, if any.
+        epoch: Option<u64>,
+        /// Leader's wall clock.
+        at_unix_ms: u64,
+        /// The leader.
+        proposer: NodeId,
+    },
+    /// Pause or resume automatic failover of a group.
+    SetPaused {
+        /// The group.
+        group: String,
+        /// Paused or not.
+        paused: bool,
+        /// Who asked.
+        author: String,
+        /// Proposer's wall clock.
+        at_unix_ms: u64,
+        /// The proposing node.
+        proposer: NodeId,
+    },
+    /// Record why no failover is possible now, or clear it.
+    SetBlocked {
+        /// The group.
+        group: String,
+        /// The reason, or `None` to clear.
+        reason: Option<String>,
+    },
+    /// Start a failover or switchover with a fixed plan. Refused if one is running.
+    BeginFailover {
+        /// The group.
+        group: String,
+        /// The run as planned; its id and epoch are assigned at apply.
+        kind: FailoverKind,
+        /// Why.
+        reason: String,
+        /// The primary being replaced.
+        old_primary: Option<String>,
+        /// The member to promote.
+        candidate: String,
+        /// The steps, in order.
+        plan: Vec<Step>,
+        /// When the failure was first seen.
+        detected_at_ms: Option<u64>,
+        /// Leader's wall clock at the decision.
+        decided_at_ms: u64,
+        /// The old primary's last known WAL position.
+        old_primary_lsn: Option<u64>,
+        /// The candidate's WAL position at the decision.
+        candidate_lsn: Option<u64>,
+        /// The leader.
+        proposer: NodeId,
+    },
+    /// A step of the running failover is about to run on `by`.
+    StepStarted {
+        /// The group.
+        group: String,
+        /// The run.
+        run_id: u64,
+        /// The step's index in the plan.
+        index: usize,
+        /// The node that runs it.
+        by: NodeId,
+        /// Its wall clock.
+        at_ms: u64,
+    },
+    /// A step of the running failover ended.
+    StepFinished {
+        /// The group.
+        group: String,
+        /// The run.
+        run_id: u64,
+        /// The step's index in the plan.
+        index: usize,
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// What happened, in words.
+        detail: String,
+        /// Facts it learnt.
+        facts: StepFacts,
+        /// The runner's wall clock.
+        at_ms: u64,
+    },
+    /// End the running failover.
+    FinishFailover {
+        /// The group.
+        group: String,
+        /// The run.
+        run_id: u64,
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// How it ended, in words.
+        outcome: String,
+        /// Leader's wall clock.
+        at_ms: u64,
+        /// The leader.
+        proposer: NodeId,
+    },
 }
 
 impl fmt::Display for Command {
@@ -36,6 +165,29 @@ impl fmt::Display for Command {
         match self {
             Command::RecordEvent { proposer, kind, .. } => {
                 write!(f, "record-event from node {proposer}: {kind}")
+            }
+            Command::ApplySpec { author, .. } => write!(f, "apply-spec by {author}"),
+            Command::ReportVerdict { node, group, member, report, .. } => {
+                write!(f, "verdict of node {node} on {group}/{member}: {}", report.verdict.health)
+            }
+            Command::RecordPrimary { group, member, .. } => {
+                write!(f, "record-primary {group}/{member}")
+            }
+            Command::SetPaused { group, paused, .. } => write!(f, "set-paused {group} {paused}"),
+            Command::SetBlocked { group, reason, .. } => {
+                write!(f, "set-blocked {group} {reason:?}")
+            }
+            Command::BeginFailover { group, kind, candidate, .. } => {
+                write!(f, "begin {kind} of {group} to {candidate}")
+            }
+            Command::StepStarted { group, run_id, index, .. } => {
+                write!(f, "step-started {group} run {run_id} #{index}")
+            }
+            Command::StepFinished { group, run_id, index, succeeded, .. } => {
+                write!(f, "step-finished {group} run {run_id} #{index} ok={succeeded}")
+            }
+            Command::FinishFailover { group, run_id, succeeded, .. } => {
+                write!(f, "finish-failover {group} run {run_id} ok={succeeded}")
             }
         }
     }
@@ -51,6 +203,20 @@ pub enum CommandResponse {
     EventRecorded {
         /// The id of the new event.
         event_id: u64,
+    },
+    /// The command was applied.
+    Applied,
+    /// A failover run started.
+    RunStarted {
+        /// Its id.
+        run_id: u64,
+        /// The epoch it promotes into.
+        epoch: u64,
+    },
+    /// The command was committed but changed nothing, for this reason.
+    Refused {
+        /// Why, in words.
+        reason: String,
     },
 }
 
@@ -87,6 +253,57 @@ pub enum EventKind {
         /// Learners after the change.
         learners: BTreeSet<NodeId>,
     },
+    /// A new cluster spec came into force.
+    SpecApplied {
+        /// Who applied it.
+        author: String,
+        /// Its groups.
+        groups: Vec<String>,
+    },
+    /// The cluster learnt which member of a group is the primary.
+    PrimaryRecorded {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
+    /// Automatic failover of a group was paused or resumed.
+    PauseChanged {
+        /// The group.
+        group: String,
+        /// Paused now or not.
+        paused: bool,
+        /// Who.
+        author: String,
+    },
+    /// A failover or switchover started.
+    FailoverStarted {
+        /// The group.
+        group: String,
+        /// The run id.
+        run_id: u64,
+        /// What kind.
+        run_kind: FailoverKind,
+        /// The old primary.
+        old_primary: Option<String>,
+        /// The candidate.
+        candidate: String,
+        /// The new epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A failover or switchover ended.
+    FailoverFinished {
+        /// The group.
+        group: String,
+        /// The run id.
+        run_id: u64,
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// How it ended.
+        outcome: String,
+    },
     /// A free-text note, written by an operator or a tool.
     Note {
         /// Who wrote it.
@@ -109,8 +326,48 @@ impl fmt::Display for EventKind {
                 id_list(learners)
             ),
             EventKind::Note { author, text } => write!(f, "note by {author}: {text}"),
+            EventKind::SpecApplied { author, groups } => {
+                write!(
+                    f,
+                    "spec applied by {author}: groups {}",
+                    if groups.is_empty() { "none".to_string() } else { groups.join(", ") }
+                )
+            }
+            EventKind::PrimaryRecorded { group, member } => {
+                write!(f, "{group}: primary is {member}")
+            }
+            EventKind::PauseChanged { group, paused: true, author } => {
+                write!(f, "{group}: paused by {author}")
+            }
+            EventKind::PauseChanged { group, paused: false, author } => {
+                write!(f, "{group}: resumed by {author}")
+            }
+            EventKind::FailoverStarted {
+                group,
+                run_id,
+                run_kind,
+                old_primary,
+                candidate,
+                epoch,
+                reason,
+            } => write!(
+                f,
+                "{group}: {run_kind} #{run_id} started: {} -> {candidate}, epoch {epoch} ({reason})",
+                old_primary.as_deref().unwrap_or("none")
+            ),
+            EventKind::FailoverFinished { group, run_id, succeeded, outcome } => {
+                write!(
+                    f,
+                    "{group}: run #{run_id} {}: {outcome}",
+                    if *succeeded { "succeeded" } else { "abandoned" }
+                )
+            }
         }
     }
+}
+
+fn unknown_group(group: &str) -> CommandResponse {
+    CommandResponse::Refused { reason: format!("no group is named {group:?}") }
 }
 
 fn id_list(ids: &BTreeSet<NodeId>) -> String {
@@ -119,11 +376,6 @@ fn id_list(ids: &BTreeSet<NodeId>) -> String {
     }
     ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
 }
-
-/// The cluster spec: the groups vigil watches. Empty until groups exist.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSpec {}
 
 /// Everything the Raft log has decided, as of `last_applied`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +386,8 @@ pub struct ClusterState {
     pub membership: StoredMembership,
     /// The cluster spec in force.
     pub spec: ClusterSpec,
+    /// The runtime state of each group of the spec, by group name.
+    pub groups: BTreeMap<String, GroupState>,
     /// The most recent events, oldest first, at most [`HISTORY_CAPACITY`].
     pub history: VecDeque<Event>,
     /// The id the next event gets.
@@ -144,12 +398,362 @@ impl ClusterState {
     /// Applies one committed command at `log_id`.
     pub fn apply_command(&mut self, log_id: LogId, command: &Command) -> CommandResponse {
         self.last_applied = Some(log_id);
+        let index = log_id.index;
         match command {
             Command::RecordEvent { at_unix_ms, proposer, kind } => {
-                let event_id = self.push_event(log_id.index, *at_unix_ms, *proposer, kind.clone());
+                let event_id = self.push_event(index, *at_unix_ms, *proposer, kind.clone());
                 CommandResponse::EventRecorded { event_id }
             }
+            Command::ApplySpec { spec, at_unix_ms, proposer, author } => {
+                self.apply_spec(index, spec, *at_unix_ms, *proposer, author)
+            }
+            Command::ReportVerdict { node, group, member, report } => {
+                self.report_verdict(*node, group, member, report)
+            }
+            Command::RecordPrimary { group, member, epoch, at_unix_ms, proposer } => {
+                self.record_primary(index, group, member, *epoch, *at_unix_ms, *proposer)
+            }
+            Command::SetPaused { group, paused, author, at_unix_ms, proposer } => {
+                self.set_paused(index, group, *paused, author, *at_unix_ms, *proposer)
+            }
+            Command::SetBlocked { group, reason } => match self.groups.get_mut(group) {
+                Some(state) => {
+                    state.blocked = reason.clone();
+                    CommandResponse::Applied
+                }
+                None => unknown_group(group),
+            },
+            Command::BeginFailover { .. } => self.begin_failover(index, command),
+            Command::StepStarted { group, run_id, index: step, by, at_ms } => {
+                self.step_started(group, *run_id, *step, *by, *at_ms)
+            }
+            Command::StepFinished {
+                group,
+                run_id,
+                index: step,
+                succeeded,
+                detail,
+                facts,
+                at_ms,
+            } => self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms),
+            Command::FinishFailover { group, run_id, succeeded, outcome, at_ms, proposer } => {
+                self.finish_failover(index, group, *run_id, *succeeded, outcome, *at_ms, *proposer)
+            }
         }
+    }
+
+    fn apply_spec(
+        &mut self,
+        index: u64,
+        spec: &ClusterSpec,
+        at_unix_ms: u64,
+        proposer: NodeId,
+        author: &str,
+    ) -> CommandResponse {
+        if let Err(error) = spec.validate(&self.nodes()) {
+            return CommandResponse::Refused { reason: error.to_string() };
+        }
+        if let Some(group) = self.groups.iter().find_map(|(name, state)| {
+            let kept = spec.postgres_group(name).is_some();
+            (state.running.is_some() && !kept).then(|| name.clone())
+        }) {
+            return CommandResponse::Refused {
+                reason: format!("group {group:?} has a failover running; it cannot be removed now"),
+            };
+        }
+        self.spec = spec.clone();
+        let names: BTreeSet<String> =
+            spec.postgres.iter().map(|group| group.name.clone()).collect();
+        self.groups.retain(|name, _| names.contains(name));
+        for group in &spec.postgres {
+            let state = self.groups.entry(group.name.clone()).or_default();
+            let members: BTreeSet<&str> =
+                group.members.iter().map(|member| member.name.as_str()).collect();
+            state.verdicts.retain(|member, _| members.contains(member.as_str()));
+            state.last_primary_lsn.retain(|member, _| members.contains(member.as_str()));
+            if state.primary.as_deref().is_some_and(|primary| !members.contains(primary)) {
+                state.primary = None;
+            }
+        }
+        let kind = EventKind::SpecApplied {
+            author: author.to_string(),
+            groups: names.into_iter().collect(),
+        };
+        self.push_event(index, at_unix_ms, proposer, kind);
+        CommandResponse::Applied
+    }
+
+    fn report_verdict(
+        &mut self,
+        node: NodeId,
+        group: &str,
+        member: &str,
+        report: &VerdictReport,
+    ) -> CommandResponse {
+        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        if spec.member(member).is_none() {
+            return CommandResponse::Refused {
+                reason: format!("group {group:?} has no member {member:?}"),
+            };
+        }
+        let state = self.groups.entry(group.to_string()).or_default();
+        if let Some(facts) = &report.verdict.facts
+            && !facts.in_recovery
+            && let Some(lsn) = facts.current_lsn
+        {
+            let known = state.last_primary_lsn.entry(member.to_string()).or_default();
+            *known = (*known).max(lsn);
+        }
+        state.verdicts.entry(member.to_string()).or_default().insert(node, report.clone());
+        CommandResponse::Applied
+    }
+
+    fn record_primary(
+        &mut self,
+        index: u64,
+        group: &str,
+        member: &str,
+        epoch: Option<u64>,
+        at: u64,
+        proposer: NodeId,
+    ) -> CommandResponse {
+        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        if spec.member(member).is_none() {
+            return CommandResponse::Refused {
+                reason: format!("group {group:?} has no member {member:?}"),
+            };
+        }
+        let state = self.groups.entry(group.to_string()).or_default();
+        if state.running.is_some() {
+            return CommandResponse::Refused { reason: "a failover is running".to_string() };
+        }
+        state.epoch = state.epoch.max(epoch.unwrap_or(0));
+        if state.primary.as_deref() == Some(member) {
+            return CommandResponse::Applied;
+        }
+        state.primary = Some(member.to_string());
+        let kind =
+            EventKind::PrimaryRecorded { group: group.to_string(), member: member.to_string() };
+        self.push_event(index, at, proposer, kind);
+        CommandResponse::Applied
+    }
+
+    fn set_paused(
+        &mut self,
+        index: u64,
+        group: &str,
+        paused: bool,
+        author: &str,
+        at: u64,
+        proposer: NodeId,
+    ) -> CommandResponse {
+        let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+        if state.paused == paused {
+            return CommandResponse::Applied;
+        }
+        state.paused = paused;
+        state.paused_note = paused.then(|| format!("paused by {author}"));
+        let kind = EventKind::PauseChanged {
+            group: group.to_string(),
+            paused,
+            author: author.to_string(),
+        };
+        self.push_event(index, at, proposer, kind);
+        CommandResponse::Applied
+    }
+
+    fn begin_failover(&mut self, index: u64, command: &Command) -> CommandResponse {
+        let Command::BeginFailover {
+            group,
+            kind,
+            reason,
+            old_primary,
+            candidate,
+            plan,
+            detected_at_ms,
+            decided_at_ms,
+            old_primary_lsn,
+            candidate_lsn,
+            proposer,
+        } = command
+        else {
+            unreachable!("begin_failover is called with BeginFailover only")
+        };
+        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        if spec.member(candidate).is_none() {
+            return CommandResponse::Refused {
+                reason: format!("group {group:?} has no member {candidate:?}"),
+            };
+        }
+        let state = self.groups.entry(group.clone()).or_default();
+        if let Some(running) = &state.running {
+            return CommandResponse::Refused {
+                reason: format!(
+                    "{} #{} to {} is already running",
+                    running.kind, running.id, running.candidate
+                ),
+            };
+        }
+        if state.paused && *kind == FailoverKind::Automatic {
+            return CommandResponse::Refused { reason: format!("group {group:?} is paused") };
+        }
+        let run_id = state.next_run_id;
+        state.next_run_id += 1;
+        let epoch = state.epoch + 1;
+        state.blocked = None;
+        state.running = Some(FailoverRun {
+            id: run_id,
+            kind: *kind,
+            reason: reason.clone(),
+            old_primary: old_primary.clone(),
+            candidate: candidate.clone(),
+            epoch,
+            detected_at_ms: *detected_at_ms,
+            decided_at_ms: *decided_at_ms,
+            promoted_at_ms: None,
+            first_write_at_ms: None,
+            finished_at_ms: None,
+            old_primary_lsn: *old_primary_lsn,
+            candidate_lsn: *candidate_lsn,
+            steps: plan
+                .iter()
+                .map(|step| StepState { step: step.clone(), status: StepStatus::Pending })
+                .collect(),
+            succeeded: None,
+            outcome: None,
+        });
+        let event = EventKind::FailoverStarted {
+            group: group.clone(),
+            run_id,
+            run_kind: *kind,
+            old_primary: old_primary.clone(),
+            candidate: candidate.clone(),
+            epoch,
+            reason: reason.clone(),
+        };
+        self.push_event(index, *decided_at_ms, *proposer, event);
+        CommandResponse::RunStarted { run_id, epoch }
+    }
+
+    fn running_step(
+        &mut self,
+        group: &str,
+        run_id: u64,
+        step: usize,
+    ) -> Result<&mut FailoverRun, CommandResponse> {
+        let Some(state) = self.groups.get_mut(group) else { return Err(unknown_group(group)) };
+        match &mut state.running {
+            Some(run) if run.id == run_id && step < run.steps.len() => Ok(run),
+            _ => Err(CommandResponse::Refused {
+                reason: format!("run #{run_id} of {group:?} is not running"),
+            }),
+        }
+    }
+
+    fn step_started(
+        &mut self,
+        group: &str,
+        run_id: u64,
+        step: usize,
+        by: NodeId,
+        at_ms: u64,
+    ) -> CommandResponse {
+        let run = match self.running_step(group, run_id, step) {
+            Ok(run) => run,
+            Err(refusal) => return refusal,
+        };
+        let attempt = match &run.steps[step].status {
+            StepStatus::Pending => 1,
+            StepStatus::Started { attempt, .. } | StepStatus::Failed { attempt, .. } => attempt + 1,
+            StepStatus::Succeeded { .. } => {
+                return CommandResponse::Refused {
+                    reason: format!("step {step} already succeeded"),
+                };
+            }
+        };
+        run.steps[step].status = StepStatus::Started { by, attempt, at_ms };
+        CommandResponse::Applied
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_finished(
+        &mut self,
+        group: &str,
+        run_id: u64,
+        step: usize,
+        succeeded: bool,
+        detail: &str,
+        facts: &StepFacts,
+        at_ms: u64,
+    ) -> CommandResponse {
+        let run = match self.running_step(group, run_id, step) {
+            Ok(run) => run,
+            Err(refusal) => return refusal,
+        };
+        let promoted = succeeded && run.steps[step].step == Step::Promote;
+        let (candidate, epoch) = (run.candidate.clone(), run.epoch);
+        let attempt = match &run.steps[step].status {
+            StepStatus::Started { attempt, .. } => *attempt,
+            StepStatus::Succeeded { .. } => return CommandResponse::Applied,
+            _ => 1,
+        };
+        run.steps[step].status = if succeeded {
+            StepStatus::Succeeded { detail: detail.to_string(), at_ms }
+        } else {
+            StepStatus::Failed { detail: detail.to_string(), attempt, at_ms }
+        };
+        if succeeded {
+            match run.steps[step].step {
+                Step::Promote => {
+                    run.promoted_at_ms = Some(at_ms);
+                    if let Some(lsn) = facts.promoted_lsn {
+                        run.candidate_lsn = Some(lsn);
+                    }
+                }
+                Step::VerifyWritable => run.first_write_at_ms = Some(at_ms),
+                Step::StopPrimary { .. } => {
+                    if let Some(lsn) = facts.final_lsn {
+                        run.old_primary_lsn = Some(lsn);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // From the moment the promotion is done, the candidate is the primary, whatever
+        // happens to the rest of the run.
+        if promoted && let Some(state) = self.groups.get_mut(group) {
+            state.primary = Some(candidate);
+            state.epoch = state.epoch.max(epoch);
+        }
+        CommandResponse::Applied
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_failover(
+        &mut self,
+        index: u64,
+        group: &str,
+        run_id: u64,
+        succeeded: bool,
+        outcome: &str,
+        at_ms: u64,
+        proposer: NodeId,
+    ) -> CommandResponse {
+        let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+        if state.running.as_ref().map(|run| run.id) != Some(run_id) {
+            return CommandResponse::Refused {
+                reason: format!("run #{run_id} of {group:?} is not running"),
+            };
+        }
+        state.finish_running(succeeded, outcome.to_string(), at_ms);
+        let kind = EventKind::FailoverFinished {
+            group: group.to_string(),
+            run_id,
+            succeeded,
+            outcome: outcome.to_string(),
+        };
+        self.push_event(index, at_ms, proposer, kind);
+        CommandResponse::Applied
     }
 
     /// Applies an entry that carries no command (a blank entry written by a new leader).
