@@ -349,8 +349,9 @@ proptest! {
                 .max();
             let position = best_fresh(index).expect("the candidate has a fresh, answering verdict");
             prop_assert!(10_000 - position <= max_lag, "candidate lags {} > {}", 10_000 - position, max_lag);
-            for other in 1..3 {
-                if other != index && !nofailover[other]
+            // Member 0 is the old primary; the others are the replicas.
+            for (other, other_nofailover) in nofailover.iter().enumerate().skip(1) {
+                if other != index && !other_nofailover
                     && let Some(other_position) = best_fresh(other)
                     && 10_000 - other_position <= max_lag
                 {
