@@ -83,14 +83,8 @@ impl Cluster {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        request: LeaderRequest,
-    ) -> Result<LeaderResponse, SubmitError> {
-        let Some(node) =
-            self.state.read().expect("state lock poisoned").nodes().get(&leader).cloned()
-        else {
+    async fn forward(&self, leader: NodeId, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        let Some(node) = self.state.read().expect("state lock poisoned").nodes().get(&leader).cloned() else {
             return Err(SubmitError::NoLeader);
         };
         let response = self
@@ -100,14 +94,10 @@ impl Cluster {
             .map_err(|e| SubmitError::LeaderUnreachable { leader, reason: e.to_string() })?;
         match response {
             RaftResponse::Forward(LeaderResponse::NotLeader { .. }) => Err(SubmitError::NoLeader),
-            RaftResponse::Forward(LeaderResponse::Failed { reason }) => {
-                Err(SubmitError::Refused(reason))
-            }
+            RaftResponse::Forward(LeaderResponse::Failed { reason }) => Err(SubmitError::Refused(reason)),
             RaftResponse::Forward(done) => Ok(done),
             RaftResponse::Error { reason } => Err(SubmitError::Refused(reason)),
-            other => {
-                Err(SubmitError::Refused(format!("leader sent an unexpected answer: {other:?}")))
-            }
+            other => Err(SubmitError::Refused(format!("leader sent an unexpected answer: {other:?}"))),
         }
     }
 
@@ -115,9 +105,7 @@ impl Cluster {
     pub async fn execute_as_leader(&self, request: LeaderRequest) -> LeaderResponse {
         match request {
             LeaderRequest::Write { command } => self.write(command).await,
-            LeaderRequest::AddMember { id, node, learner_only } => {
-                self.add_member(id, node, learner_only).await
-            }
+            LeaderRequest::AddMember { id, node, learner_only } => self.add_member(id, node, learner_only).await,
             LeaderRequest::RemoveMember { id } => self.remove_member(id).await,
         }
     }
@@ -126,12 +114,7 @@ impl Cluster {
         outcome(self.raft.client_write(command).await)
     }
 
-    async fn add_member(
-        &self,
-        id: NodeId,
-        node: crate::types::NodeInfo,
-        learner_only: bool,
-    ) -> LeaderResponse {
+    async fn add_member(&self, id: NodeId, node: crate::types::NodeInfo, learner_only: bool) -> LeaderResponse {
         if let Some(refusal) = self.refuse_if_not_leader() {
             return refusal;
         }
@@ -142,18 +125,10 @@ impl Cluster {
         if voters.contains(&id) {
             return LeaderResponse::Failed { reason: format!("node {id} is already a voter") };
         }
-        if let Some((other, _)) =
-            nodes.iter().find(|(other, info)| **other != id && info.name == node.name)
-        {
-            return LeaderResponse::Failed {
-                reason: format!("name {:?} is already taken by node {other}", node.name),
-            };
+        if let Some((other, _)) = nodes.iter().find(|(other, info)| **other != id && info.name == node.name) {
+            return LeaderResponse::Failed { reason: format!("name {:?} is already taken by node {other}", node.name) };
         }
-        let added = tokio::time::timeout(
-            LEARNER_CATCH_UP_TIMEOUT,
-            self.raft.add_learner(id, node.clone(), true),
-        )
-        .await;
+        let added = tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, self.raft.add_learner(id, node.clone(), true)).await;
         let learner_response = match added {
             Ok(result) => outcome(result),
             Err(_) => {
@@ -168,15 +143,10 @@ impl Cluster {
             }
         };
         if learner_only || !matches!(learner_response, LeaderResponse::Done { .. }) {
-            return self
-                .record_membership_change(learner_response, format!("add node {id} as learner"))
-                .await;
+            return self.record_membership_change(learner_response, format!("add node {id} as learner")).await;
         }
-        let promoted = outcome(
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await,
-        );
+        let promoted =
+            outcome(self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await);
         self.record_membership_change(promoted, format!("add node {id} as voter")).await
     }
 
@@ -193,24 +163,16 @@ impl Cluster {
         }
         if voters.contains(&id) {
             if voters.len() == 1 {
-                return LeaderResponse::Failed {
-                    reason: format!("node {id} is the last voter and cannot be removed"),
-                };
+                return LeaderResponse::Failed { reason: format!("node {id} is the last voter and cannot be removed") };
             }
-            let demoted = outcome(
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
-                    .await,
-            );
+            let demoted =
+                outcome(self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true).await);
             if !matches!(demoted, LeaderResponse::Done { .. }) {
                 return demoted;
             }
         }
-        let removed = outcome(
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await,
-        );
+        let removed =
+            outcome(self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await);
         self.record_membership_change(removed, format!("remove node {id}")).await
     }
 
@@ -223,11 +185,7 @@ impl Cluster {
 
     /// Writes a history event for a membership change that succeeded, and answers with the
     /// membership change's own outcome.
-    async fn record_membership_change(
-        &self,
-        changed: LeaderResponse,
-        change: String,
-    ) -> LeaderResponse {
+    async fn record_membership_change(&self, changed: LeaderResponse, change: String) -> LeaderResponse {
         if !matches!(changed, LeaderResponse::Done { .. }) {
             return changed;
         }
@@ -252,22 +210,14 @@ impl Cluster {
 
 /// Milliseconds since the Unix epoch by this machine's wall clock.
 pub fn unix_millis_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 fn outcome(
-    result: Result<
-        ClientWriteResponse<TypeConfig>,
-        RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
-    >,
+    result: Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
 ) -> LeaderResponse {
     match result {
-        Ok(written) => {
-            LeaderResponse::Done { log_index: written.log_id.index, response: written.data }
-        }
+        Ok(written) => LeaderResponse::Done { log_index: written.log_id.index, response: written.data },
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             LeaderResponse::NotLeader { leader: forward.leader_id }
         }

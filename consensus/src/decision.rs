@@ -84,9 +84,7 @@ impl Situation<'_> {
             .get(member)
             .into_iter()
             .flatten()
-            .filter(move |(_, report)| {
-                now_ms.saturating_sub(report.observed_at_ms) <= STALE_AFTER_MS
-            })
+            .filter(move |(_, report)| now_ms.saturating_sub(report.observed_at_ms) <= STALE_AFTER_MS)
             .map(|(node, report)| (*node, report))
     }
 
@@ -98,8 +96,7 @@ impl Situation<'_> {
         for (node, report) in self.fresh(member) {
             if report.verdict.health == Health::Down && self.voters.contains(&node) {
                 voters.insert(node);
-                since =
-                    Some(since.map_or(report.since_ms, |earliest| earliest.min(report.since_ms)));
+                since = Some(since.map_or(report.since_ms, |earliest| earliest.min(report.since_ms)));
             }
         }
         (voters, since)
@@ -182,12 +179,8 @@ pub fn choose_candidate(
             _ => None,
         };
         match lag {
-            Some(lag) if lag > spec.maximum_lag_on_failover && !ignore_lag => {
-                passed_over.push(format!(
-                    "{name} lags {lag} bytes (maximum_lag_on_failover is {})",
-                    spec.maximum_lag_on_failover
-                ))
-            }
+            Some(lag) if lag > spec.maximum_lag_on_failover && !ignore_lag => passed_over
+                .push(format!("{name} lags {lag} bytes (maximum_lag_on_failover is {})", spec.maximum_lag_on_failover)),
             None if !ignore_lag && reference.is_some() => {
                 passed_over.push(format!("{name} has reported no replay position"));
             }
@@ -202,27 +195,17 @@ pub fn choose_candidate(
     };
     eligible.sort_by(|(a, a_lsn), (b, b_lsn)| {
         let priority = |name: &str| spec.member(name).map_or(0, |m| m.priority);
-        b_lsn
-            .cmp(a_lsn)
-            .then(priority(b).cmp(&priority(a)))
-            .then(preference(a).cmp(&preference(b)))
-            .then(a.cmp(b))
+        b_lsn.cmp(a_lsn).then(priority(b).cmp(&priority(a))).then(preference(a).cmp(&preference(b))).then(a.cmp(b))
     });
     match eligible.into_iter().next() {
         Some((member, lsn)) => Ok(Candidate { member, lsn }),
-        None if passed_over.is_empty() => {
-            Err("no failover possible: the group has no other member".to_string())
-        }
+        None if passed_over.is_empty() => Err("no failover possible: the group has no other member".to_string()),
         None => Err(format!("no failover possible: {}", passed_over.join("; "))),
     }
 }
 
 /// The steps of an automatic failover: the old primary is down, so there is nothing to stop.
-pub fn automatic_steps(
-    spec: &PostgresGroup,
-    old_primary: Option<&str>,
-    candidate: &str,
-) -> Vec<Step> {
+pub fn automatic_steps(spec: &PostgresGroup, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
     let mut steps = vec![Step::Promote, Step::VerifyWritable];
     steps.extend(repoints(spec, old_primary, candidate));
     steps
@@ -296,10 +279,7 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
         return if state.blocked.is_some() { Decision::Unblock } else { Decision::Nothing };
     }
     if state.paused {
-        return blocked(
-            state,
-            format!("primary {primary} is down, but the group is paused: no automatic failover"),
-        );
+        return blocked(state, format!("primary {primary} is down, but the group is paused: no automatic failover"));
     }
     match choose_candidate(situation, Some(primary), false) {
         Ok(candidate) => {
@@ -323,11 +303,7 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
 }
 
 fn blocked(state: &GroupState, reason: String) -> Decision {
-    if state.blocked.as_deref() == Some(reason.as_str()) {
-        Decision::Nothing
-    } else {
-        Decision::Blocked { reason }
-    }
+    if state.blocked.as_deref() == Some(reason.as_str()) { Decision::Nothing } else { Decision::Blocked { reason } }
 }
 
 /// Why an operator's switchover or failover request is refused.
@@ -335,25 +311,15 @@ pub type Refusal = String;
 
 /// Plans an operator's switchover (`forced` false) or forced failover (`forced` true) to
 /// `to`, or to the best candidate when `to` is `None`.
-pub fn plan_requested(
-    situation: &Situation<'_>,
-    to: Option<&str>,
-    forced: bool,
-) -> Result<Plan, Refusal> {
+pub fn plan_requested(situation: &Situation<'_>, to: Option<&str>, forced: bool) -> Result<Plan, Refusal> {
     let spec = situation.spec;
     let state = situation.state;
     let kind = if forced { FailoverKind::Forced } else { FailoverKind::Switchover };
     if state.paused {
-        return Err(format!(
-            "group {} is paused: run `vigil resume {}` first",
-            spec.name, spec.name
-        ));
+        return Err(format!("group {} is paused: run `vigil resume {}` first", spec.name, spec.name));
     }
     if let Some(running) = &state.running {
-        return Err(format!(
-            "{} #{} to {} is already running",
-            running.kind, running.id, running.candidate
-        ));
+        return Err(format!("{} #{} to {} is already running", running.kind, running.id, running.candidate));
     }
     let Some(primary) = state.primary.as_deref() else {
         return Err(format!("group {} has no known primary", spec.name));
@@ -387,9 +353,8 @@ pub fn plan_requested(
                 ..spec.clone()
             };
             let narrowed = Situation { spec: &only, ..*situation };
-            choose_candidate(&narrowed, Some(primary), forced).map_err(|reason| {
-                reason.replacen("no failover possible", &format!("cannot promote {member}"), 1)
-            })?
+            choose_candidate(&narrowed, Some(primary), forced)
+                .map_err(|reason| reason.replacen("no failover possible", &format!("cannot promote {member}"), 1))?
         }
         None => choose_candidate(situation, Some(primary), forced)?,
     };
@@ -399,9 +364,7 @@ pub fn plan_requested(
     } else {
         let primary_spec = spec.member(primary).expect("the recorded primary is a member");
         if primary_spec.data_dir.is_none() {
-            return Err(format!(
-                "{primary} has no data_dir in the spec: stopping it cleanly needs host-local control"
-            ));
+            return Err(format!("{primary} has no data_dir in the spec: stopping it cleanly needs host-local control"));
         }
         switchover_steps(spec, primary, &candidate.member)
     };

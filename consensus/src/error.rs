@@ -64,10 +64,9 @@ database_errors!(
 impl From<StoreError> for std::io::Error {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::SnapshotFile { source, path } => std::io::Error::new(
-                source.kind(),
-                format!("snapshot file {}: {source}", path.display()),
-            ),
+            StoreError::SnapshotFile { source, path } => {
+                std::io::Error::new(source.kind(), format!("snapshot file {}: {source}", path.display()))
+            }
             other => std::io::Error::other(other.to_string()),
         }
     }

@@ -42,10 +42,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log at `path`, creating it if it does not exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| StoreError::open(path, e))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| StoreError::open(path, e))?;
         let store = Self { db: Arc::new(db) };
         // Create both tables up front so readers never meet a missing table.
         store.write_sync(Durability::Immediate, |_, _| Ok(()))?;
@@ -96,10 +93,7 @@ impl LogStore {
     fn write_sync(
         &self,
         durability: Durability,
-        write: impl FnOnce(
-            &mut redb::Table<u64, &[u8]>,
-            &mut redb::Table<&str, &[u8]>,
-        ) -> Result<(), StoreError>,
+        write: impl FnOnce(&mut redb::Table<u64, &[u8]>, &mut redb::Table<&str, &[u8]>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
@@ -115,10 +109,7 @@ impl LogStore {
     /// Runs one write transaction on the blocking pool and waits for its commit.
     async fn write<F>(&self, durability: Durability, write: F) -> Result<(), StoreError>
     where
-        F: FnOnce(
-                &mut redb::Table<u64, &[u8]>,
-                &mut redb::Table<&str, &[u8]>,
-            ) -> Result<(), StoreError>
+        F: FnOnce(&mut redb::Table<u64, &[u8]>, &mut redb::Table<&str, &[u8]>) -> Result<(), StoreError>
             + Send
             + 'static,
     {
@@ -129,21 +120,13 @@ impl LogStore {
     }
 }
 
-fn put_meta<T: Serialize>(
-    meta: &mut redb::Table<&str, &[u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), StoreError> {
+fn put_meta<T: Serialize>(meta: &mut redb::Table<&str, &[u8]>, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value)?;
     meta.insert(key, bytes.as_slice())?;
     Ok(())
 }
 
-fn delete_range(
-    log: &mut redb::Table<u64, &[u8]>,
-    start: Bound<u64>,
-    end: Bound<u64>,
-) -> Result<(), StoreError> {
+fn delete_range(log: &mut redb::Table<u64, &[u8]>, start: Bound<u64>, end: Bound<u64>) -> Result<(), StoreError> {
     log.retain_in((start, end), |_, _| false)?;
     Ok(())
 }
@@ -176,28 +159,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let vote = *vote;
-        Ok(self
-            .write(Durability::Immediate, move |_, meta| put_meta(meta, KEY_VOTE, &vote))
-            .await?)
+        Ok(self.write(Durability::Immediate, move |_, meta| put_meta(meta, KEY_VOTE, &vote)).await?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         // The commit index may lag after a crash (openraft then re-learns it from the leader),
         // so it rides along with the next durable commit instead of costing an fsync of its own.
-        Ok(self
-            .write(Durability::None, move |_, meta| put_meta(meta, KEY_COMMITTED, &committed))
-            .await?)
+        Ok(self.write(Durability::None, move |_, meta| put_meta(meta, KEY_COMMITTED, &committed)).await?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), std::io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = <TypeConfig as RaftTypeConfig>::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

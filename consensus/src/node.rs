@@ -117,19 +117,12 @@ impl RaftNode {
         let state_machine = StateMachineStore::open(&setup.data_dir.join(SNAPSHOT_DIR))?;
         let state = state_machine.shared_state();
 
-        let transport =
-            Arc::new(Transport::new(endpoint.clone(), client_config, setup.cluster_name.clone()));
+        let transport = Arc::new(Transport::new(endpoint.clone(), client_config, setup.cluster_name.clone()));
 
         let config = raft_config(&setup.cluster_name, &setup.raft)?;
-        let raft = Raft::new(
-            setup.id,
-            config,
-            NetworkFactory::new(transport.clone()),
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(setup.id, config, NetworkFactory::new(transport.clone()), log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         let cluster = Cluster { raft, state, transport, node_id: setup.id };
         let server = tokio::spawn(server::serve(
             endpoint.clone(),
@@ -143,9 +136,7 @@ impl RaftNode {
         if fresh && !setup.initial_members.is_empty() {
             bootstrap(&cluster, &setup.initial_members).await?;
         } else if fresh {
-            info!(
-                "fresh data dir and no initial members: waiting to be added with `vigil members add`"
-            );
+            info!("fresh data dir and no initial members: waiting to be added with `vigil members add`");
         } else {
             info!("restarting from the log in {}", setup.data_dir.display());
         }
@@ -163,10 +154,7 @@ impl RaftNode {
         match tokio::time::timeout(grace, self.cluster.raft.shutdown()).await {
             Ok(Ok(())) => info!("raft stopped"),
             Ok(Err(error)) => warn!(%error, "raft stopped with an error"),
-            Err(_) => warn!(
-                grace_ms = grace.as_millis() as u64,
-                "raft did not stop within the grace period"
-            ),
+            Err(_) => warn!(grace_ms = grace.as_millis() as u64, "raft did not stop within the grace period"),
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(grace, self.server).await;
@@ -191,12 +179,7 @@ async fn monitor_peers(cluster: Cluster, cancel: CancellationToken) {
             state.nodes().into_iter().filter(|(id, _)| *id != cluster.node_id).collect()
         };
         let pings = peers.iter().map(|(id, info)| {
-            cluster.transport.call(
-                *id,
-                &info.raft_addr,
-                &crate::transport::rpc::RaftRequest::Ping,
-                PING_INTERVAL,
-            )
+            cluster.transport.call(*id, &info.raft_addr, &crate::transport::rpc::RaftRequest::Ping, PING_INTERVAL)
         });
         // Failures are recorded in the peer links by the transport; nothing else to do here.
         let _ = futures_util::future::join_all(pings).await;
@@ -223,10 +206,7 @@ fn raft_config(cluster_name: &str, settings: &RaftSettings) -> Result<Arc<Config
 /// Initializes the cluster with `members` as voters. Every initial member does this on its
 /// first start with the same members; openraft accepts the first and answers the others
 /// that the cluster is already initialized, which is fine.
-async fn bootstrap(
-    cluster: &Cluster,
-    members: &BTreeMap<NodeId, NodeInfo>,
-) -> Result<(), StartError> {
+async fn bootstrap(cluster: &Cluster, members: &BTreeMap<NodeId, NodeInfo>) -> Result<(), StartError> {
     match cluster.raft.initialize(members.clone()).await {
         Ok(()) => {
             info!(voters = ?members.keys().collect::<Vec<_>>(), "bootstrapped the cluster");
@@ -241,11 +221,7 @@ async fn bootstrap(
             tokio::spawn(async move {
                 let command = cluster.event_command(EventKind::ClusterBootstrapped { voters });
                 for _ in 0..50 {
-                    if cluster
-                        .submit(LeaderRequest::Write { command: command.clone() })
-                        .await
-                        .is_ok()
-                    {
+                    if cluster.submit(LeaderRequest::Write { command: command.clone() }).await.is_ok() {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -64,8 +64,7 @@ impl CertificateAuthority {
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        let certificate =
-            IssuedCertificate { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() };
+        let certificate = IssuedCertificate { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() };
         Ok(Self { issuer, certificate })
     }
 
@@ -76,24 +75,17 @@ impl CertificateAuthority {
 
     /// Issues the certificate of node `id`, also valid for the extra host names and IP
     /// addresses in `extra_names` (for load balancers and monitoring that check names).
-    pub fn issue_node(
-        &self,
-        id: NodeId,
-        extra_names: &[String],
-    ) -> Result<IssuedCertificate, PkiError> {
-        let mut names =
-            vec![node_server_name(id), API_SERVER_NAME.to_string(), "localhost".to_string()];
+    pub fn issue_node(&self, id: NodeId, extra_names: &[String]) -> Result<IssuedCertificate, PkiError> {
+        let mut names = vec![node_server_name(id), API_SERVER_NAME.to_string(), "localhost".to_string()];
         names.extend(extra_names.iter().cloned());
         let mut params = leaf_params(&format!("vigil node {id}"), &names)?;
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
 
     /// Issues an operator certificate for the CLI, named `name`.
     pub fn issue_operator(&self, name: &str) -> Result<IssuedCertificate, PkiError> {
-        let mut params =
-            leaf_params(&format!("vigil operator {name}"), &[format!("{name}.operator.vigil")])?;
+        let mut params = leaf_params(&format!("vigil operator {name}"), &[format!("{name}.operator.vigil")])?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
@@ -112,9 +104,7 @@ fn leaf_params(common_name: &str, names: &[String]) -> Result<CertificateParams,
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
-                name.clone()
-                    .try_into()
-                    .map_err(|_| PkiError(format!("{name:?} is not a valid host name")))?,
+                name.clone().try_into().map_err(|_| PkiError(format!("{name:?} is not a valid host name")))?,
             ),
         };
         params.subject_alt_names.push(san);

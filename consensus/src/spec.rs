@@ -162,10 +162,7 @@ impl ClusterSpec {
             let field = format!("postgres[{index}]");
             group.validate(&field, &node_names)?;
             if !group_names.insert(group.name.as_str()) {
-                return Err(error(
-                    format!("{field}.name"),
-                    format!("group name {:?} is used twice", group.name),
-                ));
+                return Err(error(format!("{field}.name"), format!("group name {:?} is used twice", group.name)));
             }
         }
         Ok(())
@@ -195,9 +192,7 @@ fn check_secret(field: &str, secret: &SecretSource) -> Result<(), SpecError> {
         (Some(file), None) if !file.starts_with('/') => {
             Err(error(format!("{field}.file"), format!("expected an absolute path, got {file:?}")))
         }
-        (None, Some(env)) if env.is_empty() => {
-            Err(error(format!("{field}.env"), "must not be empty"))
-        }
+        (None, Some(env)) if env.is_empty() => Err(error(format!("{field}.env"), "must not be empty")),
         _ => Ok(()),
     }
 }
@@ -264,11 +259,7 @@ impl PostgresGroup {
                 let known: Vec<&str> = node_names.iter().copied().collect();
                 return Err(error(
                     format!("{member_field}.node"),
-                    format!(
-                        "no vigil node is named {:?} (nodes: {})",
-                        member.node,
-                        known.join(", ")
-                    ),
+                    format!("no vigil node is named {:?} (nodes: {})", member.node, known.join(", ")),
                 ));
             }
             if let Some(data_dir) = &member.data_dir

@@ -9,9 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::group::{
-    FailoverKind, FailoverRun, GroupState, Step, StepFacts, StepState, StepStatus, VerdictReport,
-};
+use crate::group::{FailoverKind, FailoverRun, GroupState, Step, StepFacts, StepState, StepStatus, VerdictReport};
 use crate::spec::ClusterSpec;
 use crate::types::{LogId, NodeId, NodeInfo, StoredMembership};
 
@@ -319,12 +317,9 @@ impl fmt::Display for EventKind {
             EventKind::ClusterBootstrapped { voters } => {
                 write!(f, "cluster bootstrapped with voters {}", id_list(voters))
             }
-            EventKind::MembershipChanged { change, voters, learners } => write!(
-                f,
-                "membership changed ({change}): voters {}, learners {}",
-                id_list(voters),
-                id_list(learners)
-            ),
+            EventKind::MembershipChanged { change, voters, learners } => {
+                write!(f, "membership changed ({change}): voters {}, learners {}", id_list(voters), id_list(learners))
+            }
             EventKind::Note { author, text } => write!(f, "note by {author}: {text}"),
             EventKind::SpecApplied { author, groups } => {
                 write!(
@@ -342,25 +337,13 @@ impl fmt::Display for EventKind {
             EventKind::PauseChanged { group, paused: false, author } => {
                 write!(f, "{group}: resumed by {author}")
             }
-            EventKind::FailoverStarted {
-                group,
-                run_id,
-                run_kind,
-                old_primary,
-                candidate,
-                epoch,
-                reason,
-            } => write!(
+            EventKind::FailoverStarted { group, run_id, run_kind, old_primary, candidate, epoch, reason } => write!(
                 f,
                 "{group}: {run_kind} #{run_id} started: {} -> {candidate}, epoch {epoch} ({reason})",
                 old_primary.as_deref().unwrap_or("none")
             ),
             EventKind::FailoverFinished { group, run_id, succeeded, outcome } => {
-                write!(
-                    f,
-                    "{group}: run #{run_id} {}: {outcome}",
-                    if *succeeded { "succeeded" } else { "abandoned" }
-                )
+                write!(f, "{group}: run #{run_id} {}: {outcome}", if *succeeded { "succeeded" } else { "abandoned" })
             }
         }
     }
@@ -407,9 +390,7 @@ impl ClusterState {
             Command::ApplySpec { spec, at_unix_ms, proposer, author } => {
                 self.apply_spec(index, spec, *at_unix_ms, *proposer, author)
             }
-            Command::ReportVerdict { node, group, member, report } => {
-                self.report_verdict(*node, group, member, report)
-            }
+            Command::ReportVerdict { node, group, member, report } => self.report_verdict(*node, group, member, report),
             Command::RecordPrimary { group, member, epoch, at_unix_ms, proposer } => {
                 self.record_primary(index, group, member, *epoch, *at_unix_ms, *proposer)
             }
@@ -427,15 +408,9 @@ impl ClusterState {
             Command::StepStarted { group, run_id, index: step, by, at_ms } => {
                 self.step_started(group, *run_id, *step, *by, *at_ms)
             }
-            Command::StepFinished {
-                group,
-                run_id,
-                index: step,
-                succeeded,
-                detail,
-                facts,
-                at_ms,
-            } => self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms),
+            Command::StepFinished { group, run_id, index: step, succeeded, detail, facts, at_ms } => {
+                self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms)
+            }
             Command::FinishFailover { group, run_id, succeeded, outcome, at_ms, proposer } => {
                 self.finish_failover(index, group, *run_id, *succeeded, outcome, *at_ms, *proposer)
             }
@@ -462,39 +437,26 @@ impl ClusterState {
             };
         }
         self.spec = spec.clone();
-        let names: BTreeSet<String> =
-            spec.postgres.iter().map(|group| group.name.clone()).collect();
+        let names: BTreeSet<String> = spec.postgres.iter().map(|group| group.name.clone()).collect();
         self.groups.retain(|name, _| names.contains(name));
         for group in &spec.postgres {
             let state = self.groups.entry(group.name.clone()).or_default();
-            let members: BTreeSet<&str> =
-                group.members.iter().map(|member| member.name.as_str()).collect();
+            let members: BTreeSet<&str> = group.members.iter().map(|member| member.name.as_str()).collect();
             state.verdicts.retain(|member, _| members.contains(member.as_str()));
             state.last_primary_lsn.retain(|member, _| members.contains(member.as_str()));
             if state.primary.as_deref().is_some_and(|primary| !members.contains(primary)) {
                 state.primary = None;
             }
         }
-        let kind = EventKind::SpecApplied {
-            author: author.to_string(),
-            groups: names.into_iter().collect(),
-        };
+        let kind = EventKind::SpecApplied { author: author.to_string(), groups: names.into_iter().collect() };
         self.push_event(index, at_unix_ms, proposer, kind);
         CommandResponse::Applied
     }
 
-    fn report_verdict(
-        &mut self,
-        node: NodeId,
-        group: &str,
-        member: &str,
-        report: &VerdictReport,
-    ) -> CommandResponse {
+    fn report_verdict(&mut self, node: NodeId, group: &str, member: &str, report: &VerdictReport) -> CommandResponse {
         let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
         if spec.member(member).is_none() {
-            return CommandResponse::Refused {
-                reason: format!("group {group:?} has no member {member:?}"),
-            };
+            return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
         }
         let state = self.groups.entry(group.to_string()).or_default();
         if let Some(facts) = &report.verdict.facts
@@ -519,9 +481,7 @@ impl ClusterState {
     ) -> CommandResponse {
         let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
         if spec.member(member).is_none() {
-            return CommandResponse::Refused {
-                reason: format!("group {group:?} has no member {member:?}"),
-            };
+            return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
         }
         let state = self.groups.entry(group.to_string()).or_default();
         if state.running.is_some() {
@@ -532,8 +492,7 @@ impl ClusterState {
             return CommandResponse::Applied;
         }
         state.primary = Some(member.to_string());
-        let kind =
-            EventKind::PrimaryRecorded { group: group.to_string(), member: member.to_string() };
+        let kind = EventKind::PrimaryRecorded { group: group.to_string(), member: member.to_string() };
         self.push_event(index, at, proposer, kind);
         CommandResponse::Applied
     }
@@ -553,11 +512,7 @@ impl ClusterState {
         }
         state.paused = paused;
         state.paused_note = paused.then(|| format!("paused by {author}"));
-        let kind = EventKind::PauseChanged {
-            group: group.to_string(),
-            paused,
-            author: author.to_string(),
-        };
+        let kind = EventKind::PauseChanged { group: group.to_string(), paused, author: author.to_string() };
         self.push_event(index, at, proposer, kind);
         CommandResponse::Applied
     }
@@ -581,17 +536,12 @@ impl ClusterState {
         };
         let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
         if spec.member(candidate).is_none() {
-            return CommandResponse::Refused {
-                reason: format!("group {group:?} has no member {candidate:?}"),
-            };
+            return CommandResponse::Refused { reason: format!("group {group:?} has no member {candidate:?}") };
         }
         let state = self.groups.entry(group.clone()).or_default();
         if let Some(running) = &state.running {
             return CommandResponse::Refused {
-                reason: format!(
-                    "{} #{} to {} is already running",
-                    running.kind, running.id, running.candidate
-                ),
+                reason: format!("{} #{} to {} is already running", running.kind, running.id, running.candidate),
             };
         }
         if state.paused && *kind == FailoverKind::Automatic {
@@ -615,10 +565,7 @@ impl ClusterState {
             finished_at_ms: None,
             old_primary_lsn: *old_primary_lsn,
             candidate_lsn: *candidate_lsn,
-            steps: plan
-                .iter()
-                .map(|step| StepState { step: step.clone(), status: StepStatus::Pending })
-                .collect(),
+            steps: plan.iter().map(|step| StepState { step: step.clone(), status: StepStatus::Pending }).collect(),
             succeeded: None,
             outcome: None,
         });
@@ -635,29 +582,15 @@ impl ClusterState {
         CommandResponse::RunStarted { run_id, epoch }
     }
 
-    fn running_step(
-        &mut self,
-        group: &str,
-        run_id: u64,
-        step: usize,
-    ) -> Result<&mut FailoverRun, CommandResponse> {
+    fn running_step(&mut self, group: &str, run_id: u64, step: usize) -> Result<&mut FailoverRun, CommandResponse> {
         let Some(state) = self.groups.get_mut(group) else { return Err(unknown_group(group)) };
         match &mut state.running {
             Some(run) if run.id == run_id && step < run.steps.len() => Ok(run),
-            _ => Err(CommandResponse::Refused {
-                reason: format!("run #{run_id} of {group:?} is not running"),
-            }),
+            _ => Err(CommandResponse::Refused { reason: format!("run #{run_id} of {group:?} is not running") }),
         }
     }
 
-    fn step_started(
-        &mut self,
-        group: &str,
-        run_id: u64,
-        step: usize,
-        by: NodeId,
-        at_ms: u64,
-    ) -> CommandResponse {
+    fn step_started(&mut self, group: &str, run_id: u64, step: usize, by: NodeId, at_ms: u64) -> CommandResponse {
         let run = match self.running_step(group, run_id, step) {
             Ok(run) => run,
             Err(refusal) => return refusal,
@@ -666,9 +599,7 @@ impl ClusterState {
             StepStatus::Pending => 1,
             StepStatus::Started { attempt, .. } | StepStatus::Failed { attempt, .. } => attempt + 1,
             StepStatus::Succeeded { .. } => {
-                return CommandResponse::Refused {
-                    reason: format!("step {step} already succeeded"),
-                };
+                return CommandResponse::Refused { reason: format!("step {step} already succeeded") };
             }
         };
         run.steps[step].status = StepStatus::Started { by, attempt, at_ms };
@@ -741,17 +672,11 @@ impl ClusterState {
     ) -> CommandResponse {
         let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
         if state.running.as_ref().map(|run| run.id) != Some(run_id) {
-            return CommandResponse::Refused {
-                reason: format!("run #{run_id} of {group:?} is not running"),
-            };
+            return CommandResponse::Refused { reason: format!("run #{run_id} of {group:?} is not running") };
         }
         state.finish_running(succeeded, outcome.to_string(), at_ms);
-        let kind = EventKind::FailoverFinished {
-            group: group.to_string(),
-            run_id,
-            succeeded,
-            outcome: outcome.to_string(),
-        };
+        let kind =
+            EventKind::FailoverFinished { group: group.to_string(), run_id, succeeded, outcome: outcome.to_string() };
         self.push_event(index, at_ms, proposer, kind);
         CommandResponse::Applied
     }
@@ -788,13 +713,7 @@ impl ClusterState {
         self.history.iter().filter(move |event| event.id >= since_id)
     }
 
-    fn push_event(
-        &mut self,
-        log_index: u64,
-        at_unix_ms: u64,
-        proposer: NodeId,
-        kind: EventKind,
-    ) -> u64 {
+    fn push_event(&mut self, log_index: u64, at_unix_ms: u64, proposer: NodeId, kind: EventKind) -> u64 {
         let id = self.next_event_id;
         self.next_event_id += 1;
         self.history.push_back(Event { id, log_index, at_unix_ms, proposer, kind });

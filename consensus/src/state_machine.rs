@@ -45,8 +45,7 @@ impl StateMachineStore {
     /// Opens the state machine whose snapshots live in `snapshot_dir`, starting from the
     /// last snapshot there, if any.
     pub fn open(snapshot_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(snapshot_dir)
-            .map_err(|e| StoreError::snapshot_file(snapshot_dir, e))?;
+        std::fs::create_dir_all(snapshot_dir).map_err(|e| StoreError::snapshot_file(snapshot_dir, e))?;
         let state = match read_snapshot_file(snapshot_dir)? {
             Some(file) => file.state,
             None => ClusterState::default(),
@@ -59,11 +58,7 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn snapshot_of(
-        &self,
-        meta: SnapshotMeta,
-        state: &ClusterState,
-    ) -> Result<(Snapshot, Vec<u8>), StoreError> {
+    fn snapshot_of(&self, meta: SnapshotMeta, state: &ClusterState) -> Result<(Snapshot, Vec<u8>), StoreError> {
         let data = serde_json::to_vec(state)?;
         let file = serde_json::to_vec(&SnapshotFile { meta: meta.clone(), state: state.clone() })?;
         Ok((Snapshot { meta, snapshot: data }, file))
@@ -103,10 +98,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let state = self.state.read().expect("state lock poisoned").clone();
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership.clone(),
-        };
+        let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone() };
         let (snapshot, file) = self.snapshot_of(meta, &state)?;
         self.persist(file).await?;
         Ok(snapshot)
@@ -124,9 +116,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
-            + Unpin
-            + OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
@@ -134,9 +124,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => state.apply_blank(entry.log_id),
                     EntryPayload::Normal(command) => state.apply_command(entry.log_id, &command),
-                    EntryPayload::Membership(membership) => {
-                        state.apply_membership(entry.log_id, membership)
-                    }
+                    EntryPayload::Membership(membership) => state.apply_membership(entry.log_id, membership),
                 }
             };
             // Every entry's responder must be answered, or its client_write never returns.
@@ -151,11 +139,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
-    ) -> Result<(), std::io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), std::io::Error> {
         let state: ClusterState = serde_json::from_slice(&snapshot).map_err(StoreError::from)?;
         if state.last_applied != meta.last_log_id {
             return Err(std::io::Error::new(

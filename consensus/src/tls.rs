@@ -93,23 +93,15 @@ impl Identity {
         let ca_certs = read_certificates(&paths.ca)?;
         let mut roots = RootCertStore::empty();
         for ca in ca_certs {
-            roots
-                .add(ca)
-                .map_err(|e| file_error(&paths.ca, format!("not a usable CA certificate: {e}")))?;
+            roots.add(ca).map_err(|e| file_error(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
         let chain = read_certificates(&paths.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
-            file_error(&paths.key, format!("cannot read a PEM private key: {}", pem_reason(e)))
-        })?;
+        let key = PrivateKeyDer::from_pem_file(&paths.key)
+            .map_err(|e| file_error(&paths.key, format!("cannot read a PEM private key: {}", pem_reason(e))))?;
         let provider = crypto_provider();
-        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(|e| {
-            file_error(
-                &paths.key,
-                format!("does not match certificate {}: {e}", paths.cert.display()),
-            )
-        })?;
-        let identity =
-            Self { roots: Arc::new(roots), chain, key: Arc::new(key), paths: paths.clone() };
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
+            .map_err(|e| file_error(&paths.key, format!("does not match certificate {}: {e}", paths.cert.display())))?;
+        let identity = Self { roots: Arc::new(roots), chain, key: Arc::new(key), paths: paths.clone() };
         identity.check_signed_by_ca()?;
         Ok(identity)
     }
@@ -118,36 +110,23 @@ impl Identity {
     pub fn check_names_node(&self, id: NodeId) -> Result<(), TlsFileError> {
         match node_id_of_certificate(&self.chain[0]) {
             Some(named) if named == id => Ok(()),
-            Some(named) => Err(file_error(
-                &self.paths.cert,
-                format!("names node {named}, but this node's id is {id}"),
-            )),
-            None => Err(file_error(
-                &self.paths.cert,
-                format!("names no node (expected {})", node_server_name(id)),
-            )),
+            Some(named) => Err(file_error(&self.paths.cert, format!("names node {named}, but this node's id is {id}"))),
+            None => Err(file_error(&self.paths.cert, format!("names no node (expected {})", node_server_name(id)))),
         }
     }
 
     fn check_signed_by_ca(&self) -> Result<(), TlsFileError> {
         // A web PKI verifier that ignores the name: the name is checked separately, and a
         // CLI certificate has no node name at all.
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
-                .build()
-                .map_err(|e| file_error(&self.paths.ca, format!("cannot build a verifier: {e}")))?;
-        verifier.verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now()).map_err(
-            |e| {
-                file_error(
-                    &self.paths.cert,
-                    format!(
-                        "is not valid for the cluster CA {}: {}",
-                        self.paths.ca.display(),
-                        describe_tls_error(&e)
-                    ),
-                )
-            },
-        )?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+            .build()
+            .map_err(|e| file_error(&self.paths.ca, format!("cannot build a verifier: {e}")))?;
+        verifier.verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now()).map_err(|e| {
+            file_error(
+                &self.paths.cert,
+                format!("is not valid for the cluster CA {}: {}", self.paths.ca.display(), describe_tls_error(&e)),
+            )
+        })?;
         Ok(())
     }
 
@@ -158,12 +137,9 @@ impl Identity {
 
     /// A server configuration that demands a client certificate from this cluster's CA.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsFileError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
-                .build()
-                .map_err(|e| {
-                    file_error(&self.paths.ca, format!("cannot build a client verifier: {e}"))
-                })?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+            .build()
+            .map_err(|e| file_error(&self.paths.ca, format!("cannot build a client verifier: {e}")))?;
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| file_error(&self.paths.cert, e))?
@@ -176,12 +152,9 @@ impl Identity {
 
     /// A client configuration that presents this certificate and trusts only the cluster CA.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<ClientConfig, TlsFileError> {
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
-                .build()
-                .map_err(|e| {
-                    file_error(&self.paths.ca, format!("cannot build a server verifier: {e}"))
-                })?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+            .build()
+            .map_err(|e| file_error(&self.paths.ca, format!("cannot build a server verifier: {e}")))?;
         let mut config = ClientConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| file_error(&self.paths.cert, e))?
@@ -199,9 +172,7 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(
             rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
         ) => "certificate is not signed by the cluster CA (unknown issuer)".to_string(),
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => {
-            "certificate has expired".to_string()
-        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "certificate has expired".to_string(),
         rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet) => {
             "certificate is not valid yet (check the clock)".to_string()
         }

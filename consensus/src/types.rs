@@ -27,11 +27,7 @@ pub struct NodeInfo {
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{} (raft {}, api {})",
-            self.name, self.datacenter, self.raft_addr, self.api_addr
-        )
+        write!(f, "{}@{} (raft {}, api {})", self.name, self.datacenter, self.raft_addr, self.api_addr)
     }
 }
 

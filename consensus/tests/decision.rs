@@ -5,12 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use vigil_consensus::decision::{
-    Decision, STALE_AFTER_MS, Situation, choose_candidate, decide, plan_requested,
-};
-use vigil_consensus::group::{
-    FailoverKind, GroupState, Health, PgFacts, Step, Verdict, VerdictReport,
-};
+use vigil_consensus::decision::{Decision, STALE_AFTER_MS, Situation, choose_candidate, decide, plan_requested};
+use vigil_consensus::group::{FailoverKind, GroupState, Health, PgFacts, Step, Verdict, VerdictReport};
 use vigil_consensus::spec::{PostgresGroup, PostgresMember, SecretSource};
 use vigil_consensus::{NodeId, NodeInfo};
 
@@ -74,11 +70,7 @@ fn replica_facts(replay: u64) -> PgFacts {
 
 fn report(health: Health, facts: Option<PgFacts>, age_ms: u64) -> VerdictReport {
     VerdictReport {
-        verdict: Verdict {
-            health,
-            facts,
-            reason: (health == Health::Down).then(|| "connection refused".into()),
-        },
+        verdict: Verdict { health, facts, reason: (health == Health::Down).then(|| "connection refused".into()) },
         observed_at_ms: NOW - age_ms,
         since_ms: NOW - age_ms - 600,
     }
@@ -134,10 +126,7 @@ fn primary_down_for_a_majority_promotes_the_most_advanced_replica() {
     let plan = begun(decide_for(&spec(), &state));
     assert_eq!(plan.candidate, "pg3");
     assert_eq!(plan.kind, FailoverKind::Automatic);
-    assert_eq!(
-        plan.steps,
-        vec![Step::Promote, Step::VerifyWritable, Step::Repoint { member: "pg2".into() }]
-    );
+    assert_eq!(plan.steps, vec![Step::Promote, Step::VerifyWritable, Step::Repoint { member: "pg2".into() }]);
     assert_eq!(plan.old_primary_lsn, Some(10_000));
     assert_eq!(plan.candidate_lsn, Some(9_950));
     assert_eq!(plan.detected_at_ms, Some(NOW - 50 - 600));
@@ -219,9 +208,7 @@ fn paused_group_is_blocked_not_failed_over() {
     let mut state = healthy(9_900, 9_950);
     state.paused = true;
     down(&mut state, &[1, 2], "pg1");
-    assert!(
-        matches!(decide_for(&spec(), &state), Decision::Blocked { reason } if reason.contains("paused"))
-    );
+    assert!(matches!(decide_for(&spec(), &state), Decision::Blocked { reason } if reason.contains("paused")));
 }
 
 #[test]
@@ -235,14 +222,9 @@ fn recovered_primary_clears_the_block() {
 fn the_primary_is_discovered_once_and_two_claimants_block() {
     let mut state = healthy(9_900, 9_950);
     state.primary = None;
-    assert_eq!(
-        decide_for(&spec(), &state),
-        Decision::RecordPrimary { member: "pg1".into(), epoch: Some(1) }
-    );
+    assert_eq!(decide_for(&spec(), &state), Decision::RecordPrimary { member: "pg1".into(), epoch: Some(1) });
     set(&mut state, 2, "pg3", report(Health::Up, Some(primary_facts(9_999)), 10));
-    assert!(
-        matches!(decide_for(&spec(), &state), Decision::Blocked { reason } if reason.contains("pg1, pg3"))
-    );
+    assert!(matches!(decide_for(&spec(), &state), Decision::Blocked { reason } if reason.contains("pg1, pg3")));
 }
 
 #[test]
@@ -251,8 +233,7 @@ fn switchover_refuses_a_lagging_candidate_and_a_paused_group() {
     let spec = spec();
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
-    let situation =
-        Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW };
+    let situation = Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW };
     let refusal = plan_requested(&situation, Some("pg2"), false).unwrap_err();
     assert!(refusal.contains("cannot promote pg2: pg2 lags 5000 bytes"), "{refusal}");
     let plan = plan_requested(&situation, None, false).unwrap();
@@ -283,11 +264,7 @@ fn generated_verdict() -> impl Strategy<Value = Option<GeneratedVerdict>> {
             9_000u64..10_000,
             proptest::bool::weighted(0.2),
         )
-            .prop_map(|(health, replica_lsn, stale)| GeneratedVerdict {
-                health,
-                replica_lsn,
-                stale,
-            }),
+            .prop_map(|(health, replica_lsn, stale)| GeneratedVerdict { health, replica_lsn, stale }),
     )
 }
 

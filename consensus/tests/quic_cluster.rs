@@ -61,12 +61,7 @@ async fn start_three() -> Lab {
         .collect();
     let mut nodes = Vec::new();
     for (id, info) in &members {
-        let paths = write_identity(
-            dir.path(),
-            &format!("node{id}"),
-            &ca,
-            &ca.issue_node(*id, &[]).unwrap(),
-        );
+        let paths = write_identity(dir.path(), &format!("node{id}"), &ca, &ca.issue_node(*id, &[]).unwrap());
         let setup = NodeSetup {
             cluster_name: "test".to_string(),
             id: *id,
@@ -88,27 +83,19 @@ async fn start_three() -> Lab {
 async fn wait_for_leader(lab: &Lab) -> NodeId {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let leaders: Vec<Option<NodeId>> =
-            lab.nodes.iter().map(|n| n.cluster.metrics().current_leader).collect();
+        let leaders: Vec<Option<NodeId>> = lab.nodes.iter().map(|n| n.cluster.metrics().current_leader).collect();
         if let Some(Some(leader)) = leaders.first()
             && leaders.iter().all(|l| *l == Some(*leader))
         {
             return *leader;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no agreed leader within 10 s: {leaders:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no agreed leader within 10 s: {leaders:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn note(text: &str) -> Command {
-    Command::RecordEvent {
-        at_unix_ms: 1,
-        proposer: 0,
-        kind: EventKind::Note { author: "t".into(), text: text.into() },
-    }
+    Command::RecordEvent { at_unix_ms: 1, proposer: 0, kind: EventKind::Note { author: "t".into(), text: text.into() } }
 }
 
 /// A write submitted on a follower is forwarded to the leader, committed, and applied on
@@ -118,8 +105,7 @@ async fn follower_write_is_forwarded_and_applied_everywhere() {
     let lab = start_three().await;
     let leader = wait_for_leader(&lab).await;
     let follower = lab.nodes.iter().find(|n| n.cluster.node_id != leader).unwrap();
-    let response =
-        follower.cluster.submit(LeaderRequest::Write { command: note("hello") }).await.unwrap();
+    let response = follower.cluster.submit(LeaderRequest::Write { command: note("hello") }).await.unwrap();
     let LeaderResponse::Done { log_index, .. } = response else { panic!("not done: {response:?}") };
     for node in &lab.nodes {
         node.cluster
@@ -129,12 +115,7 @@ async fn follower_write_is_forwarded_and_applied_everywhere() {
             .await
             .unwrap();
         let state = node.cluster.state.read().unwrap();
-        assert!(
-            state
-                .history
-                .iter()
-                .any(|e| matches!(&e.kind, EventKind::Note { text, .. } if text == "hello"))
-        );
+        assert!(state.history.iter().any(|e| matches!(&e.kind, EventKind::Note { text, .. } if text == "hello")));
     }
     for node in lab.nodes {
         node.shutdown(Duration::from_secs(2)).await;
@@ -148,8 +129,7 @@ async fn call_as(
     addr: &str,
     request: RaftRequest,
 ) -> Result<RaftResponse, TransportError> {
-    let (endpoint, client_config) =
-        endpoint::bind(identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let (endpoint, client_config) = endpoint::bind(identity, "127.0.0.1:0".parse().unwrap()).unwrap();
     let transport = Transport::new(endpoint, client_config, cluster.to_string());
     transport.call(peer, addr, &request, Duration::from_secs(3)).await
 }
@@ -161,22 +141,12 @@ async fn foreign_ca_certificate_is_refused() {
     let lab = start_three().await;
     let foreign_ca = CertificateAuthority::generate("other").unwrap();
     let foreign_dir = tempfile::tempdir().unwrap();
-    let paths = write_identity(
-        foreign_dir.path(),
-        "node4",
-        &foreign_ca,
-        &foreign_ca.issue_node(4, &[]).unwrap(),
-    );
+    let paths = write_identity(foreign_dir.path(), "node4", &foreign_ca, &foreign_ca.issue_node(4, &[]).unwrap());
     let identity = Identity::load(&paths).unwrap();
-    let error = call_as(
-        &identity,
-        "test",
-        1,
-        &lab.members[&1].raft_addr,
-        RaftRequest::Hello { cluster: "test".into() },
-    )
-    .await
-    .unwrap_err();
+    let error =
+        call_as(&identity, "test", 1, &lab.members[&1].raft_addr, RaftRequest::Hello { cluster: "test".into() })
+            .await
+            .unwrap_err();
     let text = error.to_string();
     assert!(text.contains("not signed by the cluster CA"), "unhelpful error: {text}");
     for node in lab.nodes {
@@ -197,13 +167,8 @@ async fn vote_claiming_another_identity_is_refused() {
     let paths = write_identity(dir.path(), "node9", &ca, &ca.issue_node(9, &[]).unwrap());
     let identity = Identity::load(&paths).unwrap();
     let forged = VoteRequest::new(Vote::new(99, 2), None);
-    let response =
-        call_as(&identity, "test", 1, &lab.members[&1].raft_addr, RaftRequest::Vote(forged))
-            .await
-            .unwrap();
-    let RaftResponse::Error { reason } = response else {
-        panic!("forged vote was not refused: {response:?}")
-    };
+    let response = call_as(&identity, "test", 1, &lab.members[&1].raft_addr, RaftRequest::Vote(forged)).await.unwrap();
+    let RaftResponse::Error { reason } = response else { panic!("forged vote was not refused: {response:?}") };
     assert!(reason.contains("certificate names node 9"), "{reason}");
     // The forged vote changed nothing: the cluster still has its leader at a low term.
     let term = lab.nodes[0].cluster.metrics().current_term;

@@ -51,11 +51,7 @@ fn entry(term: u64, index: u64, payload: &Payload) -> Entry {
 }
 
 fn entries(payloads: &[Payload], first_index: u64) -> Vec<Entry> {
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(offset, payload)| entry(1, first_index + offset as u64, payload))
-        .collect()
+    payloads.iter().enumerate().map(|(offset, payload)| entry(1, first_index + offset as u64, payload)).collect()
 }
 
 async fn apply_all(store: &mut StateMachineStore, entries: Vec<Entry>) {
@@ -71,8 +67,7 @@ fn state_of(store: &StateMachineStore) -> ClusterState {
 #[test]
 fn applying_a_note_records_an_event_at_its_log_index() {
     let mut state = ClusterState::default();
-    state
-        .apply_command(LogId::new_term_index(2, 7), &note(1_700_000_000_000, "maintenance window"));
+    state.apply_command(LogId::new_term_index(2, 7), &note(1_700_000_000_000, "maintenance window"));
     assert_eq!(state.history.len(), 1);
     let event = &state.history[0];
     assert_eq!((event.id, event.log_index, event.at_unix_ms), (0, 7, 1_700_000_000_000));
@@ -137,11 +132,7 @@ async fn snapshot_restores_the_same_state_on_another_store_and_after_reopening()
 async fn snapshot_with_mismatched_metadata_is_refused() {
     let source_dir = tempfile::tempdir().unwrap();
     let mut source = StateMachineStore::open(source_dir.path()).unwrap();
-    apply_all(
-        &mut source,
-        entries(&[Payload::Membership(vec![1]), Payload::Note(1, "a".into())], 1),
-    )
-    .await;
+    apply_all(&mut source, entries(&[Payload::Membership(vec![1]), Payload::Note(1, "a".into())], 1)).await;
     let mut snapshot = source.build_snapshot().await.unwrap();
     snapshot.meta.last_log_id = Some(LogId::new_term_index(1, 99));
 

@@ -10,13 +10,10 @@ use vigil_consensus::state_machine::StateMachineStore;
 struct TempStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempStoreBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log store");
-        let state_machine =
-            StateMachineStore::open(&dir.path().join("snapshots")).expect("open state machine");
+        let state_machine = StateMachineStore::open(&dir.path().join("snapshots")).expect("open state machine");
         Ok((dir, log, state_machine))
     }
 }

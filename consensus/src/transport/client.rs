@@ -58,18 +58,8 @@ pub struct Transport {
 
 impl Transport {
     /// A transport that connects from `endpoint` with `client_config`, as a node of `cluster`.
-    pub fn new(
-        endpoint: quinn::Endpoint,
-        client_config: quinn::ClientConfig,
-        cluster: String,
-    ) -> Self {
-        Self {
-            endpoint,
-            client_config,
-            cluster,
-            connections: Mutex::new(BTreeMap::new()),
-            links: PeerLinks::default(),
-        }
+    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, cluster: String) -> Self {
+        Self { endpoint, client_config, cluster, connections: Mutex::new(BTreeMap::new()), links: PeerLinks::default() }
     }
 
     /// The shared table of peer links, for status and metrics.
@@ -115,11 +105,7 @@ impl Transport {
     }
 
     /// The open connection to `peer`, connecting (and saying hello) if there is none.
-    async fn connection(
-        &self,
-        peer: NodeId,
-        addr: &str,
-    ) -> Result<quinn::Connection, TransportError> {
+    async fn connection(&self, peer: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
         let slot = {
             let mut connections = self.connections.lock().expect("connections lock poisoned");
             connections
@@ -148,10 +134,7 @@ impl Transport {
             let last_failure = slot.last_failure.clone().unwrap_or_default();
             return Err(TransportError::Unreachable {
                 peer,
-                reason: format!(
-                    "{last_failure} (next attempt in {} ms)",
-                    (next_attempt - now).as_millis()
-                ),
+                reason: format!("{last_failure} (next attempt in {} ms)", (next_attempt - now).as_millis()),
             });
         }
         match self.connect(peer, addr).await {
@@ -193,8 +176,7 @@ impl Transport {
             .endpoint
             .connect_with(self.client_config.clone(), socket_addr, &server_name)
             .map_err(|e| unreachable(format!("cannot connect to {addr}: {e}")))?;
-        let connection =
-            connecting.await.map_err(|e| unreachable(describe_connection_error(&e)))?;
+        let connection = connecting.await.map_err(|e| unreachable(describe_connection_error(&e)))?;
         let hello = RaftRequest::Hello { cluster: self.cluster.clone() };
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
@@ -203,16 +185,11 @@ impl Transport {
             // The server closes the connection with its reason when it refuses us; prefer that.
             unreachable(match connection.close_reason() {
                 Some(reason) => describe_connection_error(&reason),
-                None => "connection lost during hello (our certificate may have been refused)"
-                    .to_string(),
+                None => "connection lost during hello (our certificate may have been refused)".to_string(),
             })
         })?;
         match answer {
-            RaftResponse::Hello { cluster, node_id }
-                if cluster == self.cluster && node_id == peer =>
-            {
-                Ok(connection)
-            }
+            RaftResponse::Hello { cluster, node_id } if cluster == self.cluster && node_id == peer => Ok(connection),
             RaftResponse::Hello { cluster, node_id } => Err(TransportError::Protocol {
                 peer,
                 reason: format!(
@@ -221,18 +198,14 @@ impl Transport {
                 ),
             }),
             RaftResponse::Error { reason } => Err(TransportError::Remote { peer, reason }),
-            other => Err(TransportError::Protocol {
-                peer,
-                reason: format!("unexpected answer to hello: {other:?}"),
-            }),
+            other => Err(TransportError::Protocol { peer, reason: format!("unexpected answer to hello: {other:?}") }),
         }
     }
 
     async fn record_success(&self, peer: NodeId) {
         let rtt = self.open_connection(peer).await.map(|connection| connection.rtt());
         if let Some(rtt) = rtt {
-            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string())
-                .set(rtt.as_secs_f64());
+            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string()).set(rtt.as_secs_f64());
         }
         let mut links = self.links.lock().expect("links lock poisoned");
         let link = links.entry(peer).or_default();
@@ -278,17 +251,14 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
     if let Ok(socket_addr) = addr.parse() {
         return Ok(socket_addr);
     }
-    let mut addrs =
-        tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
     addrs.next().ok_or_else(|| format!("{addr} resolves to no address"))
 }
 
 /// Words for a QUIC connection failure; a TLS refusal keeps the alert the peer sent.
 pub fn describe_connection_error(error: &quinn::ConnectionError) -> String {
     match error {
-        quinn::ConnectionError::TimedOut => {
-            "connection timed out (peer down or network cut)".to_string()
-        }
+        quinn::ConnectionError::TimedOut => "connection timed out (peer down or network cut)".to_string(),
         quinn::ConnectionError::ApplicationClosed(close) => {
             format!("peer closed the connection: {}", String::from_utf8_lossy(&close.reason))
         }

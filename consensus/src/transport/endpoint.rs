@@ -18,28 +18,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-    config
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a QUIC varint")));
+    config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a QUIC varint")));
     Arc::new(config)
 }
 
 /// The QUIC endpoint bound to `addr`, and the client configuration for calling peers.
-pub fn bind(
-    identity: &Identity,
-    addr: SocketAddr,
-) -> Result<(quinn::Endpoint, quinn::ClientConfig), TransportError> {
+pub fn bind(identity: &Identity, addr: SocketAddr) -> Result<(quinn::Endpoint, quinn::ClientConfig), TransportError> {
     let tls = |e: &dyn std::fmt::Display| TransportError::Tls(e.to_string());
     let server_tls = identity.server_config(&[RAFT_ALPN]).map_err(|e| tls(&e))?;
     let client_tls = identity.client_config(&[RAFT_ALPN]).map_err(|e| tls(&e))?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
-        QuicServerConfig::try_from(server_tls).map_err(|e| tls(&e))?,
-    ));
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).map_err(|e| tls(&e))?));
     server_config.transport_config(transport_config());
-    let mut client_config = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(client_tls).map_err(|e| tls(&e))?,
-    ));
+    let mut client_config =
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).map_err(|e| tls(&e))?));
     client_config.transport_config(transport_config());
-    let endpoint = quinn::Endpoint::server(server_config, addr)
-        .map_err(|source| TransportError::Bind { addr, source })?;
+    let endpoint =
+        quinn::Endpoint::server(server_config, addr).map_err(|source| TransportError::Bind { addr, source })?;
     Ok((endpoint, client_config))
 }

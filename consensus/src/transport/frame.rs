@@ -21,10 +21,7 @@ pub enum FrameError {
 }
 
 /// Writes `message` as one frame and finishes the stream.
-pub async fn write_frame<T: Serialize>(
-    send: &mut quinn::SendStream,
-    message: &T,
-) -> Result<(), FrameError> {
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, message: &T) -> Result<(), FrameError> {
     let body = serde_json::to_vec(message)?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(body.len()));
@@ -37,9 +34,7 @@ pub async fn write_frame<T: Serialize>(
 }
 
 /// Reads one frame and decodes it.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-) -> Result<T, FrameError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, FrameError> {
     let mut length = [0u8; 4];
     recv.read_exact(&mut length).await.map_err(|e| FrameError::Stream(e.to_string()))?;
     let length = u32::from_be_bytes(length) as usize;

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 
 use crate::error::TransportError;
 use crate::state_machine::Snapshot;
@@ -45,11 +43,7 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    async fn call(
-        &self,
-        request: RaftRequest,
-        timeout: Duration,
-    ) -> Result<RaftResponse, TransportError> {
+    async fn call(&self, request: RaftRequest, timeout: Duration) -> Result<RaftResponse, TransportError> {
         let response = self.transport.call(self.target, &self.addr, &request, timeout).await?;
         if let RaftResponse::Error { reason } = response {
             return Err(TransportError::Remote { peer: self.target, reason });
@@ -58,10 +52,7 @@ impl PeerNetwork {
     }
 
     fn unexpected(&self, response: RaftResponse) -> TransportError {
-        TransportError::Protocol {
-            peer: self.target,
-            reason: format!("unexpected response {response:?}"),
-        }
+        TransportError::Protocol { peer: self.target, reason: format!("unexpected response {response:?}") }
     }
 }
 
@@ -80,11 +71,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(RaftRequest::AppendEntries(rpc), option.soft_ttl())
-            .await
-            .map_err(rpc_error)?
-        {
+        match self.call(RaftRequest::AppendEntries(rpc), option.soft_ttl()).await.map_err(rpc_error)? {
             RaftResponse::AppendEntries(response) => Ok(response),
             other => Err(rpc_error(self.unexpected(other))),
         }
@@ -119,8 +106,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let request =
-            RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let request = RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
         let call = self.call(request, option.hard_ttl());
         let response = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),

@@ -1,8 +1,6 @@
 //! The messages of the Raft transport. One request and one response per QUIC stream.
 
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Command, CommandResponse};

@@ -21,12 +21,7 @@ use crate::transport::rpc::{RaftRequest, RaftResponse};
 use crate::types::{NodeId, Vote};
 
 /// Accepts connections on `endpoint` until `cancel` fires.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    cluster: Cluster,
-    cluster_name: String,
-    cancel: CancellationToken,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, cluster: Cluster, cluster_name: String, cancel: CancellationToken) {
     let cluster_name: Arc<str> = cluster_name.into();
     loop {
         let incoming = tokio::select! {
@@ -128,19 +123,12 @@ fn impersonation(peer: NodeId, vote: &Vote) -> Option<RaftResponse> {
     (claimed != peer).then(|| {
         warn!(peer, claimed, "refused a raft message: the sender claims another node's identity");
         RaftResponse::Error {
-            reason: format!(
-                "message claims to come from node {claimed}, but the certificate names node {peer}"
-            ),
+            reason: format!("message claims to come from node {claimed}, but the certificate names node {peer}"),
         }
     })
 }
 
-async fn handle(
-    request: RaftRequest,
-    peer: NodeId,
-    cluster: &Cluster,
-    cluster_name: &str,
-) -> Handled {
+async fn handle(request: RaftRequest, peer: NodeId, cluster: &Cluster, cluster_name: &str) -> Handled {
     let raft = &cluster.raft;
     let failed = |error: &dyn std::fmt::Display| RaftResponse::Error { reason: error.to_string() };
     let response = match request {
@@ -151,19 +139,13 @@ async fn handle(
         RaftRequest::Hello { cluster: theirs } => {
             warn!(peer, their_cluster = %theirs, "refused a peer of another cluster");
             return Handled::CloseAfter(RaftResponse::Error {
-                reason: format!(
-                    "node {} belongs to cluster {cluster_name:?}, not {theirs:?}",
-                    cluster.node_id
-                ),
+                reason: format!("node {} belongs to cluster {cluster_name:?}, not {theirs:?}", cluster.node_id),
             });
         }
         RaftRequest::Ping => RaftResponse::Pong,
         RaftRequest::AppendEntries(rpc) => match impersonation(peer, &rpc.vote) {
             Some(refusal) => refusal,
-            None => raft
-                .append_entries(rpc)
-                .await
-                .map_or_else(|e| failed(&e), RaftResponse::AppendEntries),
+            None => raft.append_entries(rpc).await.map_or_else(|e| failed(&e), RaftResponse::AppendEntries),
         },
         RaftRequest::Vote(rpc) => match impersonation(peer, &rpc.vote) {
             Some(refusal) => refusal,
@@ -180,9 +162,7 @@ async fn handle(
                 .await
                 .map_or_else(|e| failed(&e), RaftResponse::InstallSnapshot),
         },
-        RaftRequest::Forward(request) => {
-            RaftResponse::Forward(cluster.execute_as_leader(request).await)
-        }
+        RaftRequest::Forward(request) => RaftResponse::Forward(cluster.execute_as_leader(request).await),
     };
     Handled::Answer(response)
 }
