@@ -1,5 +1,13 @@
-//! Health probes for the members vigil watches (PostgreSQL, Redis, TCP, HTTP, exec).
+//! Health probes for the members vigil watches. Today: PostgreSQL ([`PgProbe`]).
 //!
-//! Empty so far: the probes arrive with the group support. Each probe will check one
-//! member once, return within its timeout, and report a failure as data (a `Verdict`),
-//! not as an error. This crate will know nothing of Raft.
+//! A probe checks one member once and returns within its timeout whatever the member
+//! does; a failure is data ([`ProbeOutcome::Failed`]), never a panic or an `Err`. Each
+//! probe owns its one connection, so a hung member delays nobody else's probe.
+//!
+//! Invariants: this crate knows nothing of Raft or of the actions that follow a verdict
+//! (`vigil-actions` depends on it for [`PgTarget`], never the other way round); it never
+//! logs a password; every LSN goes through [`tokio_postgres::types::PgLsn`].
+
+mod postgres;
+
+pub use postgres::{PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error};

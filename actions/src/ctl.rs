@@ -1,0 +1,364 @@
+//! Host-local actions: stop a server and read where it stopped, restart it as a replica.
+//! They run the PostgreSQL tools on the member's own machine, as the data directory's
+//! owner when vigil runs as root (PostgreSQL refuses to run as root).
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use nix::unistd::geteuid;
+use tokio::process::Command;
+use tokio::time::Instant;
+use tokio_postgres::types::PgLsn;
+
+use crate::conninfo::{conf_setting, replica_auto_conf};
+use crate::error::ActionError;
+
+/// How to control one PostgreSQL server on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgCtl {
+    /// The directory holding `pg_ctl` and `pg_controldata`, e.g. `/usr/lib/postgresql/15/bin`.
+    pub bin_dir: PathBuf,
+    /// The server's data directory.
+    pub data_dir: PathBuf,
+    /// The OS user to run the tools as (through `runuser`) when vigil runs as root;
+    /// ignored otherwise, since only root can switch users.
+    pub run_as: Option<String>,
+}
+
+/// Stops the server cleanly (`pg_ctl stop -m fast`, waiting up to `timeout`) and returns
+/// the location of its last checkpoint, read with `pg_controldata`.
+///
+/// Idempotent: a server that is already stopped is fine. Fails with `Unexpected` if the
+/// data directory is not left cleanly shut down (e.g. it was killed, not stopped), since
+/// then the checkpoint location is not where its WAL ends.
+pub async fn stop_server(ctl: &PgCtl, timeout: Duration) -> Result<u64, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("stopping the server in {}", ctl.data_dir.display());
+    bounded(deadline, what, stop_until(ctl, deadline)).await
+}
+
+/// Turns a stopped (or running, which is stopped first) server into a replica streaming
+/// from `primary_conninfo`: writes `standby.signal`, sets `primary_conninfo` in
+/// `postgresql.auto.conf` (removing any `default_transaction_read_only`), and starts it
+/// with `pg_ctl start -w`, logging to `<data_dir>/vigil-start.log`.
+///
+/// Idempotent: a server already running in recovery with that `primary_conninfo` is left
+/// running (its configuration is reloaded, in case the file was edited but not loaded).
+pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Duration) -> Result<(), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("starting {} as a replica", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if server_running(ctl).await? {
+            if already_replica_of(ctl, primary_conninfo).await? {
+                run(ctl, "pg_ctl", &[os("reload"), os("-D"), ctl.data_dir.clone().into()]).await?;
+                return Ok(());
+            }
+            stop_until(ctl, deadline).await?;
+        }
+        write_standby_signal(ctl)?;
+        write_replica_auto_conf(ctl, primary_conninfo)?;
+
+        let log_file = ctl.data_dir.join(START_LOG);
+        let start = [
+            os("start"),
+            os("-D"),
+            ctl.data_dir.clone().into(),
+            os("-w"),
+            os("-t"),
+            os(&wait_seconds(deadline).to_string()),
+            os("-l"),
+            log_file.clone().into(),
+        ];
+        if let Err(error) = run(ctl, "pg_ctl", &start).await {
+            return Err(match error {
+                ActionError::Command { command, stderr } => ActionError::Command {
+                    command,
+                    stderr: format!("{stderr}\nserver log tail:\n{}", log_tail(&log_file)),
+                },
+                other => other,
+            });
+        }
+        tracing::info!(data_dir = %ctl.data_dir.display(), "started as a replica");
+        Ok(())
+    })
+    .await
+}
+
+/// The log `start_as_replica` starts the server with. It lives in the data directory
+/// because that is the one place the server's user can always write.
+const START_LOG: &str = "vigil-start.log";
+/// How many lines of server log a failed start reports.
+const LOG_TAIL_LINES: usize = 30;
+/// Extra time the outer bound grants beyond the `-t` given to `pg_ctl`.
+const COMMAND_SLACK: Duration = Duration::from_secs(2);
+
+/// Stops the server if it runs, then checks `pg_controldata`; the body of [`stop_server`].
+async fn stop_until(ctl: &PgCtl, deadline: Instant) -> Result<u64, ActionError> {
+    if server_running(ctl).await? {
+        let stop = [
+            os("stop"),
+            os("-D"),
+            ctl.data_dir.clone().into(),
+            os("-m"),
+            os("fast"),
+            os("-w"),
+            os("-t"),
+            os(&wait_seconds(deadline).to_string()),
+        ];
+        if let Err(error) = run(ctl, "pg_ctl", &stop).await {
+            // Stopped by someone else in the meantime is as good as stopped by us.
+            if server_running(ctl).await? {
+                return Err(error);
+            }
+        }
+        tracing::info!(data_dir = %ctl.data_dir.display(), "stopped the server");
+    }
+    let control = read_control_data(ctl).await?;
+    if control.state != "shut down" && control.state != "shut down in recovery" {
+        return Err(ActionError::Unexpected(format!(
+            "{} is {:?} after stopping, not shut down",
+            ctl.data_dir.display(),
+            control.state
+        )));
+    }
+    Ok(control.checkpoint_lsn)
+}
+
+/// Whether `pg_ctl status` finds a running server (exit 0) or none (exit 3).
+async fn server_running(ctl: &PgCtl) -> Result<bool, ActionError> {
+    let args = [os("status"), os("-D"), ctl.data_dir.clone().into()];
+    let (command, description) = tool(ctl, "pg_ctl", &args);
+    let output = output_of(command, &description).await?;
+    match output.status.code() {
+        Some(0) => Ok(true),
+        Some(3) => Ok(false),
+        _ => Err(command_error(description, &output)),
+    }
+}
+
+/// Whether the running server is a standby of `primary_conninfo` already.
+async fn already_replica_of(ctl: &PgCtl, primary_conninfo: &str) -> Result<bool, ActionError> {
+    if !ctl.data_dir.join("standby.signal").exists() {
+        return Ok(false);
+    }
+    let auto_conf = read_auto_conf(ctl)?;
+    if conf_setting(&auto_conf, "primary_conninfo").as_deref() != Some(primary_conninfo) {
+        return Ok(false);
+    }
+    Ok(read_control_data(ctl).await?.state == "in archive recovery")
+}
+
+/// The two lines of `pg_controldata` the actions need.
+struct ControlData {
+    state: String,
+    checkpoint_lsn: u64,
+}
+
+async fn read_control_data(ctl: &PgCtl) -> Result<ControlData, ActionError> {
+    let args = [os("-D"), ctl.data_dir.clone().into()];
+    let stdout = run(ctl, "pg_controldata", &args).await?;
+    parse_control_data(&stdout)
+}
+
+fn parse_control_data(text: &str) -> Result<ControlData, ActionError> {
+    let field =
+        |name: &str| text.lines().find_map(|line| line.strip_prefix(name)).map(|value| value.trim().to_string());
+    let missing = |name: &str| ActionError::Unexpected(format!("pg_controldata printed no {name:?} line"));
+    let state = field("Database cluster state:").ok_or_else(|| missing("Database cluster state:"))?;
+    let location = field("Latest checkpoint location:").ok_or_else(|| missing("Latest checkpoint location:"))?;
+    let checkpoint_lsn = PgLsn::from_str(&location).map_err(|_| {
+        ActionError::Unexpected(format!("pg_controldata printed an invalid checkpoint location {location:?}"))
+    })?;
+    Ok(ControlData { state, checkpoint_lsn: checkpoint_lsn.into() })
+}
+
+fn write_standby_signal(ctl: &PgCtl) -> Result<(), ActionError> {
+    let path = ctl.data_dir.join("standby.signal");
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|error| file_error("create", &path, &error))?;
+    give_to_data_dir_owner(ctl, &path)
+}
+
+fn read_auto_conf(ctl: &PgCtl) -> Result<String, ActionError> {
+    let path = ctl.data_dir.join("postgresql.auto.conf");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(error) => Err(file_error("read", &path, &error)),
+    }
+}
+
+/// Rewrites `postgresql.auto.conf` through a temporary file and a rename, as
+/// `ALTER SYSTEM` does, so a crash never leaves half a file.
+fn write_replica_auto_conf(ctl: &PgCtl, primary_conninfo: &str) -> Result<(), ActionError> {
+    let path = ctl.data_dir.join("postgresql.auto.conf");
+    let temporary = ctl.data_dir.join("postgresql.auto.conf.vigil-tmp");
+    let text = replica_auto_conf(&read_auto_conf(ctl)?, primary_conninfo);
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|error| file_error("create", &temporary, &error))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|error| file_error("write", &temporary, &error))?;
+    }
+    give_to_data_dir_owner(ctl, &temporary)?;
+    std::fs::rename(&temporary, &path).map_err(|error| file_error("replace", &path, &error))
+}
+
+/// Makes a file we created in the data directory belong to the directory's owner, so
+/// the server (running as that user) can read and later rewrite it.
+fn give_to_data_dir_owner(ctl: &PgCtl, path: &Path) -> Result<(), ActionError> {
+    if !geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(&ctl.data_dir).map_err(|error| file_error("inspect", &ctl.data_dir, &error))?;
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+        .map_err(|error| file_error("chown", path, &error))
+}
+
+fn file_error(action: &str, path: &Path, error: &std::io::Error) -> ActionError {
+    ActionError::Unexpected(format!("could not {action} {}: {error}", path.display()))
+}
+
+/// Bounds a host-local action by `deadline` plus a little slack, since each `pg_ctl`
+/// call is already bounded by its own `-t` computed from the same deadline.
+async fn bounded<T>(
+    deadline: Instant,
+    what: String,
+    action: impl Future<Output = Result<T, ActionError>>,
+) -> Result<T, ActionError> {
+    tokio::time::timeout_at(deadline + COMMAND_SLACK, action).await.unwrap_or(Err(ActionError::Timeout(what)))
+}
+
+/// Whole seconds left until `deadline`, at least one, for `pg_ctl -t`.
+fn wait_seconds(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    left.as_secs_f64().ceil().max(1.0) as u64
+}
+
+fn os(text: &str) -> OsString {
+    OsString::from(text)
+}
+
+/// A PostgreSQL tool as a command, and a description of it for errors. Runs as
+/// `ctl.run_as` through `runuser` when we are root; with `LC_ALL=C` so the output we
+/// parse is never translated; from "/" because the tools refuse to start in a working
+/// directory their user cannot read.
+fn tool(ctl: &PgCtl, program: &str, args: &[OsString]) -> (Command, String) {
+    let program_path = ctl.bin_dir.join(program);
+    let mut words: Vec<OsString> = Vec::new();
+    let mut command = match (&ctl.run_as, geteuid().is_root()) {
+        (Some(user), true) => {
+            words.extend(["runuser", "-u", user, "--", "env", "LC_ALL=C"].map(OsString::from));
+            let mut command = Command::new("runuser");
+            command.args(&words[1..]);
+            command
+        }
+        _ => {
+            let mut command = Command::new(&program_path);
+            command.env("LC_ALL", "C");
+            command
+        }
+    };
+    if words.is_empty() {
+        words.push(program_path.into());
+    } else {
+        command.arg(&program_path);
+        words.push(program_path.into());
+    }
+    command.args(args);
+    words.extend(args.iter().cloned());
+    command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let description = words.iter().map(|word| word.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    (command, description)
+}
+
+/// Runs a tool; returns its standard output, or a `Command` error.
+async fn run(ctl: &PgCtl, program: &str, args: &[OsString]) -> Result<String, ActionError> {
+    let (command, description) = tool(ctl, program, args);
+    let output = output_of(command, &description).await?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(command_error(description, &output))
+    }
+}
+
+async fn output_of(mut command: Command, description: &str) -> Result<std::process::Output, ActionError> {
+    command.output().await.map_err(|error| ActionError::Command {
+        command: description.to_string(),
+        stderr: format!("could not run it: {error}"),
+    })
+}
+
+fn command_error(command: String, output: &std::process::Output) -> ActionError {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let said = if stderr.is_empty() { stdout } else { stderr };
+    ActionError::Command { command, stderr: format!("{} ({})", said, output.status) }
+}
+
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        }
+        Err(error) => format!("(no log at {}: {error})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTROL_DATA: &str = "\
+pg_control version number:            1300
+Database cluster state:               shut down in recovery
+pg_control last modified:             Thu 26 Nov 2026 01:02:03 PM UTC
+Latest checkpoint location:           0/3000028
+Latest checkpoint's REDO location:    0/3000028
+";
+
+    #[test]
+    fn control_data_yields_state_and_checkpoint() {
+        let control = parse_control_data(CONTROL_DATA).unwrap();
+        assert_eq!(control.state, "shut down in recovery");
+        assert_eq!(control.checkpoint_lsn, 0x3000028);
+    }
+
+    #[test]
+    fn control_data_without_a_checkpoint_is_unexpected() {
+        let error = parse_control_data("Database cluster state: shut down\n").err().unwrap();
+        assert!(matches!(error, ActionError::Unexpected(ref m) if m.contains("Latest checkpoint")));
+    }
+
+    #[test]
+    fn commands_run_as_the_owner_only_when_root() {
+        let ctl = PgCtl { bin_dir: "/pg/bin".into(), data_dir: "/pg/data".into(), run_as: Some("postgres".into()) };
+        let (_, description) = tool(&ctl, "pg_ctl", &[os("status")]);
+        if geteuid().is_root() {
+            assert_eq!(description, "runuser -u postgres -- env LC_ALL=C /pg/bin/pg_ctl status");
+        } else {
+            assert_eq!(description, "/pg/bin/pg_ctl status");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Actions done over SQL: promote, record the epoch, re-point a replica, wait for replay.
+//! Each opens its own short-lived connection and is bounded in time as a whole.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Client, NoTls, Row};
+use vigil_probes::{PgTarget, describe_error};
+
+use crate::conninfo::sql_literal;
+use crate::error::ActionError;
+
+/// What [`promote`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// The member was already a primary, so nothing was done.
+    pub already_primary: bool,
+    /// The replay LSN just before promotion, or the current LSN if already primary.
+    pub lsn: Option<u64>,
+}
+
+/// Promotes a replica to primary, waiting up to `wait` for the promotion to finish.
+///
+/// Idempotent: a member that is not in recovery is reported as `already_primary` and is
+/// never promoted twice.
+pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, ActionError> {
+    let address = target.address();
+    let budget = target.timeout + wait;
+    bounded(budget, format!("promoting {address} after {budget:?}"), async {
+        // `pg_promote` waits server-side for up to `wait`; the statement timeout must
+        // not cut it short.
+        let connection = Connection::open(target, budget).await?;
+        let row = connection
+            .query_one(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
+                &[],
+                "reading the recovery state",
+            )
+            .await?;
+        let in_recovery: bool = connection.column(&row, 0)?;
+        if !in_recovery {
+            let current: Option<PgLsn> = connection.column(&row, 2)?;
+            return Ok(Promoted { already_primary: true, lsn: current.map(u64::from) });
+        }
+        let replay: Option<PgLsn> = connection.column(&row, 1)?;
+
+        let wait_seconds = i32::try_from(wait.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX).max(1);
+        let promoted = connection.client.query_one("SELECT pg_promote(true, $1)", &[&wait_seconds]).await;
+        match promoted {
+            Ok(row) => {
+                if !connection.column::<bool>(&row, 0)? {
+                    return Err(ActionError::Timeout(format!(
+                        "waiting {wait_seconds}s for {address} to finish promoting"
+                    )));
+                }
+            }
+            // Someone else promoted it between our two statements: it is a primary now,
+            // and not by our hand.
+            Err(error) if error.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                if !connection.in_recovery().await? {
+                    let row =
+                        connection.query_one("SELECT pg_current_wal_lsn()", &[], "reading the current lsn").await?;
+                    let current: Option<PgLsn> = connection.column(&row, 0)?;
+                    return Ok(Promoted { already_primary: true, lsn: current.map(u64::from) });
+                }
+                return Err(connection.error("promoting", &error));
+            }
+            Err(error) => return Err(connection.error("promoting", &error)),
+        }
+
+        if connection.in_recovery().await? {
+            return Err(ActionError::Unexpected(format!(
+                "{address} is still in recovery after pg_promote reported success"
+            )));
+        }
+        tracing::info!(member = %address, replay_lsn = ?replay, "promoted");
+        Ok(Promoted { already_primary: false, lsn: replay.map(u64::from) })
+    })
+    .await
+}
+
+/// Records `epoch` for `group` in `vigil.epoch` on the member, creating the table if
+/// needed; the stored epoch only grows (`GREATEST(existing, new)`).
+///
+/// Succeeding proves the member takes writes. A lower epoch than the stored one is not
+/// an error (the row keeps the higher one) but is logged, since it means the caller acts
+/// on a stale decision.
+pub async fn write_epoch(target: &PgTarget, group: &str, epoch: u64) -> Result<(), ActionError> {
+    let address = target.address();
+    let epoch_value =
+        i64::try_from(epoch).map_err(|_| ActionError::Unexpected(format!("epoch {epoch} does not fit a bigint")))?;
+    bounded(target.timeout, format!("writing the epoch on {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        connection
+            .batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS vigil; \
+                 CREATE TABLE IF NOT EXISTS vigil.epoch (\
+                     group_name text PRIMARY KEY, \
+                     epoch bigint NOT NULL, \
+                     promoted_at timestamptz NOT NULL DEFAULT now())",
+                "creating vigil.epoch",
+            )
+            .await?;
+        let row = connection
+            .query_one(
+                "INSERT INTO vigil.epoch AS stored (group_name, epoch) VALUES ($1, $2) \
+                 ON CONFLICT (group_name) DO UPDATE SET \
+                     epoch = GREATEST(stored.epoch, excluded.epoch), \
+                     promoted_at = CASE WHEN excluded.epoch > stored.epoch \
+                                        THEN now() ELSE stored.promoted_at END \
+                 RETURNING epoch",
+                &[&group, &epoch_value],
+                "writing the epoch",
+            )
+            .await?;
+        let stored: i64 = connection.column(&row, 0)?;
+        if stored > epoch_value {
+            tracing::warn!(member = %address, group, epoch, stored, "kept a newer epoch");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Points a replica at a new upstream: `ALTER SYSTEM SET primary_conninfo`, then a
+/// configuration reload, which restarts its WAL receiver. Idempotent.
+///
+/// Refuses (`Unexpected`) a member that is not in recovery: a primary has no upstream.
+pub async fn repoint(target: &PgTarget, primary_conninfo: &str) -> Result<(), ActionError> {
+    let address = target.address();
+    bounded(target.timeout, format!("re-pointing {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        if !connection.in_recovery().await? {
+            return Err(ActionError::Unexpected(format!(
+                "{address} is not in recovery: refusing to re-point a primary"
+            )));
+        }
+        // ALTER SYSTEM takes no parameters, so the value is quoted here; it refuses to
+        // run in a transaction block, so it goes alone.
+        let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", sql_literal(primary_conninfo));
+        connection.batch_execute(&alter, "setting primary_conninfo").await?;
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
+        tracing::info!(member = %address, "re-pointed replica");
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until the member has replayed WAL past `past_lsn` and returns its replay LSN;
+/// polls `pg_last_wal_replay_lsn()` every 20 ms, reconnecting after errors, and gives up
+/// with `Timeout` after `timeout`.
+pub async fn wait_for_replay(target: &PgTarget, past_lsn: u64, timeout: Duration) -> Result<u64, ActionError> {
+    let address = target.address();
+    let deadline = Instant::now() + timeout;
+    let mut last_seen = String::from("no answer yet");
+    let polling = async {
+        let mut connection: Option<Connection> = None;
+        loop {
+            let open = match connection.take() {
+                Some(open) => Ok(open),
+                None => Connection::open(target, target.timeout).await,
+            };
+            match open {
+                Ok(open) => {
+                    let polled = open
+                        .query_one("SELECT pg_last_wal_replay_lsn()", &[], "reading the replay lsn")
+                        .await
+                        .and_then(|row| open.column::<Option<PgLsn>>(&row, 0));
+                    match polled {
+                        Ok(Some(replayed)) if u64::from(replayed) > past_lsn => {
+                            return u64::from(replayed);
+                        }
+                        Ok(Some(replayed)) => {
+                            last_seen = format!("replayed up to {replayed}");
+                            connection = Some(open);
+                        }
+                        Ok(None) => {
+                            last_seen = "no replay lsn: the member never replayed wal".into();
+                            connection = Some(open);
+                        }
+                        Err(error) => last_seen = error.to_string(),
+                    }
+                }
+                Err(error) => last_seen = error.to_string(),
+            }
+            sleep(REPLAY_POLL_INTERVAL).await;
+        }
+    };
+    let result = timeout_at(deadline, polling).await;
+    result.map_err(|_| {
+        ActionError::Timeout(format!(
+            "waiting {timeout:?} for {address} to replay past {}: {last_seen}",
+            PgLsn::from(past_lsn)
+        ))
+    })
+}
+
+/// How long a dropped connection may take to close before it is abandoned.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often [`wait_for_replay`] asks for the replay position.
+const REPLAY_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs `action` for at most `budget`; `what` completes "timed out ...".
+async fn bounded<T>(
+    budget: Duration,
+    what: String,
+    action: impl Future<Output = Result<T, ActionError>>,
+) -> Result<T, ActionError> {
+    tokio::time::timeout(budget, action).await.unwrap_or(Err(ActionError::Timeout(what)))
+}
+
+/// One short-lived connection to the member an action works on.
+struct Connection {
+    client: Client,
+    address: String,
+    /// Dropped with the connection, which tells the connection task to wind down.
+    _closed: oneshot::Sender<()>,
+}
+
+impl Connection {
+    /// Connects with `statement_timeout` as the server-side bound on each statement.
+    async fn open(target: &PgTarget, statement_timeout: Duration) -> Result<Self, ActionError> {
+        let address = target.address();
+        let mut config = target.config();
+        config.options(format!("-c statement_timeout={}", statement_timeout.as_millis().max(1)));
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|error| ActionError::Connect(format!("connecting to {address}: {}", describe_error(&error))))?;
+        let (closed, closed_signal) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut connection = connection;
+            tokio::select! {
+                ended = &mut connection => {
+                    // A broken connection also fails the next statement, which reports it.
+                    if let Err(error) = ended {
+                        tracing::debug!(error = %describe_error(&error), "action connection ended");
+                    }
+                }
+                _ = closed_signal => {
+                    // The action is over: the connection says goodbye to the server, but a
+                    // hung server gets only a moment for that before it is dropped.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+                }
+            }
+        });
+        Ok(Connection { client, address, _closed: closed })
+    }
+
+    async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Row, ActionError> {
+        self.client.query_one(sql, params).await.map_err(|error| self.error(what, &error))
+    }
+
+    async fn batch_execute(&self, sql: &str, what: &str) -> Result<(), ActionError> {
+        self.client.batch_execute(sql).await.map_err(|error| self.error(what, &error))
+    }
+
+    async fn in_recovery(&self) -> Result<bool, ActionError> {
+        let row = self.query_one("SELECT pg_is_in_recovery()", &[], "reading the recovery state").await?;
+        self.column(&row, 0)
+    }
+
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&self, row: &'a Row, index: usize) -> Result<T, ActionError> {
+        row.try_get(index).map_err(|error| {
+            ActionError::Unexpected(format!("reading column {index} from {}: {}", self.address, describe_error(&error)))
+        })
+    }
+
+    /// Classifies a client error: the server's own errors are `Sql`, the rest mean the
+    /// connection is gone.
+    fn error(&self, what: &str, error: &tokio_postgres::Error) -> ActionError {
+        let message = format!("{what} on {}: {}", self.address, describe_error(error));
+        if error.as_db_error().is_some() { ActionError::Sql(message) } else { ActionError::Connect(message) }
+    }
+}

@@ -1,0 +1,205 @@
+//! The PostgreSQL actions against real PostgreSQL 15 clusters from the chaos-tests
+//! harness: a failover (promote, record the epoch, re-point the other replica) and a
+//! switchover (stop the primary cleanly, wait for replay, promote, restart the old
+//! primary as a replica).
+
+use std::os::unix::fs::MetadataExt as _;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use vigil_actions::{
+    ActionError, PgCtl, primary_conninfo, promote, repoint, start_as_replica, stop_server, wait_for_replay, write_epoch,
+};
+use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
+use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const PROMOTE_WAIT: Duration = Duration::from_secs(30);
+
+fn target(cluster: &PgCluster, index: usize) -> PgTarget {
+    PgTarget {
+        host: "127.0.0.1".into(),
+        port: cluster.instances()[index].port,
+        user: VIGIL_USER.into(),
+        password: VIGIL_PASSWORD.into(),
+        database: "postgres".into(),
+        timeout: TIMEOUT,
+    }
+}
+
+fn ctl(cluster: &PgCluster, index: usize) -> PgCtl {
+    PgCtl {
+        bin_dir: cluster.bin_dir().to_path_buf(),
+        data_dir: cluster.instances()[index].data_dir.clone(),
+        run_as: cluster.run_as().map(String::from),
+    }
+}
+
+/// The conninfo with which member `replica` streams from member `primary`.
+fn conninfo_to(cluster: &PgCluster, primary: usize, replica: usize) -> String {
+    primary_conninfo(
+        "127.0.0.1",
+        cluster.instances()[primary].port,
+        REPLICATION_USER,
+        REPLICATION_PASSWORD,
+        &cluster.instances()[replica].name,
+    )
+}
+
+async fn observe(cluster: &PgCluster, index: usize) -> PgObservation {
+    match PgProbe::new(target(cluster, index), "g1".into(), 1).check().await {
+        ProbeOutcome::Answered(observation) => observation,
+        ProbeOutcome::Failed { reason } => panic!("member {index} did not answer: {reason}"),
+    }
+}
+
+/// Polls `sql` on member `index` until it answers `expected`, for at most 20 seconds.
+async fn wait_for_answer(cluster: &PgCluster, index: usize, sql: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = cluster.sql(index, sql);
+        if matches!(&answer, Ok(text) if text == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {index} answered {answer:?} to {sql:?}, expected {expected:?}\nlog:\n{}",
+            cluster.log_tail(index).unwrap_or_default()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Failover: with the primary killed, the most advanced replica is promoted exactly once
+/// (timeline 2, and a second promote reports `already_primary`), takes the epoch write,
+/// and the other replica, re-pointed to it, streams from it on the new timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_promotes_once_records_the_epoch_and_repoints_the_other_replica() {
+    let cluster = PgCluster::start(3).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    cluster.sql(0, "INSERT INTO orders VALUES (1)").unwrap();
+    for replica in [1, 2] {
+        wait_for_answer(&cluster, replica, "SELECT count(*) FROM orders", "1").await;
+    }
+
+    cluster.kill_postmaster(0).unwrap();
+    // Promote the replica that received the most WAL, as vigil would: the other one can
+    // then always follow it onto the new timeline.
+    let received = |seen: PgObservation| seen.receive_lsn.expect("replicas report a receive lsn");
+    let (second, third) = (received(observe(&cluster, 1).await), received(observe(&cluster, 2).await));
+    let (new_primary, other) = if third > second { (2, 1) } else { (1, 2) };
+
+    let first = promote(&target(&cluster, new_primary), PROMOTE_WAIT).await.expect("promotes");
+    assert!(!first.already_primary);
+    assert!(first.lsn.is_some_and(|lsn| lsn > 0), "{first:?}");
+    assert!(!cluster.is_in_recovery(new_primary).unwrap());
+
+    let again = promote(&target(&cluster, new_primary), PROMOTE_WAIT).await.expect("idempotent");
+    assert!(again.already_primary);
+    assert!(again.lsn.is_some_and(|lsn| lsn >= first.lsn.unwrap()), "{again:?} after {first:?}");
+
+    // The checkpoint that records the new timeline follows promotion shortly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while observe(&cluster, new_primary).await.timeline != Some(2) {
+        assert!(Instant::now() < deadline, "timeline never became 2");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let wal_timeline = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+    assert_eq!(cluster.sql(new_primary, wal_timeline).unwrap(), "00000002", "exactly one switch");
+
+    let new_target = target(&cluster, new_primary);
+    write_epoch(&new_target, "g1", 2).await.expect("epoch written");
+    write_epoch(&new_target, "g1", 2).await.expect("rewriting the same epoch is fine");
+    write_epoch(&new_target, "g1", 1).await.expect("a stale epoch is not an error");
+    let stored = "SELECT epoch FROM vigil.epoch WHERE group_name = 'g1'";
+    assert_eq!(cluster.sql(new_primary, stored).unwrap(), "2", "the epoch only grows");
+    assert_eq!(observe(&cluster, new_primary).await.epoch, Some(2));
+
+    let conninfo = conninfo_to(&cluster, new_primary, other);
+    repoint(&target(&cluster, other), &conninfo).await.expect("re-pointed");
+    repoint(&target(&cluster, other), &conninfo).await.expect("re-pointing twice is fine");
+    let new_port = cluster.instances()[new_primary].port;
+    wait_for_answer(
+        &cluster,
+        other,
+        "SELECT sender_port || '|' || received_tli || '|' || status FROM pg_stat_wal_receiver",
+        &format!("{new_port}|2|streaming"),
+    )
+    .await;
+    wait_for_answer(&cluster, other, stored, "2").await;
+    let seen = observe(&cluster, other).await;
+    assert_eq!(seen.upstream, Some(format!("127.0.0.1:{new_port}")));
+
+    // Refusals: a primary has no upstream, and a replica takes no writes.
+    let refused = repoint(&new_target, &conninfo).await;
+    assert!(matches!(refused, Err(ActionError::Unexpected(_))), "{refused:?}");
+    let refused = write_epoch(&target(&cluster, other), "g1", 3).await;
+    assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
+}
+
+/// Switchover: the primary stops cleanly at a checkpoint LSN, the replica replays past
+/// it and is promoted, and the old primary restarts as a streaming replica of the new
+/// one without a rewind; every step is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_restarts_the_old_primary_as_a_replica() {
+    let cluster = PgCluster::start(2).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    cluster.sql(0, "INSERT INTO orders VALUES (1)").unwrap();
+    let old_primary = ctl(&cluster, 0);
+
+    let stopped_at = stop_server(&old_primary, TIMEOUT).await.expect("stops");
+    assert!(stopped_at > 0);
+    assert!(cluster.sql(0, "SELECT 1").is_err(), "the old primary still answers");
+    let again = stop_server(&old_primary, TIMEOUT).await.expect("stopping twice is fine");
+    assert_eq!(again, stopped_at, "a stopped server stays at its checkpoint");
+
+    let replayed = wait_for_replay(&target(&cluster, 1), stopped_at, TIMEOUT)
+        .await
+        .expect("the replica replays the shutdown checkpoint");
+    assert!(replayed > stopped_at);
+    let unreachable_lsn = replayed + (1 << 32);
+    let started = Instant::now();
+    let waited = wait_for_replay(&target(&cluster, 1), unreachable_lsn, Duration::from_millis(300)).await;
+    assert!(matches!(waited, Err(ActionError::Timeout(_))), "{waited:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM orders", "1").await;
+
+    let promoted = promote(&target(&cluster, 1), PROMOTE_WAIT).await.expect("promotes");
+    assert!(!promoted.already_primary);
+    write_epoch(&target(&cluster, 1), "g1", 2).await.expect("epoch written");
+
+    let conninfo = conninfo_to(&cluster, 1, 0);
+    start_as_replica(&old_primary, &conninfo, Duration::from_secs(30))
+        .await
+        .expect("the old primary starts as a replica");
+    cluster.wait_streaming(0, Duration::from_secs(20)).expect("the old primary streams");
+    assert!(cluster.is_in_recovery(0).unwrap());
+    let new_port = cluster.instances()[1].port;
+    assert_eq!(
+        cluster.sql(0, "SELECT sender_port || '|' || received_tli FROM pg_stat_wal_receiver").unwrap(),
+        format!("{new_port}|2")
+    );
+    let standby_signal = cluster.instances()[0].data_dir.join("standby.signal");
+    let data_dir_owner = std::fs::metadata(&cluster.instances()[0].data_dir).unwrap().uid();
+    assert_eq!(std::fs::metadata(&standby_signal).unwrap().uid(), data_dir_owner);
+
+    cluster.sql(1, "INSERT INTO orders VALUES (2)").unwrap();
+    wait_for_answer(&cluster, 0, "SELECT count(*) FROM orders", "2").await;
+    wait_for_answer(&cluster, 0, "SELECT epoch FROM vigil.epoch WHERE group_name = 'g1'", "2").await;
+
+    // Asking again leaves the running replica alone.
+    let postmaster = cluster.postmaster_pid(0).unwrap();
+    start_as_replica(&old_primary, &conninfo, Duration::from_secs(30)).await.expect("idempotent");
+    assert_eq!(cluster.postmaster_pid(0).unwrap(), postmaster, "the replica was restarted");
+    cluster.wait_streaming(0, Duration::from_secs(20)).expect("still streams");
+}
+
+/// A crashed server is not cleanly shut down, so its checkpoint location is not where its
+/// WAL ends: `stop_server` says so instead of returning it.
+#[tokio::test]
+async fn stop_server_refuses_a_crashed_data_directory() {
+    let cluster = PgCluster::start(1).expect("cluster starts");
+    cluster.kill_postmaster(0).unwrap();
+    let stopped = stop_server(&ctl(&cluster, 0), TIMEOUT).await;
+    assert!(matches!(stopped, Err(ActionError::Unexpected(ref m)) if m.contains("in production")), "{stopped:?}");
+}
