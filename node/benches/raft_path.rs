@@ -67,15 +67,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 async fn idle_cpu_percent(pids: &[u32]) -> Vec<f64> {
-    let ticks_per_second =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let before: Vec<u64> = pids.iter().map(|pid| cpu_ticks(*pid)).collect();
     tokio::time::sleep(IDLE_WINDOW).await;
     pids.iter()
         .zip(before)
-        .map(|(pid, start)| {
-            (cpu_ticks(*pid) - start) as f64 / ticks_per_second / IDLE_WINDOW.as_secs_f64() * 100.0
-        })
+        .map(|(pid, start)| (cpu_ticks(*pid) - start) as f64 / ticks_per_second / IDLE_WINDOW.as_secs_f64() * 100.0)
         .collect()
 }
 
@@ -169,8 +166,7 @@ async fn bench_vigil() -> (Figures, common::TestCluster) {
     let client = ApiClient::new(&identity, vec![endpoint]).expect("client");
     // Let start-up settle before reading idle memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pids: Vec<u32> =
-        cluster.nodes.values().map(|node| node.child.as_ref().unwrap().id()).collect();
+    let pids: Vec<u32> = cluster.nodes.values().map(|node| node.child.as_ref().unwrap().id()).collect();
     let figures = measure("vigil", Arc::new(VigilTarget { client }), &pids).await;
     (figures, cluster)
 }
@@ -218,21 +214,12 @@ fn etcd_binary() -> Option<PathBuf> {
 fn start_etcd(binary: &Path) -> EtcdCluster {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let output = common::vigil(&[
-        "certs",
-        "init",
-        "--out",
-        certs.to_str().unwrap(),
-        "--nodes",
-        "1,2,3",
-        "--san",
-        "127.0.0.1",
-    ]);
+    let output =
+        common::vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3", "--san", "127.0.0.1"]);
     assert!(output.status.success());
     let peer_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let initial: Vec<String> =
-        (0..3).map(|i| format!("e{}=https://127.0.0.1:{}", i + 1, peer_ports[i])).collect();
+    let initial: Vec<String> = (0..3).map(|i| format!("e{}=https://127.0.0.1:{}", i + 1, peer_ports[i])).collect();
     let children = (0..3)
         .map(|i| {
             let id = i + 1;
@@ -244,25 +231,14 @@ fn start_etcd(binary: &Path) -> EtcdCluster {
                 .args(["--name", &format!("e{id}")])
                 .args(["--data-dir", dir.path().join(format!("e{id}")).to_str().unwrap()])
                 .args(["--listen-client-urls", &format!("https://127.0.0.1:{}", client_ports[i])])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("https://127.0.0.1:{}", client_ports[i]),
-                ])
+                .args(["--advertise-client-urls", &format!("https://127.0.0.1:{}", client_ports[i])])
                 .args(["--listen-peer-urls", &format!("https://127.0.0.1:{}", peer_ports[i])])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("https://127.0.0.1:{}", peer_ports[i]),
-                ])
+                .args(["--initial-advertise-peer-urls", &format!("https://127.0.0.1:{}", peer_ports[i])])
                 .args(["--initial-cluster", &initial.join(",")])
                 .args(["--initial-cluster-state", "new", "--initial-cluster-token", "bench"])
                 .args(["--cert-file", cert.to_str().unwrap(), "--key-file", key.to_str().unwrap()])
                 .args(["--trusted-ca-file", ca.to_str().unwrap(), "--client-cert-auth"])
-                .args([
-                    "--peer-cert-file",
-                    cert.to_str().unwrap(),
-                    "--peer-key-file",
-                    key.to_str().unwrap(),
-                ])
+                .args(["--peer-cert-file", cert.to_str().unwrap(), "--peer-key-file", key.to_str().unwrap()])
                 .args(["--peer-trusted-ca-file", ca.to_str().unwrap(), "--peer-client-cert-auth"])
                 .args(["--logger", "zap", "--log-level", "error"])
                 .stdout(Stdio::null())
@@ -282,16 +258,12 @@ async fn etcd_leader(connector: &TlsConnector, ports: &[u16]) -> String {
             let Ok(mut session) = ApiSession::open(connector, &endpoint, "localhost").await else {
                 continue;
             };
-            let Ok((status, body)) =
-                session.exchange(Method::POST, "/v3/maintenance/status", Bytes::from("{}")).await
+            let Ok((status, body)) = session.exchange(Method::POST, "/v3/maintenance/status", Bytes::from("{}")).await
             else {
                 continue;
             };
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            if status.is_success()
-                && value["leader"].is_string()
-                && value["leader"] == value["header"]["member_id"]
-            {
+            if status.is_success() && value["leader"].is_string() && value["leader"] == value["header"]["member_id"] {
                 return endpoint;
             }
         }
@@ -352,11 +324,7 @@ async fn leader_failover_ms() -> Vec<f64> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut sessions = Vec::new();
         for id in (1..=3).filter(|id| *id != leader) {
-            let client = ApiClient::new(
-                &identity,
-                vec![format!("127.0.0.1:{}", cluster.nodes[&id].api_port)],
-            )
-            .unwrap();
+            let client = ApiClient::new(&identity, vec![format!("127.0.0.1:{}", cluster.nodes[&id].api_port)]).unwrap();
             sessions.push(client.session().await.expect("survivor session"));
         }
         let killed_at = Instant::now();
@@ -453,11 +421,9 @@ fn write_section(path: &Path, marker: &str, section: &str) {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
     let block = format!("{start}\n{section}{end}\n");
     let updated = match (existing.find(&start), existing.find(&end)) {
-        (Some(s), Some(e)) => format!(
-            "{}{block}{}",
-            &existing[..s],
-            &existing[e + end.len()..].trim_start_matches('\n')
-        ),
+        (Some(s), Some(e)) => {
+            format!("{}{block}{}", &existing[..s], &existing[e + end.len()..].trim_start_matches('\n'))
+        }
         _ => format!("{}\n{block}", existing.trim_end()),
     };
     std::fs::write(path, updated).expect("write BENCHMARKS.md");

@@ -42,8 +42,7 @@ pub fn init(
     if let Some(zero) = nodes.iter().find(|id| **id == 0) {
         bail!("--nodes: node ids start at 1, got {zero}");
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("--out: cannot create {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("--out: cannot create {}", out.display()))?;
     let (ca_cert, ca_key) = ca_files(out);
     // Refuse before writing anything, so a half-replaced set of files never exists.
     let mut planned = vec![ca_cert.clone(), ca_key.clone()];
@@ -54,10 +53,7 @@ pub fn init(
     let (operator_cert, operator_key) = operator_files(out, operator);
     planned.extend([operator_cert.clone(), operator_key.clone()]);
     if let Some(existing) = planned.iter().find(|path| path.exists()) {
-        bail!(
-            "{} already exists: refusing to overwrite certificates (use another --out)",
-            existing.display()
-        );
+        bail!("{} already exists: refusing to overwrite certificates (use another --out)", existing.display());
     }
 
     let ca = CertificateAuthority::generate(cluster)?;
@@ -79,19 +75,12 @@ pub enum IssueFor<'a> {
 }
 
 /// Issues one more certificate from the CA in `dir`.
-pub fn issue(
-    dir: &Path,
-    what: IssueFor<'_>,
-    extra_names: &[String],
-) -> anyhow::Result<Vec<PathBuf>> {
+pub fn issue(dir: &Path, what: IssueFor<'_>, extra_names: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let (ca_cert, ca_key) = ca_files(dir);
-    let cert_pem = std::fs::read_to_string(&ca_cert)
-        .with_context(|| format!("cannot read {}", ca_cert.display()))?;
-    let key_pem = std::fs::read_to_string(&ca_key)
-        .with_context(|| format!("cannot read {}", ca_key.display()))?;
-    let ca = CertificateAuthority::load(&cert_pem, &key_pem).with_context(|| {
-        format!("{} / {} are not a usable CA", ca_cert.display(), ca_key.display())
-    })?;
+    let cert_pem = std::fs::read_to_string(&ca_cert).with_context(|| format!("cannot read {}", ca_cert.display()))?;
+    let key_pem = std::fs::read_to_string(&ca_key).with_context(|| format!("cannot read {}", ca_key.display()))?;
+    let ca = CertificateAuthority::load(&cert_pem, &key_pem)
+        .with_context(|| format!("{} / {} are not a usable CA", ca_cert.display(), ca_key.display()))?;
     let ((cert, key), issued) = match what {
         IssueFor::Node(0) => bail!("--node: node ids start at 1"),
         IssueFor::Node(id) => (node_files(dir, id), ca.issue_node(id, extra_names)?),

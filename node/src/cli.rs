@@ -8,11 +8,13 @@ use vigil_consensus::tls::{Identity, TlsPaths};
 
 use crate::api::client::{ApiClient, ClientError};
 use crate::api::model::{
-    AddMemberRequest, HistoryReport, MemberStatus, NoteRequest, StatusReport, WriteReceipt,
+    AddMemberRequest, ApplySpecRequest, FailoverRequest, GroupStatus, HistoryReport, MemberStatus, NoteRequest,
+    PauseRequest, RunReceipt, StatusReport, WriteReceipt,
 };
 use crate::config::{LogFormat, NodeConfig};
 use crate::exit::Failure;
 use crate::render;
+use vigil_consensus::spec::ClusterSpec;
 
 /// vigil: a peer-to-peer failover coordinator for PostgreSQL, Redis and other services.
 #[derive(Debug, Parser)]
@@ -75,14 +77,82 @@ pub enum Command {
         /// The note.
         text: String,
     },
-    /// Show the cluster history.
+    /// Show the cluster history: failovers and switchovers, then events.
     History {
         /// Where to connect.
         #[command(flatten)]
         target: Target,
+        /// Only this group's failovers (events are not shown then).
+        group: Option<String>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Apply a cluster spec (the groups vigil watches) from a TOML file.
+    Apply {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// The spec file.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Print the cluster spec in force, as TOML.
+    Spec {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop automatic failover of a group (switchover and failover are refused too).
+    Pause {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// The group.
+        group: String,
+    },
+    /// Resume automatic failover of a group.
+    Resume {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// The group.
+        group: String,
+    },
+    /// Planned switchover, losing no committed transaction: stop the primary cleanly, let the
+    /// candidate catch up, promote it, re-point the others, bring the old primary back as a replica.
+    Switchover {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// The group.
+        group: String,
+        /// The member to promote; the best candidate when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// Return once it started instead of waiting for the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Force a failover to a named member, ignoring the lag policy (data may be lost).
+    Failover {
+        /// Where to connect.
+        #[command(flatten)]
+        target: Target,
+        /// The group.
+        group: String,
+        /// The member to promote.
+        #[arg(long)]
+        to: String,
+        /// Confirm: a forced failover may lose the transactions the candidate lacks.
+        #[arg(long)]
+        yes: bool,
+        /// Return once it started instead of waiting for the end.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Start a local three-node demo cluster on 127.0.0.1 and stop it with Ctrl-C.
     Demo(crate::demo::DemoArgs),
@@ -198,8 +268,7 @@ impl Target {
                     cert: self.cert.clone().ok_or_else(|| missing("--cert"))?,
                     key: self.key.clone().ok_or_else(|| missing("--key"))?,
                 };
-                let identity =
-                    Identity::load(&paths).map_err(|e| Failure::config(e.to_string()))?;
+                let identity = Identity::load(&paths).map_err(|e| Failure::config(e.to_string()))?;
                 (identity, Vec::new())
             }
         };
@@ -246,11 +315,7 @@ pub async fn status(target: &Target, json: bool) -> Result<(), Failure> {
 }
 
 /// `vigil members [add|remove]`.
-pub async fn members(
-    target: &Target,
-    json: bool,
-    action: &Option<MembersCommand>,
-) -> Result<(), Failure> {
+pub async fn members(target: &Target, json: bool, action: &Option<MembersCommand>) -> Result<(), Failure> {
     let client = target.client()?;
     match action {
         None => {
@@ -290,13 +355,120 @@ pub async fn note(target: &Target, author: &str, text: &str) -> Result<(), Failu
     Ok(())
 }
 
-/// `vigil history`.
-pub async fn history(target: &Target, json: bool) -> Result<(), Failure> {
-    let report: HistoryReport = target.client()?.get("/history").await?;
+/// `vigil history [GROUP]`.
+pub async fn history(target: &Target, group: Option<&str>, json: bool) -> Result<(), Failure> {
+    let mut report: HistoryReport = target.client()?.get("/history").await?;
+    if let Some(group) = group {
+        if !report.failovers.contains_key(group) {
+            return Err(Failure::refused(format!("no group is named {group:?}")));
+        }
+        report.failovers.retain(|name, _| name == group);
+        report.events.clear();
+    }
     if json {
         print_json(&report);
     } else {
         print!("{}", render::history(&report));
     }
     Ok(())
+}
+
+fn author() -> String {
+    default_author()
+}
+
+/// `vigil apply -f FILE`.
+pub async fn apply(target: &Target, file: &std::path::Path) -> Result<(), Failure> {
+    let toml =
+        std::fs::read_to_string(file).map_err(|e| Failure::config(format!("{}: cannot read: {e}", file.display())))?;
+    // Parse here too, so a malformed file is reported against the file's name.
+    crate::spec_file::parse(&toml).map_err(|e| Failure::config(format!("{}: {e}", file.display())))?;
+    let request = ApplySpecRequest { author: author(), toml };
+    let receipt: WriteReceipt = target.client()?.post("/spec", &request).await.map_err(|error| match error {
+        ClientError::Refused(message) => Failure::refused(format!("{}: {message}", file.display())),
+        other => Failure::from(other),
+    })?;
+    println!("spec applied at log index {}", receipt.log_index);
+    Ok(())
+}
+
+/// `vigil spec`.
+pub async fn spec(target: &Target, json: bool) -> Result<(), Failure> {
+    let spec: ClusterSpec = target.client()?.get("/spec").await?;
+    if json {
+        print_json(&spec);
+    } else {
+        print!("{}", crate::spec_file::render(&spec));
+    }
+    Ok(())
+}
+
+/// `vigil pause GROUP` and `vigil resume GROUP`.
+pub async fn set_paused(target: &Target, group: &str, paused: bool) -> Result<(), Failure> {
+    let path = format!("/groups/{group}/{}", if paused { "pause" } else { "resume" });
+    let _: WriteReceipt = target.client()?.post(&path, &PauseRequest { author: author() }).await?;
+    if paused {
+        println!("{group}: PAUSED: no automatic failover, switchover or failover until `vigil resume {group}`");
+    } else {
+        println!("{group}: resumed: automatic failover is on");
+    }
+    Ok(())
+}
+
+/// How long the CLI waits for a switchover or failover to end.
+pub const RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// `vigil switchover` and `vigil failover`.
+pub async fn start_run(
+    target: &Target,
+    group: &str,
+    to: Option<&str>,
+    forced: bool,
+    wait: bool,
+) -> Result<(), Failure> {
+    let client = target.client()?;
+    let path = format!("/groups/{group}/{}", if forced { "failover" } else { "switchover" });
+    let request = FailoverRequest { to: to.map(str::to_string), author: author() };
+    let receipt: RunReceipt = client.post(&path, &request).await?;
+    let kind = if forced { "failover" } else { "switchover" };
+    println!("{group}: {kind} #{} to {} started (epoch {})", receipt.run_id, receipt.candidate, receipt.epoch);
+    if !wait {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + RUN_WAIT;
+    let mut printed = 0usize;
+    loop {
+        let status: GroupStatus = client.get(&format!("/groups/{group}")).await?;
+        let run = match (&status.running, &status.last_run) {
+            (Some(run), _) if run.id == receipt.run_id => run.clone(),
+            (_, Some(run)) if run.id == receipt.run_id => run.clone(),
+            _ => return Err(Failure::other(format!("run #{} is no longer known", receipt.run_id))),
+        };
+        for line in render::run_steps(&run).into_iter().skip(printed) {
+            println!("  {line}");
+            printed += 1;
+        }
+        match run.succeeded {
+            Some(true) => {
+                println!("{group}: {kind} #{} done: {}", run.id, run.outcome.unwrap_or_default());
+                return Ok(());
+            }
+            Some(false) => {
+                return Err(Failure::other(format!(
+                    "{group}: {kind} #{} abandoned: {}",
+                    run.id,
+                    run.outcome.unwrap_or_default()
+                )));
+            }
+            None => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure::other(format!(
+                "{group}: {kind} #{} still running after {} s; follow it with `vigil status`",
+                run.id,
+                RUN_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

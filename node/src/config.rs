@@ -193,7 +193,7 @@ impl NodeConfig {
             file: file.clone(),
             field: e
                 .span()
-                .map(|span| describe_span(&text, span))
+                .map(|span| crate::toml_field::describe_span(&text, span))
                 .unwrap_or_else(|| "(file)".to_string()),
             message: e.message().trim().to_string(),
         })?;
@@ -215,35 +215,6 @@ impl NodeConfig {
     }
 }
 
-/// Names the TOML field a parse error points at, such as `raft.heartbeat_interval (line 20)`.
-fn describe_span(text: &str, span: std::ops::Range<usize>) -> String {
-    let start = span.start.min(text.len());
-    let line_number = text[..start].matches('\n').count() + 1;
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((key, _)) = line.split_once('=') else {
-        return format!("line {line_number}");
-    };
-    // The table the line belongs to is the last header above it.
-    let mut table = String::new();
-    let mut array_counts: BTreeMap<String, usize> = BTreeMap::new();
-    for header in text[..line_start].lines().map(str::trim).filter(|l| l.starts_with('[')) {
-        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
-            let count = array_counts.entry(name.trim().to_string()).or_insert(0);
-            table = format!("{}[{}]", name.trim(), *count);
-            *count += 1;
-        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            table = name.trim().to_string();
-        }
-    }
-    let key = key.trim();
-    if table.is_empty() {
-        format!("{key} (line {line_number})")
-    } else {
-        format!("{table}.{key} (line {line_number})")
-    }
-}
-
 struct Checker {
     file: String,
 }
@@ -258,9 +229,7 @@ impl Checker {
     }
 
     fn socket_addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-        value.parse().map_err(|_| {
-            self.error(field, format!("expected IP:PORT such as 127.0.0.1:7100, got {value:?}"))
-        })
+        value.parse().map_err(|_| self.error(field, format!("expected IP:PORT such as 127.0.0.1:7100, got {value:?}")))
     }
 
     fn member(&self, field: &str, member: &RawMember) -> Result<NodeInfo, ConfigError> {
@@ -316,8 +285,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
         ));
     }
     if raft.election_timeout_max <= raft.election_timeout_min {
-        return Err(check
-            .error("raft.election_timeout_max", "must be longer than raft.election_timeout_min"));
+        return Err(check.error("raft.election_timeout_max", "must be longer than raft.election_timeout_min"));
     }
     if raft.snapshot_after_entries == 0 {
         return Err(check.error("raft.snapshot_after_entries", "must be at least 1"));
@@ -329,21 +297,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
         let field = format!("initial_members[{index}]");
         let member_info = check.member(&field, member)?;
         if initial_members.insert(member.id, member_info).is_some() {
-            return Err(
-                check.error(format!("{field}.id"), format!("node id {} appears twice", member.id))
-            );
+            return Err(check.error(format!("{field}.id"), format!("node id {} appears twice", member.id)));
         }
         if !names.insert(member.name.clone()) {
-            return Err(check
-                .error(format!("{field}.name"), format!("name {:?} appears twice", member.name)));
+            return Err(check.error(format!("{field}.name"), format!("name {:?} appears twice", member.name)));
         }
     }
     if raw.join {
         if !initial_members.is_empty() {
-            return Err(check.error(
-                "initial_members",
-                "must be empty when join = true (a joining node never bootstraps)",
-            ));
+            return Err(
+                check.error("initial_members", "must be empty when join = true (a joining node never bootstraps)")
+            );
         }
     } else {
         match initial_members.get(&node.id) {
@@ -359,18 +323,16 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
                     format!(
                         "node {} is not in initial_members (ids there: {})",
                         node.id,
-                        initial_members
-                            .keys()
-                            .map(|id| id.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        initial_members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
                     ),
                 ));
             }
             Some(listed) if *listed != info => {
                 return Err(check.error(
                     "node",
-                    format!("differs from this node's entry in initial_members: [node] says {info}, the entry says {listed}"),
+                    format!(
+                        "differs from this node's entry in initial_members: [node] says {info}, the entry says {listed}"
+                    ),
                 ));
             }
             Some(_) => {}
@@ -380,11 +342,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
     let data_dir = resolve(&raw.data_dir);
     check_data_dir(&check, &data_dir)?;
     check_data_dir_owner(&check, &data_dir, &raw.cluster_name, node.id)?;
-    let tls_paths = TlsPaths {
-        ca: resolve(&raw.tls.ca),
-        cert: resolve(&raw.tls.cert),
-        key: resolve(&raw.tls.key),
-    };
+    let tls_paths = TlsPaths { ca: resolve(&raw.tls.ca), cert: resolve(&raw.tls.cert), key: resolve(&raw.tls.key) };
     let identity = Identity::load(&tls_paths).map_err(|e| check.error("tls", e.to_string()))?;
     identity.check_names_node(node.id).map_err(|e| check.error("tls.cert", e.to_string()))?;
 
@@ -421,13 +379,8 @@ fn check_data_dir(check: &Checker, data_dir: &Path) -> Result<(), ConfigError> {
             let parent = data_dir.ancestors().skip(1).find(|ancestor| ancestor.exists());
             match parent {
                 Some(parent) if parent.is_dir() => Ok(()),
-                _ => Err(check.error(
-                    field,
-                    format!(
-                        "{} cannot be created: no existing parent directory",
-                        data_dir.display()
-                    ),
-                )),
+                _ => Err(check
+                    .error(field, format!("{} cannot be created: no existing parent directory", data_dir.display()))),
             }
         }
         Err(e) => Err(check.error(field, format!("{}: {e}", data_dir.display()))),
@@ -448,12 +401,7 @@ pub struct DataDirOwner {
 
 /// Refuses a data dir that holds another node's or another cluster's Raft state: starting
 /// on it would make this node impersonate that node's log.
-fn check_data_dir_owner(
-    check: &Checker,
-    data_dir: &Path,
-    cluster_name: &str,
-    id: NodeId,
-) -> Result<(), ConfigError> {
+fn check_data_dir_owner(check: &Checker, data_dir: &Path, cluster_name: &str, id: NodeId) -> Result<(), ConfigError> {
     let path = data_dir.join(DATA_DIR_OWNER_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

@@ -38,20 +38,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     );
 
     let tasks = TaskTracker::new();
-    let state = ApiState {
-        cluster: raft_node.cluster.clone(),
-        cluster_name: config.cluster_name.clone(),
-        prometheus,
-    };
+    let state = ApiState { cluster: raft_node.cluster.clone(), cluster_name: config.cluster_name.clone(), prometheus };
     let identity = config.identity.clone();
     let api_cancel = cancel.child_token();
     tasks.spawn(async move {
-        if let Err(error) = crate::api::server::serve(listener, &identity, state, api_cancel).await
-        {
+        if let Err(error) = crate::api::server::serve(listener, &identity, state, api_cancel).await {
             error!(%error, "api server failed");
         }
     });
     tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
+    crate::groups::spawn(&raft_node.cluster, &tasks, &cancel);
     tasks.close();
 
     wait_for_termination().await?;

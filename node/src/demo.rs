@@ -56,8 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let mut nodes = Vec::new();
     for id in NODES {
         let config = dir.join(format!("n{id}.toml"));
-        std::fs::write(&config, node_config(id, args.base_port))
-            .context("cannot write a demo config")?;
+        std::fs::write(&config, node_config(id, args.base_port)).context("cannot write a demo config")?;
         nodes.push(start_node(id, &config, &dir).await?);
     }
     let endpoints: Vec<String> =
@@ -75,8 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     if args.keep {
         println!("kept {}", dir.display());
     } else {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         println!("removed {}", dir.display());
     }
     outcome
@@ -85,16 +83,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         if !dir.join(MARKER).exists() {
-            bail!(
-                "--dir: {} exists and was not made by `vigil demo`; choose another directory",
-                dir.display()
-            );
+            bail!("--dir: {} exists and was not made by `vigil demo`; choose another directory", dir.display());
         }
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("cannot clear the old demo in {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear the old demo in {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("--dir: cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("--dir: cannot create {}", dir.display()))?;
     std::fs::write(dir.join(MARKER), "made by vigil demo; removed when the demo stops\n")?;
     Ok(())
 }
@@ -109,19 +102,14 @@ fn api_port(base: u16, id: u64) -> u16 {
 
 fn check_ports(base: u16) -> anyhow::Result<()> {
     if base > u16::MAX - 200 {
-        bail!(
-            "--base-port: {base} leaves no room for the demo's ports; use at most {}",
-            u16::MAX - 200
-        );
+        bail!("--base-port: {base} leaves no room for the demo's ports; use at most {}", u16::MAX - 200);
     }
     for id in NODES {
         let (raft, api) = (raft_port(base, id), api_port(base, id));
-        UdpSocket::bind(("127.0.0.1", raft)).with_context(|| {
-            format!("--base-port: UDP port {raft} is taken; choose another base port")
-        })?;
-        TcpListener::bind(("127.0.0.1", api)).with_context(|| {
-            format!("--base-port: TCP port {api} is taken; choose another base port")
-        })?;
+        UdpSocket::bind(("127.0.0.1", raft))
+            .with_context(|| format!("--base-port: UDP port {raft} is taken; choose another base port"))?;
+        TcpListener::bind(("127.0.0.1", api))
+            .with_context(|| format!("--base-port: TCP port {api} is taken; choose another base port"))?;
     }
     Ok(())
 }
@@ -165,17 +153,10 @@ async fn start_node(id: u64, config: &Path, dir: &Path) -> anyhow::Result<DemoNo
     Ok(DemoNode { id, config: config.to_path_buf(), child: Some(child) })
 }
 
-async fn watch(
-    client: &ApiClient,
-    nodes: &mut [DemoNode],
-    dir: &Path,
-    endpoints: &[String],
-) -> Result<(), Failure> {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "vigil".to_string());
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot watch for Ctrl-C")?;
+async fn watch(client: &ApiClient, nodes: &mut [DemoNode], dir: &Path, endpoints: &[String]) -> Result<(), Failure> {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "vigil".to_string());
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     let mut announced = false;
@@ -218,10 +199,7 @@ async fn watch(
         }
         if announced && leader != last_leader {
             match &status.leader {
-                Some(node) => println!(
-                    "[demo] leader is {} (node {}), term {}",
-                    node.name, node.id, status.term
-                ),
+                Some(node) => println!("[demo] leader is {} (node {}), term {}", node.name, node.id, status.term),
                 None => println!("[demo] no leader right now (term {})", status.term),
             }
         }
@@ -243,14 +221,9 @@ fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[Demo
     );
     println!("  history:       {exe} history --config {}", dir.join("n1.toml").display());
     println!("  write a note:  {exe} note --config {} \"hello\"", dir.join("n1.toml").display());
-    let pids: Vec<String> = nodes
-        .iter()
-        .filter_map(|node| node.child.as_ref()?.id().map(|pid| format!("n{}={pid}", node.id)))
-        .collect();
-    println!(
-        "  kill a node:   kill -9 <pid>   ({}); kill the leader and watch a new one elected",
-        pids.join(" ")
-    );
+    let pids: Vec<String> =
+        nodes.iter().filter_map(|node| node.child.as_ref()?.id().map(|pid| format!("n{}={pid}", node.id))).collect();
+    println!("  kill a node:   kill -9 <pid>   ({}); kill the leader and watch a new one elected", pids.join(" "));
     println!("  logs:          {}/n1.log n2.log n3.log", dir.display());
     println!();
     println!("Ctrl-C stops the cluster and removes {}.", dir.display());

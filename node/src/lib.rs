@@ -11,8 +11,11 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod groups;
 pub mod render;
+pub mod spec_file;
 pub mod telemetry;
+pub mod toml_field;
 
 use std::process::ExitCode;
 
@@ -25,14 +28,13 @@ use crate::exit::Failure;
 /// Parses the command line, runs the command, and returns the documented exit code.
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                eprintln!("vigil: cannot start the async runtime: {error}");
-                return ExitCode::from(exit::OTHER);
-            }
-        };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("vigil: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
@@ -87,7 +89,23 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Status { target, json } => cli::status(&target, json).await,
         Command::Members { target, json, action } => cli::members(&target, json, &action).await,
         Command::Note { target, author, text } => cli::note(&target, &author, &text).await,
-        Command::History { target, json } => cli::history(&target, json).await,
+        Command::History { target, group, json } => cli::history(&target, group.as_deref(), json).await,
+        Command::Apply { target, file } => cli::apply(&target, &file).await,
+        Command::Spec { target, json } => cli::spec(&target, json).await,
+        Command::Pause { target, group } => cli::set_paused(&target, &group, true).await,
+        Command::Resume { target, group } => cli::set_paused(&target, &group, false).await,
+        Command::Switchover { target, group, to, no_wait } => {
+            cli::start_run(&target, &group, to.as_deref(), false, !no_wait).await
+        }
+        Command::Failover { target, group, to, yes, no_wait } => {
+            if !yes {
+                return Err(Failure::usage(format!(
+                    "a forced failover promotes {to} even if it lags, and the transactions it lacks are lost; \
+                     add --yes to confirm"
+                )));
+            }
+            cli::start_run(&target, &group, Some(&to), true, !no_wait).await
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -2,17 +2,16 @@
 
 use std::fmt::Write;
 
-use crate::api::model::{HistoryReport, MemberStatus, StatusReport};
+use vigil_consensus::group::{FailoverRun, StepStatus};
+
+use crate::api::model::{GroupStatus, HistoryReport, MemberStatus, StatusReport};
 
 /// The `vigil status` table.
 pub fn status(report: &StatusReport) -> String {
     let mut out = String::new();
     let leader = match &report.leader {
         Some(leader) => format!("{} (node {})", leader.name, leader.id),
-        None => {
-            "NONE — no leader, writes and failovers are impossible until a majority of voters is up"
-                .to_string()
-        }
+        None => "NONE — no leader, writes and failovers are impossible until a majority of voters is up".to_string(),
     };
     let index = |value: Option<u64>| value.map_or_else(|| "-".to_string(), |v| v.to_string());
     let _ = writeln!(out, "cluster   {}", report.cluster);
@@ -31,13 +30,161 @@ pub fn status(report: &StatusReport) -> String {
     );
     let _ = writeln!(out);
     out.push_str(&members(&report.members));
+    for group in &report.groups {
+        let _ = writeln!(out);
+        out.push_str(&group_status(group));
+    }
+    out
+}
+
+/// LSNs the way PostgreSQL prints them.
+pub fn lsn(value: u64) -> String {
+    format!("{:X}/{:X}", value >> 32, value & 0xFFFF_FFFF)
+}
+
+/// One group's part of `vigil status`.
+pub fn group_status(group: &GroupStatus) -> String {
+    let mut out = String::new();
+    let primary = group.primary.as_deref().unwrap_or("unknown");
+    let _ = writeln!(out, "group {} ({})   primary {}   epoch {}", group.name, group.kind, primary, group.epoch);
+    if group.paused {
+        let _ = writeln!(out, "  PAUSED: no automatic failover; `vigil resume {}` turns it back on", group.name);
+    }
+    if let Some(reason) = &group.blocked {
+        let _ = writeln!(out, "  NO FAILOVER POSSIBLE: {reason}");
+    }
+    let header = ["MEMBER", "NODE", "ADDRESS", "ROLE", "VERDICTS", "LSN", "LAG", "TL", "UPSTREAM"];
+    let rows: Vec<[String; 9]> = group
+        .members
+        .iter()
+        .map(|member| {
+            let verdicts: Vec<String> =
+                member.verdicts.iter().map(|(node, verdict)| format!("{node}:{verdict}")).collect();
+            let lag = match (member.lag_bytes, member.lag_ms) {
+                (Some(bytes), Some(ms)) => format!("{bytes} B, {ms} ms"),
+                (Some(bytes), None) => format!("{bytes} B"),
+                _ => "-".to_string(),
+            };
+            let mut role = member.role.clone();
+            if member.nofailover {
+                role.push_str(" (nofailover)");
+            }
+            [
+                member.name.clone(),
+                member.node.clone(),
+                member.address.clone(),
+                role,
+                if verdicts.is_empty() { "none yet".to_string() } else { verdicts.join(" ") },
+                member.lsn.map_or_else(|| "-".to_string(), lsn),
+                lag,
+                member.timeline.map_or_else(|| "-".to_string(), |tl| tl.to_string()),
+                member.upstream.clone().unwrap_or_else(|| "-".to_string()),
+            ]
+        })
+        .collect();
+    for line in table(&header, &rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    for member in &group.members {
+        if let Some(problem) = &member.problem {
+            let _ = writeln!(out, "  {}: {problem}", member.name);
+        }
+    }
+    if let Some(run) = &group.running {
+        let _ = writeln!(
+            out,
+            "  {} #{} IN PROGRESS: {} -> {} (epoch {})",
+            run.kind,
+            run.id,
+            run.old_primary.as_deref().unwrap_or("none"),
+            run.candidate,
+            run.epoch
+        );
+        for step in &run.steps {
+            let _ = writeln!(out, "    {}", step_line(step));
+        }
+    }
+    out
+}
+
+fn step_line(step: &vigil_consensus::group::StepState) -> String {
+    match &step.status {
+        StepStatus::Pending => format!("[ ] {}", step.step),
+        StepStatus::Started { by, attempt, .. } => format!("[~] {} (node {by}, attempt {attempt})", step.step),
+        StepStatus::Succeeded { detail, .. } => format!("[x] {}: {detail}", step.step),
+        StepStatus::Failed { detail, attempt, .. } => format!("[!] {} failed (attempt {attempt}): {detail}", step.step),
+    }
+}
+
+/// The steps of a run that have ended, in order, one line each.
+pub fn run_steps(run: &FailoverRun) -> Vec<String> {
+    run.steps
+        .iter()
+        .take_while(|step| matches!(step.status, StepStatus::Succeeded { .. } | StepStatus::Failed { .. }))
+        .map(step_line)
+        .collect()
+}
+
+fn clock(at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn after(start: u64, at: Option<u64>) -> String {
+    match at {
+        Some(at) => format!("+{:.3} s", at.saturating_sub(start) as f64 / 1000.0),
+        None => "-".to_string(),
+    }
+}
+
+/// One failover in `vigil history`.
+pub fn run_summary(group: &str, run: &FailoverRun) -> String {
+    let mut out = String::new();
+    let status = match run.succeeded {
+        Some(true) => "succeeded",
+        Some(false) => "ABANDONED",
+        None => "IN PROGRESS",
+    };
+    let _ = writeln!(
+        out,
+        "{group} #{} {}: {} -> {}, epoch {}, {status}",
+        run.id,
+        run.kind,
+        run.old_primary.as_deref().unwrap_or("none"),
+        run.candidate,
+        run.epoch
+    );
+    let start = run.detected_at_ms.unwrap_or(run.decided_at_ms);
+    let _ = writeln!(
+        out,
+        "  {} at {}; decided {}, promoted {}, first write {}, finished {}",
+        if run.detected_at_ms.is_some() { "detected" } else { "requested" },
+        clock(start),
+        after(start, Some(run.decided_at_ms)),
+        after(start, run.promoted_at_ms),
+        after(start, run.first_write_at_ms),
+        after(start, run.finished_at_ms),
+    );
+    let loss = match run.data_loss_bytes() {
+        Some(bytes) => format!("{bytes} bytes of WAL"),
+        None => "unknown (old primary's last position not known)".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  old primary at {}, new primary at {}: data-loss estimate {loss}",
+        run.old_primary_lsn.map_or_else(|| "?".to_string(), lsn),
+        run.candidate_lsn.map_or_else(|| "?".to_string(), lsn),
+    );
+    let _ = writeln!(out, "  reason: {}", run.reason);
+    if let Some(outcome) = &run.outcome {
+        let _ = writeln!(out, "  outcome: {outcome}");
+    }
     out
 }
 
 /// The members table.
 pub fn members(members: &[MemberStatus]) -> String {
-    let header =
-        ["ID", "NAME", "DC", "ROLE", "RAFT", "API", "REACHABLE", "LAST CONTACT", "RTT", "MATCHED"];
+    let header = ["ID", "NAME", "DC", "ROLE", "RAFT", "API", "REACHABLE", "LAST CONTACT", "RTT", "MATCHED"];
     let rows: Vec<[String; 10]> = members
         .iter()
         .map(|member| {
@@ -72,7 +219,18 @@ pub fn members(members: &[MemberStatus]) -> String {
 /// The `vigil history` listing.
 pub fn history(report: &HistoryReport) -> String {
     let mut out = String::new();
-    if report.events.is_empty() {
+    for (group, runs) in &report.failovers {
+        if runs.is_empty() {
+            let _ = writeln!(out, "{group}: no failover yet");
+        }
+        for run in runs {
+            out.push_str(&run_summary(group, run));
+        }
+    }
+    if !report.failovers.is_empty() && !report.events.is_empty() {
+        out.push('\n');
+    }
+    if report.events.is_empty() && report.failovers.is_empty() {
         out.push_str("no events recorded\n");
     }
     for event in &report.events {
@@ -107,11 +265,8 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}", width = *width))
-            .collect();
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}", width = *width)).collect();
         let _ = writeln!(out, "{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());

@@ -80,12 +80,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut collected = FieldCollector::default();
         event.record(&mut collected);
         let metadata = event.metadata();
@@ -96,12 +91,7 @@ where
                 if let Some(node) = self.node {
                     write!(writer, " node={node}")?;
                 }
-                write!(
-                    writer,
-                    " {}: {}",
-                    metadata.target(),
-                    collected.message.unwrap_or_default()
-                )?;
+                write!(writer, " {}: {}", metadata.target(), collected.message.unwrap_or_default())?;
                 for (name, value) in &collected.fields {
                     match value {
                         Value::String(text) => write!(writer, " {name}={text:?}")?,
@@ -134,33 +124,17 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("vigil_raft_term", "Current Raft term of this node");
     metrics::describe_gauge!("vigil_raft_is_leader", "1 when this node is the Raft leader, else 0");
     metrics::describe_gauge!("vigil_raft_commit_index", "Highest Raft log index known committed");
-    metrics::describe_gauge!(
-        "vigil_raft_applied_index",
-        "Highest Raft log index applied on this node"
-    );
-    metrics::describe_gauge!(
-        "vigil_raft_last_log_index",
-        "Highest Raft log index in this node's log"
-    );
-    metrics::describe_gauge!(
-        "vigil_peer_rtt_seconds",
-        "QUIC round-trip time estimate to each peer"
-    );
-    metrics::describe_counter!(
-        "vigil_raft_rpc_errors_total",
-        "Failed Raft RPCs to each peer, by kind"
-    );
+    metrics::describe_gauge!("vigil_raft_applied_index", "Highest Raft log index applied on this node");
+    metrics::describe_gauge!("vigil_raft_last_log_index", "Highest Raft log index in this node's log");
+    metrics::describe_gauge!("vigil_peer_rtt_seconds", "QUIC round-trip time estimate to each peer");
+    metrics::describe_counter!("vigil_raft_rpc_errors_total", "Failed Raft RPCs to each peer, by kind");
     Ok(handle)
 }
 
 /// Copies openraft's metrics into the Prometheus gauges.
 pub fn record_raft_metrics(raft: &RaftMetrics<TypeConfig>) {
     metrics::gauge!("vigil_raft_term").set(raft.current_term as f64);
-    metrics::gauge!("vigil_raft_is_leader").set(if raft.state == ServerState::Leader {
-        1.0
-    } else {
-        0.0
-    });
+    metrics::gauge!("vigil_raft_is_leader").set(if raft.state == ServerState::Leader { 1.0 } else { 0.0 });
     let index = |log_id: Option<u64>| log_id.map_or(0.0, |index| index as f64);
     metrics::gauge!("vigil_raft_commit_index").set(index(raft.cluster_committed.map(|l| l.index)));
     metrics::gauge!("vigil_raft_applied_index").set(index(raft.last_applied.map(|l| l.index)));

@@ -26,11 +26,7 @@ fn assert_config_refused(edit: impl Fn(&str) -> String, expected: &str) {
 
     let checked = vigil(&["check-config", config.to_str().unwrap()]);
     assert_eq!(checked.status.code(), Some(3), "check-config: {}", stderr(&checked));
-    assert!(
-        stderr(&checked).contains(expected),
-        "check-config said {:?}, expected {expected:?}",
-        stderr(&checked)
-    );
+    assert!(stderr(&checked).contains(expected), "check-config said {:?}, expected {expected:?}", stderr(&checked));
 
     let run = vigil(&["run", "--config", config.to_str().unwrap()]);
     assert_eq!(run.status.code(), Some(3), "run: {}", stderr(&run));
@@ -40,10 +36,7 @@ fn assert_config_refused(edit: impl Fn(&str) -> String, expected: &str) {
 
 #[test]
 fn unknown_field_is_named() {
-    assert_config_refused(
-        |c| c.replace("[node]\n", "[node]\ncolour = \"blue\"\n"),
-        "unknown field `colour`",
-    );
+    assert_config_refused(|c| c.replace("[node]\n", "[node]\ncolour = \"blue\"\n"), "unknown field `colour`");
 }
 
 #[test]
@@ -60,10 +53,7 @@ fn bad_address_is_named() {
 
 #[test]
 fn bad_duration_is_named() {
-    assert_config_refused(
-        |c| c.replace("heartbeat_interval = \"100ms\"", "heartbeat_interval = \"soon\""),
-        "soon",
-    );
+    assert_config_refused(|c| c.replace("heartbeat_interval = \"100ms\"", "heartbeat_interval = \"soon\""), "soon");
 }
 
 #[test]
@@ -76,10 +66,7 @@ fn impossible_raft_timings_are_refused() {
 
 #[test]
 fn missing_certificate_file_is_named() {
-    assert_config_refused(
-        |c| c.replace("certs/node1.crt", "certs/nowhere.crt"),
-        "nowhere.crt: cannot read",
-    );
+    assert_config_refused(|c| c.replace("certs/node1.crt", "certs/nowhere.crt"), "nowhere.crt: cannot read");
 }
 
 #[test]
@@ -93,31 +80,21 @@ fn node_id_missing_from_initial_members_is_refused() {
 #[test]
 fn certificate_of_another_node_is_refused() {
     assert_config_refused(
-        |c| {
-            c.replace("certs/node1.crt", "certs/node2.crt")
-                .replace("certs/node1.key", "certs/node2.key")
-        },
+        |c| c.replace("certs/node1.crt", "certs/node2.crt").replace("certs/node1.key", "certs/node2.key"),
         "names node 2, but this node's id is 1",
     );
 }
 
 #[test]
 fn key_that_does_not_match_the_certificate_is_refused() {
-    assert_config_refused(
-        |c| c.replace("certs/node1.key", "certs/node2.key"),
-        "does not match certificate",
-    );
+    assert_config_refused(|c| c.replace("certs/node1.key", "certs/node2.key"), "does not match certificate");
 }
 
 #[test]
 fn certificate_from_another_ca_is_refused() {
     let cluster = TestCluster::new(3);
     let foreign = cluster.dir.path().join("foreign");
-    assert!(
-        vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"])
-            .status
-            .success()
-    );
+    assert!(vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"]).status.success());
     let config = &cluster.nodes[&1].config;
     let text = std::fs::read_to_string(config).unwrap().replace("certs/node1.", "foreign/node1.");
     std::fs::write(config, text).unwrap();
@@ -132,9 +109,7 @@ fn data_dir_of_another_node_is_refused() {
     let mut cluster = TestCluster::new(3);
     cluster.start(1);
     let owner_file = cluster.data_dir(1).join("vigil-node.json");
-    cluster.wait_until("node 1 to claim its data dir", Duration::from_secs(10), || {
-        owner_file.exists()
-    });
+    cluster.wait_until("node 1 to claim its data dir", Duration::from_secs(10), || owner_file.exists());
     cluster.stop(1);
     let before = std::fs::read(cluster.data_dir(1).join("raft-log.redb")).unwrap();
     let config2 = &cluster.nodes[&2].config;
@@ -143,11 +118,7 @@ fn data_dir_of_another_node_is_refused() {
     let run = vigil(&["run", "--config", config2.to_str().unwrap()]);
     assert_eq!(run.status.code(), Some(3));
     assert!(stderr(&run).contains("holds the data of node 1"), "{}", stderr(&run));
-    assert_eq!(
-        std::fs::read(cluster.data_dir(1).join("raft-log.redb")).unwrap(),
-        before,
-        "node 1's log changed"
-    );
+    assert_eq!(std::fs::read(cluster.data_dir(1).join("raft-log.redb")).unwrap(), before, "node 1's log changed");
 }
 
 /// The CLI against a node that does not answer says so and exits with 4.
@@ -168,10 +139,7 @@ fn no_leader_is_said_plainly() {
     cluster.wait_until("node 1's API", Duration::from_secs(10), || cluster.status(1).is_some());
     let status = cluster.cli(1, &["status"]);
     assert_eq!(status.status.code(), Some(5), "{}", stderr(&status));
-    assert!(
-        String::from_utf8_lossy(&status.stdout).contains("NONE"),
-        "table does not say there is no leader"
-    );
+    assert!(String::from_utf8_lossy(&status.stdout).contains("NONE"), "table does not say there is no leader");
     let note = cluster.cli(1, &["note", "hello"]);
     assert_eq!(note.status.code(), Some(5), "{}", stderr(&note));
     assert!(stderr(&note).contains("no leader"), "{}", stderr(&note));
@@ -186,11 +154,7 @@ fn cli_with_a_foreign_certificate_is_refused() {
     cluster.start(1);
     cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
     let foreign = cluster.dir.path().join("foreign");
-    assert!(
-        vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"])
-            .status
-            .success()
-    );
+    assert!(vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "1"]).status.success());
     let endpoint = format!("127.0.0.1:{}", cluster.nodes[&1].api_port);
     let output = vigil(&[
         "status",
@@ -246,17 +210,12 @@ fn log_lines_carry_the_node_id_in_text_and_json() {
         .spawn()
         .unwrap();
     cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
     let lines = std::fs::read_to_string(&json_log).unwrap();
     assert!(!lines.is_empty());
     for line in lines.lines() {
-        let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert_eq!(value["node"], 1, "{line}");
     }
 }

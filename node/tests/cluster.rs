@@ -54,9 +54,7 @@ fn killing_the_leader_elects_another() {
     cluster.kill(leader);
     // Until their election timeout runs out, the survivors still name the dead leader.
     let (new_leader, new_term) =
-        cluster.wait_for_leader_where(&survivors, AGREEMENT_TIMEOUT, |candidate, _| {
-            candidate != leader
-        });
+        cluster.wait_for_leader_where(&survivors, AGREEMENT_TIMEOUT, |candidate, _| candidate != leader);
     let elapsed = killed_at.elapsed();
     assert_ne!(new_leader, leader);
     assert!(new_term > term, "term did not grow: {term} -> {new_term}");
@@ -82,20 +80,13 @@ fn killed_node_restarts_from_disk_and_catches_up() {
     let last_index = cluster.note(leader, "last");
     cluster.start(victim);
     cluster.wait_until("the restarted node to apply everything", AGREEMENT_TIMEOUT, || {
-        cluster
-            .status(victim)
-            .and_then(|s| s["applied_index"].as_u64())
-            .is_some_and(|applied| applied >= last_index)
+        cluster.status(victim).and_then(|s| s["applied_index"].as_u64()).is_some_and(|applied| applied >= last_index)
     });
     let notes = cluster.notes(victim);
     assert!(notes.contains(&"before the crash".to_string()));
     assert!(notes.contains(&"while down 19".to_string()));
     assert!(notes.contains(&"last".to_string()));
-    assert!(
-        cluster.log_of(victim).contains("restarting from the log"),
-        "{}",
-        cluster.log_of(victim)
-    );
+    assert!(cluster.log_of(victim).contains("restarting from the log"), "{}", cluster.log_of(victim));
 }
 
 /// Stopping all three nodes and starting them again keeps every committed entry.
@@ -131,34 +122,20 @@ fn full_stop_and_restart_keeps_the_committed_history() {
 fn node_with_a_foreign_ca_certificate_cannot_join() {
     let mut cluster = TestCluster::new(3);
     let foreign = cluster.dir.path().join("foreign");
-    let output = common::vigil(&[
-        "certs",
-        "init",
-        "--out",
-        foreign.to_str().unwrap(),
-        "--nodes",
-        "3",
-        "--cluster",
-        "test",
-    ]);
+    let output =
+        common::vigil(&["certs", "init", "--out", foreign.to_str().unwrap(), "--nodes", "3", "--cluster", "test"]);
     assert!(output.status.success());
     cluster.write_config(3, &cluster.member_list(), false, "foreign");
     cluster.start_all();
     let (leader, _) = cluster.wait_for_agreed_leader(&[1, 2], AGREEMENT_TIMEOUT);
     cluster.wait_until("the cluster to report node 3 refused", AGREEMENT_TIMEOUT, || {
         let Some(status) = cluster.status(leader) else { return false };
-        let node3 =
-            status["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
+        let node3 = status["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
         node3["reachable"] == false
-            && node3["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("not signed by the cluster CA"))
+            && node3["last_error"].as_str().is_some_and(|e| e.contains("not signed by the cluster CA"))
     });
     let node3_log = cluster.log_of(3);
-    assert!(
-        node3_log.contains("not signed by the cluster CA"),
-        "node 3 log does not say why:\n{node3_log}"
-    );
+    assert!(node3_log.contains("not signed by the cluster CA"), "node 3 log does not say why:\n{node3_log}");
     let leader_log = cluster.log_of(leader);
     assert!(leader_log.contains("refused a raft connection"), "leader log:\n{leader_log}");
     // Node 3 has no leader: it could not take part.
@@ -191,11 +168,7 @@ fn members_add_and_remove_change_the_voters() {
             "dc4",
         ],
     );
-    assert!(
-        output.status.success(),
-        "members add failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "members add failed: {}", String::from_utf8_lossy(&output.stderr));
     let (leader, _) = cluster.wait_for_agreed_leader(&[1, 2, 3, 4], AGREEMENT_TIMEOUT);
     let voters = |id: u64| -> BTreeSet<u64> {
         cluster.status(id).unwrap()["members"]
@@ -228,14 +201,8 @@ fn members_add_and_remove_change_the_voters() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already a voter"));
 
     let output = cluster.cli(1, &["members", "remove", "4"]);
-    assert!(
-        output.status.success(),
-        "members remove failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    cluster.wait_until("node 4 to leave", AGREEMENT_TIMEOUT, || {
-        voters(1) == BTreeSet::from([1, 2, 3])
-    });
+    assert!(output.status.success(), "members remove failed: {}", String::from_utf8_lossy(&output.stderr));
+    cluster.wait_until("node 4 to leave", AGREEMENT_TIMEOUT, || voters(1) == BTreeSet::from([1, 2, 3]));
     let history = cluster.cli(1, &["history"]);
     let text = String::from_utf8_lossy(&history.stdout);
     assert!(text.contains("add node 4 as voter"), "{text}");

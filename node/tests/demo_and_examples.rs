@@ -51,14 +51,8 @@ fn demo_runs_a_cluster_and_cleans_up_on_interrupt() {
             break;
         }
     }
-    assert!(
-        seen.iter().any(|l| l.contains("status --config")),
-        "no instructions printed: {seen:?}"
-    );
-    assert!(
-        seen.iter().any(|l| l.starts_with("[demo] leader is")),
-        "no leader announced: {seen:?}"
-    );
+    assert!(seen.iter().any(|l| l.contains("status --config")), "no instructions printed: {seen:?}");
+    assert!(seen.iter().any(|l| l.starts_with("[demo] leader is")), "no leader announced: {seen:?}");
 
     let status = common::vigil(&["status", "--config", dir.join("n1.toml").to_str().unwrap()]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
@@ -76,10 +70,7 @@ fn demo_runs_a_cluster_and_cleans_up_on_interrupt() {
     assert!(exit.success(), "demo exited with {exit}");
     assert!(!dir.exists(), "demo directory left behind");
     for node_pid in node_pids {
-        assert!(
-            kill(Pid::from_raw(node_pid), None).is_err(),
-            "node process {node_pid} still running"
-        );
+        assert!(kill(Pid::from_raw(node_pid), None).is_err(), "node process {node_pid} still running");
     }
 }
 
@@ -94,11 +85,7 @@ fn example_configuration_is_valid() {
     let config = dir.path().join("node.toml");
     std::fs::write(&config, text).unwrap();
     let certs = dir.path().join("certs");
-    assert!(
-        common::vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"])
-            .status
-            .success()
-    );
+    assert!(common::vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
     let output = common::vigil(&["check-config", config.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok (node 1"));

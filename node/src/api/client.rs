@@ -68,11 +68,7 @@ impl ApiClient {
     }
 
     /// `POST path` with a JSON body, decoded.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
@@ -93,10 +89,8 @@ impl ApiClient {
         };
         let (endpoint, status, answer) = self.exchange(method, path, body).await?;
         if status.is_success() {
-            return serde_json::from_slice(&answer).map_err(|e| ClientError::BadAnswer {
-                endpoint,
-                reason: format!("undecodable body: {e}"),
-            });
+            return serde_json::from_slice(&answer)
+                .map_err(|e| ClientError::BadAnswer { endpoint, reason: format!("undecodable body: {e}") });
         }
         let error: ApiError = serde_json::from_slice(&answer).unwrap_or_else(|_| ApiError {
             error: "unknown".to_string(),
@@ -117,21 +111,15 @@ impl ApiClient {
     ) -> Result<(String, StatusCode, Bytes), ClientError> {
         let mut failures = Vec::new();
         for endpoint in &self.endpoints {
-            let attempt = tokio::time::timeout(
-                CALL_TIMEOUT,
-                self.exchange_one(endpoint, method.clone(), path, body.clone()),
-            );
+            let attempt =
+                tokio::time::timeout(CALL_TIMEOUT, self.exchange_one(endpoint, method.clone(), path, body.clone()));
             match attempt.await {
                 Ok(Ok((status, answer))) => return Ok((endpoint.clone(), status, answer)),
                 Ok(Err(reason)) => failures.push(format!("{endpoint}: {reason}")),
-                Err(_) => failures
-                    .push(format!("{endpoint}: no answer within {} s", CALL_TIMEOUT.as_secs())),
+                Err(_) => failures.push(format!("{endpoint}: no answer within {} s", CALL_TIMEOUT.as_secs())),
             }
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoints.join(", "),
-            reason: failures.join("; "),
-        })
+        Err(ClientError::Unreachable { endpoint: self.endpoints.join(", "), reason: failures.join("; ") })
     }
 
     async fn exchange_one(
@@ -162,32 +150,20 @@ pub struct ApiSession {
 
 impl ApiSession {
     /// Connects to `endpoint` and verifies the server as `server_name`.
-    pub async fn open(
-        connector: &TlsConnector,
-        endpoint: &str,
-        server_name: &str,
-    ) -> Result<Self, String> {
+    pub async fn open(connector: &TlsConnector, endpoint: &str, server_name: &str) -> Result<Self, String> {
         let tcp = TcpStream::connect(endpoint).await.map_err(|e| format!("cannot connect: {e}"))?;
         // Small requests must not wait for Nagle's algorithm.
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|e| format!("bad server name: {e}"))?;
-        let tls =
-            connector.connect(server_name, tcp).await.map_err(|e| describe_tls_failure(&e))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
+        let server_name = ServerName::try_from(server_name.to_string()).map_err(|e| format!("bad server name: {e}"))?;
+        let tls = connector.connect(server_name, tcp).await.map_err(|e| describe_tls_failure(&e))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         Ok(Self { endpoint: endpoint.to_string(), sender })
     }
 
     /// Sends one request and reads the whole answer.
-    pub async fn exchange(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), String> {
+    pub async fn exchange(&mut self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), String> {
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -196,9 +172,10 @@ impl ApiSession {
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         // hyper refuses a request on a connection that has not finished its previous one.
-        self.sender.ready().await.map_err(|e| {
-            format!("connection closed ({e}); the node may have refused this certificate")
-        })?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection closed ({e}); the node may have refused this certificate"))?;
         let response = self.sender.send_request(request).await.map_err(|e| {
             // With TLS 1.3 a refused client certificate shows up only at the first read.
             format!("connection closed ({e}); the node may have refused this certificate")

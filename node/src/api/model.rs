@@ -1,6 +1,9 @@
 //! The JSON documents of the HTTP API, shared by the server and the CLI.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use vigil_consensus::group::FailoverRun;
 use vigil_consensus::{Event, NodeId};
 
 /// `GET /status`: the cluster as one node sees it.
@@ -22,6 +25,9 @@ pub struct StatusReport {
     pub last_log_index: Option<u64>,
     /// Every member, voters first, in id order.
     pub members: Vec<MemberStatus>,
+    /// The groups vigil watches.
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
     /// When this report was made, milliseconds since the Unix epoch, by this node's clock.
     pub generated_at_unix_ms: u64,
 }
@@ -104,11 +110,14 @@ pub struct WriteReceipt {
     pub log_index: u64,
 }
 
-/// `GET /history`: recorded events, oldest first.
+/// `GET /history`: recorded events, oldest first, and the failovers of every group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryReport {
     /// The events.
     pub events: Vec<Event>,
+    /// Finished and running failovers by group, oldest first.
+    #[serde(default)]
+    pub failovers: BTreeMap<String, Vec<FailoverRun>>,
 }
 
 /// Every error the API answers with.
@@ -130,4 +139,96 @@ pub struct Health {
     pub node_id: NodeId,
     /// The leader, if any.
     pub leader: Option<NodeId>,
+}
+
+/// `POST /spec`: apply a cluster spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplySpecRequest {
+    /// Who applies it.
+    pub author: String,
+    /// The spec, as TOML.
+    pub toml: String,
+}
+
+/// `POST /groups/{group}/pause` and `/resume`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Who asks.
+    pub author: String,
+}
+
+/// `POST /groups/{group}/switchover` and `/failover`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// The member to promote; the best candidate when absent (switchover only).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Who asks.
+    pub author: String,
+}
+
+/// The answer to a switchover or failover request: the run that started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReceipt {
+    /// The run's id in its group.
+    pub run_id: u64,
+    /// The epoch it promotes into.
+    pub epoch: u64,
+    /// The member being promoted.
+    pub candidate: String,
+}
+
+/// One member of a group as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupMemberStatus {
+    /// The member's name.
+    pub name: String,
+    /// The vigil node beside it.
+    pub node: String,
+    /// `host:port`.
+    pub address: String,
+    /// `primary`, `replica` or `unknown`, from the freshest answering verdict.
+    pub role: String,
+    /// Each node's verdict: `up`, `degraded`, `down`, or `stale`.
+    pub verdicts: BTreeMap<String, String>,
+    /// The reason of the first verdict that is not up, if any.
+    pub problem: Option<String>,
+    /// Its WAL position (current on a primary, replayed on a replica).
+    pub lsn: Option<u64>,
+    /// Bytes of WAL behind the primary.
+    pub lag_bytes: Option<u64>,
+    /// Milliseconds behind the primary, by replay timestamp.
+    pub lag_ms: Option<u64>,
+    /// Its timeline.
+    pub timeline: Option<u32>,
+    /// Where it streams from.
+    pub upstream: Option<String>,
+    /// Never promoted automatically.
+    pub nofailover: bool,
+}
+
+/// One group in a status report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub name: String,
+    /// `postgres`.
+    pub kind: String,
+    /// The recorded primary.
+    pub primary: Option<String>,
+    /// The epoch.
+    pub epoch: u64,
+    /// Automatic failover paused.
+    pub paused: bool,
+    /// Why no failover is possible, when that is so.
+    pub blocked: Option<String>,
+    /// The members.
+    pub members: Vec<GroupMemberStatus>,
+    /// The failover in progress.
+    pub running: Option<FailoverRun>,
+    /// The last finished failover.
+    pub last_run: Option<FailoverRun>,
 }

@@ -15,9 +15,10 @@ use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, EventKind, NodeId, NodeInfo, SubmitError};
 
+use crate::api::group_routes;
 use crate::api::model::{
-    AddMemberRequest, ApiError, Health, HistoryReport, MemberStatus, NodeSummary, NoteRequest,
-    StatusReport, WriteReceipt,
+    AddMemberRequest, ApiError, Health, HistoryReport, MemberStatus, NodeSummary, NoteRequest, StatusReport,
+    WriteReceipt,
 };
 
 /// What every handler needs.
@@ -41,32 +42,34 @@ pub fn router(state: ApiState) -> Router {
         .route("/members/{id}", delete(remove_member))
         .route("/notes", axum::routing::post(add_note))
         .route("/history", get(history))
+        .route("/spec", get(group_routes::get_spec).post(group_routes::apply_spec))
+        .route("/groups/{group}", get(group_routes::group))
+        .route("/groups/{group}/pause", axum::routing::post(group_routes::pause))
+        .route("/groups/{group}/resume", axum::routing::post(group_routes::resume))
+        .route("/groups/{group}/switchover", axum::routing::post(group_routes::switchover))
+        .route("/groups/{group}/failover", axum::routing::post(group_routes::failover))
         .with_state(state)
 }
 
-fn error_response(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+/// An error answer with its machine-readable kind.
+pub fn error_response(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (status, Json(ApiError { error: error.to_string(), message: message.into() })).into_response()
 }
 
-fn submit_error_response(error: SubmitError) -> Response {
+/// The answer to a request the cluster could not carry out.
+pub fn submit_error_response(error: SubmitError) -> Response {
     match &error {
-        SubmitError::NoLeader => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "no_leader", error.to_string())
-        }
+        SubmitError::NoLeader => error_response(StatusCode::SERVICE_UNAVAILABLE, "no_leader", error.to_string()),
         SubmitError::LeaderUnreachable { .. } => {
             error_response(StatusCode::BAD_GATEWAY, "leader_unreachable", error.to_string())
         }
-        SubmitError::Refused(_) => {
-            error_response(StatusCode::CONFLICT, "refused", error.to_string())
-        }
+        SubmitError::Refused(_) => error_response(StatusCode::CONFLICT, "refused", error.to_string()),
     }
 }
 
 fn receipt(response: LeaderResponse) -> Response {
     match response {
-        LeaderResponse::Done { log_index, .. } => {
-            (StatusCode::OK, Json(WriteReceipt { log_index })).into_response()
-        }
+        LeaderResponse::Done { log_index, .. } => (StatusCode::OK, Json(WriteReceipt { log_index })).into_response(),
         LeaderResponse::NotLeader { .. } => submit_error_response(SubmitError::NoLeader),
         LeaderResponse::Failed { reason } => submit_error_response(SubmitError::Refused(reason)),
     }
@@ -76,11 +79,8 @@ async fn health(State(state): State<ApiState>) -> Response {
     let metrics = state.cluster.metrics();
     let leader = metrics.current_leader;
     let healthy = leader.is_some() && metrics.state != ServerState::Shutdown;
-    let body = Health {
-        status: if healthy { "ok" } else { "no_leader" }.to_string(),
-        node_id: state.cluster.node_id,
-        leader,
-    };
+    let body =
+        Health { status: if healthy { "ok" } else { "no_leader" }.to_string(), node_id: state.cluster.node_id, leader };
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
@@ -108,9 +108,9 @@ fn summary(id: NodeId, info: Option<&NodeInfo>, role: &str) -> NodeSummary {
 pub fn status_report(state: &ApiState) -> StatusReport {
     let cluster = &state.cluster;
     let metrics = cluster.metrics();
-    let (nodes, voters) = {
+    let (nodes, voters, groups) = {
         let replicated = cluster.state.read().expect("state lock poisoned");
-        (replicated.nodes(), replicated.voter_ids())
+        (replicated.nodes(), replicated.voter_ids(), group_routes::group_statuses(&replicated, unix_millis_now()))
     };
     // openraft's membership is newer than the applied state while a change is in flight.
     let membership = metrics.membership_config.membership().clone();
@@ -141,8 +141,7 @@ pub fn status_report(state: &ApiState) -> StatusReport {
                 last_contact_ms: if is_self {
                     Some(0)
                 } else {
-                    link.and_then(|l| l.last_contact)
-                        .map(|at| now.saturating_duration_since(at).as_millis() as u64)
+                    link.and_then(|l| l.last_contact).map(|at| now.saturating_duration_since(at).as_millis() as u64)
                 },
                 rtt_ms: link.and_then(|l| l.rtt).map(|rtt| rtt.as_secs_f64() * 1000.0),
                 last_error: link.and_then(|l| l.last_error.clone()),
@@ -161,6 +160,7 @@ pub fn status_report(state: &ApiState) -> StatusReport {
         applied_index: metrics.last_applied.map(|log_id| log_id.index),
         last_log_index: metrics.last_log_index,
         members,
+        groups,
         generated_at_unix_ms: unix_millis_now(),
     }
 }
@@ -178,10 +178,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 
-async fn add_member(
-    State(state): State<ApiState>,
-    Json(request): Json<AddMemberRequest>,
-) -> Response {
+async fn add_member(State(state): State<ApiState>, Json(request): Json<AddMemberRequest>) -> Response {
     for (field, value) in [("raft_addr", &request.raft_addr), ("api_addr", &request.api_addr)] {
         if value.parse::<std::net::SocketAddr>().is_err() {
             return error_response(
@@ -204,32 +201,21 @@ async fn add_member(
         raft_addr: request.raft_addr,
         api_addr: request.api_addr,
     };
-    let submitted = state
-        .cluster
-        .submit(LeaderRequest::AddMember { id: request.id, node, learner_only: request.learner })
-        .await;
+    let submitted =
+        state.cluster.submit(LeaderRequest::AddMember { id: request.id, node, learner_only: request.learner }).await;
     submitted.map_or_else(submit_error_response, receipt)
 }
 
 async fn remove_member(State(state): State<ApiState>, Path(id): Path<NodeId>) -> Response {
-    state
-        .cluster
-        .submit(LeaderRequest::RemoveMember { id })
-        .await
-        .map_or_else(submit_error_response, receipt)
+    state.cluster.submit(LeaderRequest::RemoveMember { id }).await.map_or_else(submit_error_response, receipt)
 }
 
 async fn add_note(State(state): State<ApiState>, Json(request): Json<NoteRequest>) -> Response {
     if request.text.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "text: must not be empty");
     }
-    let command =
-        state.cluster.event_command(EventKind::Note { author: request.author, text: request.text });
-    state
-        .cluster
-        .submit(LeaderRequest::Write { command })
-        .await
-        .map_or_else(submit_error_response, receipt)
+    let command = state.cluster.event_command(EventKind::Note { author: request.author, text: request.text });
+    state.cluster.submit(LeaderRequest::Write { command }).await.map_or_else(submit_error_response, receipt)
 }
 
 #[derive(Deserialize)]
@@ -238,10 +224,15 @@ struct HistoryQuery {
     since: u64,
 }
 
-async fn history(
-    State(state): State<ApiState>,
-    Query(query): Query<HistoryQuery>,
-) -> Json<HistoryReport> {
+async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> Json<HistoryReport> {
     let replicated = state.cluster.state.read().expect("state lock poisoned");
-    Json(HistoryReport { events: replicated.events_since(query.since).cloned().collect() })
+    let failovers = replicated
+        .groups
+        .iter()
+        .map(|(name, group)| {
+            let runs = group.finished.iter().chain(group.running.iter()).cloned().collect();
+            (name.clone(), runs)
+        })
+        .collect();
+    Json(HistoryReport { events: replicated.events_since(query.since).cloned().collect(), failovers })
 }

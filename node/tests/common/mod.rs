@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+
+pub mod pg_lab;
 use nix::unistd::Pid;
 use serde_json::Value;
 
@@ -52,6 +54,8 @@ pub struct TestNode {
     pub api_port: u16,
     /// The running process, if any.
     pub child: Option<Child>,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// Options for a cluster's node configurations.
@@ -91,21 +95,9 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let certs = dir.path().join("certs");
         let ids: Vec<String> = (1..=count).map(|id| id.to_string()).collect();
-        let output = vigil(&[
-            "certs",
-            "init",
-            "--out",
-            certs.to_str().unwrap(),
-            "--nodes",
-            &ids.join(","),
-            "--cluster",
-            "test",
-        ]);
-        assert!(
-            output.status.success(),
-            "certs init failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output =
+            vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", &ids.join(","), "--cluster", "test"]);
+        assert!(output.status.success(), "certs init failed: {}", String::from_utf8_lossy(&output.stderr));
         let mut nodes = BTreeMap::new();
         for id in 1..=count {
             let node = TestNode {
@@ -115,6 +107,7 @@ impl TestCluster {
                 raft_port: free_port(),
                 api_port: free_port(),
                 child: None,
+                env: Vec::new(),
             };
             nodes.insert(id, node);
         }
@@ -160,13 +153,8 @@ impl TestCluster {
     /// Adds node `id` (configuration and ports) that joins an existing cluster.
     pub fn add_joining_node(&mut self, id: u64) {
         let certs = self.dir.path().join("certs");
-        let output =
-            vigil(&["certs", "issue", "--dir", certs.to_str().unwrap(), "--node", &id.to_string()]);
-        assert!(
-            output.status.success(),
-            "certs issue failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = vigil(&["certs", "issue", "--dir", certs.to_str().unwrap(), "--node", &id.to_string()]);
+        assert!(output.status.success(), "certs issue failed: {}", String::from_utf8_lossy(&output.stderr));
         let node = TestNode {
             id,
             config: self.dir.path().join(format!("n{id}.toml")),
@@ -174,6 +162,7 @@ impl TestCluster {
             raft_port: free_port(),
             api_port: free_port(),
             child: None,
+            env: Vec::new(),
         };
         self.nodes.insert(id, node);
         self.write_config(id, "", true, "certs");
@@ -194,12 +183,26 @@ impl TestCluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
         let child = Command::new(vigil_bin())
             .args(["run", "--config", node.config.to_str().unwrap()])
+            .envs(node.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start vigil");
         node.child = Some(child);
+    }
+
+    /// Sets an environment variable for node `id`'s next start.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
+        self.nodes.get_mut(&id).unwrap().env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The node the cluster agrees leads, as seen from any running node.
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.child.is_some())
+            .find_map(|(id, _)| self.status(*id)?["leader"]["id"].as_u64())
     }
 
     /// Kills node `id` with SIGKILL and waits for it.
@@ -250,8 +253,7 @@ impl TestCluster {
         let certs = self.dir.path().join("certs");
         let endpoint_list: Vec<String> =
             endpoints.iter().map(|id| format!("127.0.0.1:{}", self.nodes[id].api_port)).collect();
-        let (ca, cert, key) =
-            (certs.join("ca.crt"), certs.join("admin.crt"), certs.join("admin.key"));
+        let (ca, cert, key) = (certs.join("ca.crt"), certs.join("admin.crt"), certs.join("admin.key"));
         let joined = endpoint_list.join(",");
         let mut full: Vec<&str> = args.to_vec();
         full.extend([
@@ -302,12 +304,8 @@ impl TestCluster {
                 return *first;
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> =
-                    ids.iter().map(|id| format!("--- n{id}\n{}", self.log_of(*id))).collect();
-                panic!(
-                    "no agreed leader among {ids:?} within {timeout:?}: {views:?}\n{}",
-                    logs.join("\n")
-                );
+                let logs: Vec<String> = ids.iter().map(|id| format!("--- n{id}\n{}", self.log_of(*id))).collect();
+                panic!("no agreed leader among {ids:?} within {timeout:?}: {views:?}\n{}", logs.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -316,11 +314,7 @@ impl TestCluster {
     /// Writes a note through node `id` and returns its log index.
     pub fn note(&self, id: u64, text: &str) -> u64 {
         let output = self.cli(id, &["note", text]);
-        assert!(
-            output.status.success(),
-            "note failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "note failed: {}", String::from_utf8_lossy(&output.stderr));
         let stdout = String::from_utf8_lossy(&output.stdout);
         stdout.trim().rsplit(' ').next().unwrap().parse().expect("log index in the note receipt")
     }

@@ -1,0 +1,245 @@
+//! The API's group routes: the spec, pause and resume, switchover and failover, and the
+//! group part of the status report.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use vigil_consensus::cluster::unix_millis_now;
+use vigil_consensus::decision::{STALE_AFTER_MS, Situation, plan_requested};
+use vigil_consensus::group::{GroupState, Health};
+use vigil_consensus::spec::{ClusterSpec, PostgresGroup};
+use vigil_consensus::state::CommandResponse;
+use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
+use vigil_consensus::{ClusterState, Command, SubmitError};
+
+use crate::api::model::{
+    ApplySpecRequest, FailoverRequest, GroupMemberStatus, GroupStatus, PauseRequest, RunReceipt, WriteReceipt,
+};
+use crate::api::routes::{ApiState, error_response, submit_error_response};
+use crate::spec_file;
+
+/// Answers a committed command: `on_done` for one the state machine took, 409 with the
+/// reason for one it refused, and the usual errors when nothing was committed.
+fn answer(
+    response: Result<LeaderResponse, SubmitError>,
+    on_done: impl FnOnce(u64, CommandResponse) -> Response,
+) -> Response {
+    match response {
+        Ok(LeaderResponse::Done { response: CommandResponse::Refused { reason }, .. }) => {
+            error_response(StatusCode::CONFLICT, "refused", reason)
+        }
+        Ok(LeaderResponse::Done { log_index, response }) => on_done(log_index, response),
+        Ok(LeaderResponse::NotLeader { .. }) => submit_error_response(SubmitError::NoLeader),
+        Ok(LeaderResponse::Failed { reason }) => submit_error_response(SubmitError::Refused(reason)),
+        Err(error) => submit_error_response(error),
+    }
+}
+
+fn receipt(log_index: u64, _: CommandResponse) -> Response {
+    (StatusCode::OK, Json(WriteReceipt { log_index })).into_response()
+}
+
+/// `POST /spec`.
+pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<ApplySpecRequest>) -> Response {
+    let spec = match spec_file::parse(&request.toml) {
+        Ok(spec) => spec,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string()),
+    };
+    let nodes = state.cluster.state.read().expect("state lock poisoned").nodes();
+    if let Err(error) = spec_file::validate(&spec, &nodes) {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string());
+    }
+    let command = Command::ApplySpec {
+        spec,
+        at_unix_ms: unix_millis_now(),
+        proposer: state.cluster.node_id,
+        author: request.author,
+    };
+    answer(state.cluster.submit(LeaderRequest::Write { command }).await, receipt)
+}
+
+/// `GET /spec`.
+pub async fn get_spec(State(state): State<ApiState>) -> Json<ClusterSpec> {
+    Json(state.cluster.state.read().expect("state lock poisoned").spec.clone())
+}
+
+async fn set_paused(state: &ApiState, group: String, paused: bool, author: String) -> Response {
+    let command =
+        Command::SetPaused { group, paused, author, at_unix_ms: unix_millis_now(), proposer: state.cluster.node_id };
+    answer(state.cluster.submit(LeaderRequest::Write { command }).await, receipt)
+}
+
+/// `POST /groups/{group}/pause`.
+pub async fn pause(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    Json(request): Json<PauseRequest>,
+) -> Response {
+    set_paused(&state, group, true, request.author).await
+}
+
+/// `POST /groups/{group}/resume`.
+pub async fn resume(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    Json(request): Json<PauseRequest>,
+) -> Response {
+    set_paused(&state, group, false, request.author).await
+}
+
+async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, forced: bool) -> Response {
+    let plan = {
+        let replicated = state.cluster.state.read().expect("state lock poisoned");
+        let Some(spec) = replicated.spec.postgres_group(group) else {
+            return error_response(StatusCode::NOT_FOUND, "not_found", format!("no group is named {group:?}"));
+        };
+        let group_state = replicated.groups.get(group).cloned().unwrap_or_default();
+        let voters = replicated.voter_ids();
+        let nodes = replicated.nodes();
+        let situation =
+            Situation { spec, state: &group_state, voters: &voters, nodes: &nodes, now_ms: unix_millis_now() };
+        match plan_requested(&situation, request.to.as_deref(), forced) {
+            Ok(plan) => plan,
+            Err(refusal) => return error_response(StatusCode::CONFLICT, "refused", refusal),
+        }
+    };
+    let candidate = plan.candidate.clone();
+    let command = Command::BeginFailover {
+        group: group.to_string(),
+        kind: plan.kind,
+        reason: format!("{} by {}", plan.reason, request.author),
+        old_primary: plan.old_primary,
+        candidate: plan.candidate,
+        plan: plan.steps,
+        detected_at_ms: None,
+        decided_at_ms: unix_millis_now(),
+        old_primary_lsn: plan.old_primary_lsn,
+        candidate_lsn: plan.candidate_lsn,
+        proposer: state.cluster.node_id,
+    };
+    answer(state.cluster.submit(LeaderRequest::Write { command }).await, |_, response| match response {
+        CommandResponse::RunStarted { run_id, epoch } => {
+            (StatusCode::OK, Json(RunReceipt { run_id, epoch, candidate })).into_response()
+        }
+        other => error_response(StatusCode::CONFLICT, "refused", format!("unexpected answer {other:?}")),
+    })
+}
+
+/// `POST /groups/{group}/switchover`.
+pub async fn switchover(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    Json(request): Json<FailoverRequest>,
+) -> Response {
+    request_run(&state, &group, request, false).await
+}
+
+/// `POST /groups/{group}/failover`: forced, to a named member.
+pub async fn failover(
+    State(state): State<ApiState>,
+    Path(group): Path<String>,
+    Json(request): Json<FailoverRequest>,
+) -> Response {
+    if request.to.is_none() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "to: a forced failover needs the member to promote",
+        );
+    }
+    request_run(&state, &group, request, true).await
+}
+
+/// `GET /groups/{group}`.
+pub async fn group(State(state): State<ApiState>, Path(group): Path<String>) -> Response {
+    let replicated = state.cluster.state.read().expect("state lock poisoned");
+    match group_statuses(&replicated, unix_millis_now()).into_iter().find(|status| status.name == group) {
+        Some(status) => Json(status).into_response(),
+        None => error_response(StatusCode::NOT_FOUND, "not_found", format!("no group is named {group:?}")),
+    }
+}
+
+/// The groups part of a status report.
+pub fn group_statuses(replicated: &ClusterState, now_ms: u64) -> Vec<GroupStatus> {
+    let nodes = replicated.nodes();
+    replicated
+        .spec
+        .postgres
+        .iter()
+        .map(|spec| {
+            let state = replicated.groups.get(&spec.name).cloned().unwrap_or_default();
+            GroupStatus {
+                name: spec.name.clone(),
+                kind: "postgres".to_string(),
+                primary: state.primary.clone(),
+                epoch: state.epoch,
+                paused: state.paused,
+                blocked: state.blocked.clone(),
+                members: member_statuses(spec, &state, &nodes, now_ms),
+                running: state.running.clone(),
+                last_run: state.finished.back().cloned(),
+            }
+        })
+        .collect()
+}
+
+fn member_statuses(
+    spec: &PostgresGroup,
+    state: &GroupState,
+    nodes: &std::collections::BTreeMap<u64, vigil_consensus::NodeInfo>,
+    now_ms: u64,
+) -> Vec<GroupMemberStatus> {
+    let primary_lsn = state.primary.as_ref().and_then(|primary| state.last_primary_lsn.get(primary)).copied();
+    spec.members
+        .iter()
+        .map(|member| {
+            let reports = state.verdicts.get(&member.name);
+            let mut verdicts = std::collections::BTreeMap::new();
+            let mut problem = None;
+            let mut freshest = None::<&vigil_consensus::group::VerdictReport>;
+            for (node, report) in reports.into_iter().flatten() {
+                let node_name = nodes.get(node).map_or_else(|| format!("node-{node}"), |info| info.name.clone());
+                let stale = now_ms.saturating_sub(report.observed_at_ms) > STALE_AFTER_MS;
+                let label = if stale { "stale".to_string() } else { report.verdict.health.to_string() };
+                if !stale && report.verdict.health != Health::Up && problem.is_none() {
+                    problem = report.verdict.reason.clone().map(|reason| format!("{node_name}: {reason}"));
+                }
+                verdicts.insert(node_name, label);
+                if !stale
+                    && report.verdict.facts.is_some()
+                    && freshest.is_none_or(|best| report.observed_at_ms > best.observed_at_ms)
+                {
+                    freshest = Some(report);
+                }
+            }
+            let facts = freshest.and_then(|report| report.verdict.facts.clone());
+            let role = match &facts {
+                Some(facts) if facts.in_recovery => "replica",
+                Some(_) => "primary",
+                None => "unknown",
+            };
+            let lsn = facts.as_ref().and_then(|facts| facts.wal_position());
+            let lag_bytes = match (&facts, primary_lsn) {
+                (Some(facts), Some(primary_lsn)) if facts.in_recovery => {
+                    facts.replay_lsn.map(|replay| primary_lsn.saturating_sub(replay))
+                }
+                _ => None,
+            };
+            GroupMemberStatus {
+                name: member.name.clone(),
+                node: member.node.clone(),
+                address: format!("{}:{}", member.host, member.port),
+                role: role.to_string(),
+                verdicts,
+                problem,
+                lsn,
+                lag_bytes,
+                lag_ms: facts.as_ref().and_then(|facts| facts.replay_delay_ms),
+                timeline: facts.as_ref().and_then(|facts| facts.timeline),
+                upstream: facts.as_ref().and_then(|facts| facts.upstream.clone()),
+                nofailover: member.nofailover,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! Runs the host-local steps assigned to this node (stopping or restarting the server
+//! beside it), whichever node leads. A step is run again if this node restarted while it
+//! was started; steps are idempotent.
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use vigil_consensus::Cluster;
+use vigil_consensus::group::StepStatus;
+
+use crate::groups::driver::{InFlight, TICK, finish_step};
+use crate::groups::failpoints::Failpoints;
+use crate::groups::steps::{execute, step_name};
+
+/// Runs until `cancel`.
+pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationToken) {
+    let in_flight = InFlight::default();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let work: Vec<_> = {
+            let state = cluster.state.read().expect("state lock poisoned");
+            state
+                .groups
+                .iter()
+                .filter_map(|(name, group_state)| {
+                    let run = group_state.running.as_ref()?;
+                    let index = run.current_step()?;
+                    let step = &run.steps[index];
+                    step.step.host_local_member()?;
+                    match step.status {
+                        StepStatus::Started { by, attempt, .. } if by == cluster.node_id => {
+                            let group = state.spec.postgres_group(name)?.clone();
+                            Some((group, run.clone(), index, attempt))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        for (group, run, index, attempt) in work {
+            let key = (group.name.clone(), run.id, index, attempt);
+            if !in_flight.lock().expect("in-flight lock poisoned").insert(key.clone()) {
+                continue;
+            }
+            let (cluster, failpoints, in_flight) = (cluster.clone(), failpoints.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let step = run.steps[index].step.clone();
+                failpoints.before_step(step_name(&step), attempt).await;
+                info!(group = %group.name, run = run.id, step = %step, attempt, "running host-local step");
+                let result = execute(&group, &run, &step).await;
+                if result.succeeded {
+                    info!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step succeeded");
+                } else {
+                    error!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step failed");
+                }
+                finish_step(&cluster, &group.name, run.id, index, result.succeeded, result.detail, result.facts).await;
+                // The key stays: this attempt is done, and a retry is a new attempt.
+                let _ = in_flight;
+            });
+        }
+    }
+}

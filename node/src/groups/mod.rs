@@ -1,0 +1,27 @@
+//! Watching groups: every node probes every member and reports verdicts; the Raft leader
+//! decides and drives failovers; the node beside a member runs the steps that need its host.
+//!
+//! ```text
+//! prober (every node) --ReportVerdict--> Raft --> state --> driver (leader): decide(), saga
+//!                                                        \--> executor (member's node): host-local steps
+//! ```
+
+pub mod driver;
+pub mod executor;
+pub mod failpoints;
+pub mod prober;
+pub mod steps;
+pub mod targets;
+pub mod verdicts;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vigil_consensus::Cluster;
+
+/// Starts the prober, the driver and the executor of this node.
+pub fn spawn(cluster: &Cluster, tasks: &TaskTracker, cancel: &CancellationToken) {
+    let failpoints = failpoints::Failpoints::from_env();
+    tasks.spawn(prober::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
+    tasks.spawn(driver::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
+    tasks.spawn(executor::run(cluster.clone(), failpoints, cancel.child_token()));
+}

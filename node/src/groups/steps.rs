@@ -1,0 +1,124 @@
+//! Runs one failover step against the real servers. Every step is idempotent: run again
+//! after a crash, it finds its work done and says so.
+
+use std::time::Duration;
+
+use vigil_consensus::group::{FailoverRun, Step, StepFacts};
+use vigil_consensus::spec::PostgresGroup;
+
+use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
+
+/// How long `pg_promote` may take.
+pub const PROMOTE_WAIT: Duration = Duration::from_secs(30);
+/// How long stopping or starting a server may take.
+pub const SERVER_CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the candidate may take to replay the old primary's last WAL in a switchover.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepResult {
+    /// Whether it succeeded.
+    pub succeeded: bool,
+    /// What happened, in words.
+    pub detail: String,
+    /// Facts for the run.
+    pub facts: StepFacts,
+}
+
+impl StepResult {
+    fn ok(detail: impl Into<String>) -> Self {
+        Self { succeeded: true, detail: detail.into(), facts: StepFacts::default() }
+    }
+
+    fn failed(detail: impl Into<String>) -> Self {
+        Self { succeeded: false, detail: detail.into(), facts: StepFacts::default() }
+    }
+}
+
+/// The name failpoints and logs use for a step.
+pub fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::StopPrimary { .. } => "stop-primary",
+        Step::WaitForCatchUp => "wait-for-catch-up",
+        Step::Promote => "promote",
+        Step::VerifyWritable => "verify-writable",
+        Step::Repoint { .. } => "repoint",
+        Step::RejoinAsReplica { .. } => "rejoin",
+    }
+}
+
+/// Runs `step` of `run` in `group`.
+pub async fn execute(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> StepResult {
+    match run_step(group, run, step).await {
+        Ok(result) => result,
+        Err(reason) => StepResult::failed(reason),
+    }
+}
+
+fn member<'a>(group: &'a PostgresGroup, name: &str) -> Result<&'a vigil_consensus::spec::PostgresMember, String> {
+    group.member(name).ok_or_else(|| format!("group {} has no member {name}", group.name))
+}
+
+async fn run_step(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> Result<StepResult, String> {
+    let candidate = member(group, &run.candidate)?;
+    match step {
+        Step::Promote => {
+            let target = pg_target(group, candidate)?;
+            let promoted = vigil_actions::promote(&target, PROMOTE_WAIT).await.map_err(|e| e.to_string())?;
+            let detail = if promoted.already_primary {
+                format!("{} already was a primary; not promoted again", candidate.name)
+            } else {
+                format!("{} promoted", candidate.name)
+            };
+            Ok(StepResult {
+                facts: StepFacts { promoted_lsn: promoted.lsn, ..StepFacts::default() },
+                ..StepResult::ok(detail)
+            })
+        }
+        Step::VerifyWritable => {
+            let target = pg_target(group, candidate)?;
+            vigil_actions::write_epoch(&target, &group.name, run.epoch).await.map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!("epoch {} written on {}", run.epoch, candidate.name)))
+        }
+        Step::Repoint { member: name } => {
+            let replica = member(group, name)?;
+            let target = pg_target(group, replica)?;
+            let conninfo = primary_conninfo(group, candidate, name)?;
+            vigil_actions::repoint(&target, &conninfo).await.map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!("{name} now streams from {}", candidate.name)))
+        }
+        Step::WaitForCatchUp => {
+            let Some(final_lsn) = run.old_primary_lsn else {
+                return Err("the old primary's final WAL position is unknown".to_string());
+            };
+            let target = pg_target(group, candidate)?;
+            let replayed = vigil_actions::wait_for_replay(&target, final_lsn, CATCH_UP_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!(
+                "{} replayed {} past the old primary's final {}",
+                candidate.name,
+                crate::render::lsn(replayed),
+                crate::render::lsn(final_lsn)
+            )))
+        }
+        Step::StopPrimary { member: name } => {
+            let ctl = pg_ctl(group, member(group, name)?)?;
+            let final_lsn =
+                vigil_actions::stop_server(&ctl, SERVER_CONTROL_TIMEOUT).await.map_err(|e| e.to_string())?;
+            Ok(StepResult {
+                facts: StepFacts { final_lsn: Some(final_lsn), ..StepFacts::default() },
+                ..StepResult::ok(format!("{name} stopped cleanly at {}", crate::render::lsn(final_lsn)))
+            })
+        }
+        Step::RejoinAsReplica { member: name } => {
+            let ctl = pg_ctl(group, member(group, name)?)?;
+            let conninfo = primary_conninfo(group, candidate, name)?;
+            vigil_actions::start_as_replica(&ctl, &conninfo, SERVER_CONTROL_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!("{name} restarted as a replica of {}", candidate.name)))
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Turns the spec of a member into what probes and actions need: connection settings with
+//! the password read on this host, `pg_ctl` settings, and `primary_conninfo`.
+
+use std::path::PathBuf;
+
+use vigil_actions::PgCtl;
+use vigil_consensus::spec::{PostgresGroup, PostgresMember};
+use vigil_probes::PgTarget;
+
+use crate::spec_file::resolve_secret;
+
+/// Connection settings for vigil's own role on `member`.
+pub fn pg_target(group: &PostgresGroup, member: &PostgresMember) -> Result<PgTarget, String> {
+    let password = resolve_secret(&group.password).map_err(|e| format!("group {} password: {e}", group.name))?;
+    Ok(PgTarget {
+        host: member.host.clone(),
+        port: member.port,
+        user: group.user.clone(),
+        password,
+        database: group.database.clone(),
+        timeout: group.probe_timeout,
+    })
+}
+
+/// Host-local control of `member`'s server.
+pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, String> {
+    let data_dir =
+        member.data_dir.clone().ok_or_else(|| format!("member {} has no data_dir in the spec", member.name))?;
+    Ok(PgCtl {
+        bin_dir: PathBuf::from(&group.bin_dir),
+        data_dir: PathBuf::from(data_dir),
+        run_as: group.run_as.clone(),
+    })
+}
+
+/// The `primary_conninfo` a replica named `replica` uses to stream from `primary`.
+pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica: &str) -> Result<String, String> {
+    let password = resolve_secret(&group.replication_password)
+        .map_err(|e| format!("group {} replication_password: {e}", group.name))?;
+    Ok(vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica))
+}

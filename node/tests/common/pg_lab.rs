@@ -1,0 +1,157 @@
+//! Three `vigil` processes beside three real PostgreSQL servers, with a spec applied: the
+//! lab the PostgreSQL tests and the failover benchmark share.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+
+use super::TestCluster;
+
+/// The timings of the tests, unless a test gives its own.
+pub const DEFAULT_TIMINGS: &str = "down_after = \"600ms\"\nprobe_interval = \"200ms\"\nprobe_timeout = \"500ms\"\n";
+
+/// How long the lab waits for anything.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Three vigil nodes beside three PostgreSQL servers (pg1 primary), with the spec applied.
+pub struct Lab {
+    pub vigil: TestCluster,
+    pub pg: PgCluster,
+    pub spec_path: std::path::PathBuf,
+}
+
+/// The spec of group "main" over `pg`, with secrets written into `lab_dir`.
+pub fn spec_toml(lab_dir: &std::path::Path, pg: &PgCluster, extra_group: &str, member_extra: &[&str]) -> String {
+    let password = lab_dir.join("vigil.password");
+    let replication = lab_dir.join("replication.password");
+    std::fs::write(&password, format!("{VIGIL_PASSWORD}\n")).unwrap();
+    std::fs::write(&replication, REPLICATION_PASSWORD).unwrap();
+    let mut text = format!(
+        "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
+         replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
+         maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\n{timings}{extra_group}\n",
+        password.display(),
+        replication.display(),
+        pg.bin_dir().display(),
+        timings = if extra_group.contains("down_after") { "" } else { DEFAULT_TIMINGS },
+    );
+    for (index, instance) in pg.instances().iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nnode = \"n{}\"\ndata_dir = \"{}\"\n{}\n",
+            instance.name,
+            instance.port,
+            index + 1,
+            instance.data_dir.display(),
+            member_extra.get(index).copied().unwrap_or("")
+        ));
+    }
+    text
+}
+
+impl Lab {
+    pub fn start(extra_group: &str, member_extra: &[&str], env: &[(u64, &str, &str)]) -> Lab {
+        Self::start_with(extra_group, member_extra, env, super::ClusterOptions::default())
+    }
+
+    /// Like [`Lab::start`], with node configuration options (Raft timings).
+    pub fn start_with(
+        extra_group: &str,
+        member_extra: &[&str],
+        env: &[(u64, &str, &str)],
+        options: super::ClusterOptions,
+    ) -> Lab {
+        let pg = PgCluster::start(3).expect("postgres cluster");
+        let mut vigil = TestCluster::with_options(3, options);
+        for (id, key, value) in env {
+            vigil.set_env(*id, key, value);
+        }
+        vigil.start_all();
+        vigil.wait_for_agreed_leader(&[1, 2, 3], TIMEOUT);
+        let spec_path = vigil.dir.path().join("cluster.toml");
+        std::fs::write(&spec_path, spec_toml(vigil.dir.path(), &pg, extra_group, member_extra)).unwrap();
+        let lab = Lab { vigil, pg, spec_path };
+        let applied = lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]);
+        assert!(applied.status.success(), "apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+        // Every node has reported on every member, and a majority sees each one up (a test
+        // may cut one node's view on purpose).
+        lab.wait_for("pg1 recorded as primary and every member up", |group| {
+            group["primary"] == "pg1"
+                && group["members"].as_array().unwrap().iter().all(|member| {
+                    let verdicts = member["verdicts"].as_object().unwrap();
+                    verdicts.len() == 3 && verdicts.values().filter(|verdict| *verdict == "up").count() >= 2
+                })
+        });
+        lab
+    }
+
+    pub fn group(&self) -> Option<Value> {
+        for id in 1..=3 {
+            if self.vigil.nodes[&id].child.is_none() {
+                continue;
+            }
+            if let Some(status) = self.vigil.status(id)
+                && let Some(group) = status["groups"].as_array().and_then(|groups| groups.first())
+            {
+                return Some(group.clone());
+            }
+        }
+        None
+    }
+
+    pub fn wait_for(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(group) = self.group()
+                && condition(&group)
+            {
+                return group;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (1..=3).map(|id| format!("--- n{id}\n{}", self.vigil.log_of(id))).collect();
+                panic!(
+                    "timed out waiting for {what}; group: {:#}\n{}",
+                    self.group().unwrap_or_default(),
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the run with this id to end and returns it.
+    pub fn wait_for_run(&self, run_id: u64) -> Value {
+        let group = self
+            .wait_for("the failover to end", |group| group["running"].is_null() && group["last_run"]["id"] == run_id);
+        group["last_run"].clone()
+    }
+
+    pub fn index_of(&self, member: &str) -> usize {
+        self.pg.instances().iter().position(|instance| instance.name == member).unwrap()
+    }
+
+    /// The timeline of `member`, which must be a primary.
+    pub fn timeline(&self, member: &str) -> u32 {
+        let index = self.index_of(member);
+        // The checkpoint's timeline lags a promotion; the current WAL file's does not.
+        let sql = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+        self.pg.sql(index, sql).unwrap().parse().unwrap()
+    }
+
+    pub fn streams_from(&self, replica: &str, primary: &str) -> bool {
+        let port = self.pg.instances()[self.index_of(primary)].port;
+        let sql =
+            "SELECT coalesce((SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming'), '')";
+        self.pg.sql(self.index_of(replica), sql).map(|answer| answer == port.to_string()).unwrap_or(false)
+    }
+
+    pub fn runs(&self) -> Vec<Value> {
+        let output = self.vigil.cli(self.any_running_node(), &["history", "main", "--json"]);
+        let history: Value = serde_json::from_slice(&output.stdout).unwrap();
+        history["failovers"]["main"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn any_running_node(&self) -> u64 {
+        (1..=3).find(|id| self.vigil.nodes[id].child.is_some()).unwrap()
+    }
+}

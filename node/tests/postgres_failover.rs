@@ -1,0 +1,284 @@
+//! Real PostgreSQL 15 with streaming replication, watched by three real `vigil` processes:
+//! automatic failover, the lag policy, nofailover, switchover without loss, a leader killed
+//! mid-failover, a one-node partition that must not fail over, and bad specs.
+
+// These tests wait for real processes with the OS clock.
+#![allow(clippy::disallowed_types)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::pg_lab::Lab;
+use vigil_chaos_tests::postgres::{PgCluster, VIGIL_PASSWORD};
+
+/// Checks the end state of an automatic failover to `new_primary`: one promotion (timeline
+/// 2), the epoch written, and the remaining replica following the new primary.
+fn assert_failed_over(lab: &Lab, new_primary: &str, other_replica: &str) {
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "run: {run:#}");
+    assert_eq!(run["candidate"], new_primary, "run: {run:#}");
+    assert_eq!(run["epoch"], 1);
+    assert!(!lab.pg.is_in_recovery(lab.index_of(new_primary)).unwrap());
+    assert_eq!(lab.timeline(new_primary), 2, "more than one promotion happened");
+    let epoch =
+        lab.pg.sql(lab.index_of(new_primary), "SELECT epoch FROM vigil.epoch WHERE group_name = 'main'").unwrap();
+    assert_eq!(epoch, "1");
+    lab.wait_for("the other replica to follow the new primary", |_| lab.streams_from(other_replica, new_primary));
+    assert_eq!(lab.runs().len(), 1, "exactly one failover run");
+    for key in ["detected_at_ms", "decided_at_ms", "promoted_at_ms", "first_write_at_ms"] {
+        assert!(run[key].is_u64(), "{key} missing: {run:#}");
+    }
+    let history = lab.vigil.cli(lab.any_running_node(), &["history", "main"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(text.contains("data-loss estimate"), "{text}");
+}
+
+/// kill -9 of the primary's postmaster: exactly one promotion, of the most advanced
+/// replica (pg2's replay is held back so pg3 is ahead), and pg2 then follows pg3.
+#[test]
+fn killing_the_primary_promotes_the_most_advanced_replica() {
+    let lab = Lab::start("", &[], &[]);
+    lab.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    lab.pg.sql(0, "CREATE TABLE filler AS SELECT generate_series(1, 20000) AS n").unwrap();
+    // pg3 replays the new rows, pg2 only receives them.
+    lab.wait_for("pg3 to be ahead of pg2 in the verdicts", |group| {
+        let lsn = |name: &str| {
+            group["members"].as_array().unwrap().iter().find(|m| m["name"] == name).and_then(|m| m["lsn"].as_u64())
+        };
+        matches!((lsn("pg2"), lsn("pg3")), (Some(a), Some(b)) if b > a)
+    });
+    lab.pg.kill_postmaster(0).unwrap();
+    lab.wait_for("a failover to start", |group| !group["running"].is_null() || !group["last_run"].is_null());
+    lab.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
+    assert_failed_over(&lab, "pg3", "pg2");
+}
+
+/// A replica further behind than maximum_lag_on_failover is not promoted, even though the
+/// other replica would sort first by name.
+#[test]
+fn replica_beyond_the_lag_policy_is_never_chosen() {
+    let lab = Lab::start("", &[], &[]);
+    let spec = std::fs::read_to_string(&lab.spec_path).unwrap().replace("16777216", "65536");
+    std::fs::write(&lab.spec_path, spec).unwrap();
+    assert!(lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]).status.success());
+    lab.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    lab.pg.sql(0, "CREATE TABLE filler AS SELECT repeat('x', 100) AS s FROM generate_series(1, 20000)").unwrap();
+    lab.wait_for("pg2 to lag by more than 64 KiB", |group| {
+        group["members"].as_array().unwrap().iter().any(|m| m["name"] == "pg2" && m["lag_bytes"].as_u64() > Some(65536))
+    });
+    lab.pg.kill_postmaster(0).unwrap();
+    lab.wait_for("a failover to start", |group| !group["running"].is_null() || !group["last_run"].is_null());
+    lab.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
+    assert_failed_over(&lab, "pg3", "pg2");
+}
+
+/// A member marked nofailover is never promoted automatically.
+#[test]
+fn nofailover_is_respected() {
+    let lab = Lab::start("", &["", "nofailover = true", ""], &[]);
+    lab.pg.kill_postmaster(0).unwrap();
+    assert_failed_over(&lab, "pg3", "pg2");
+}
+
+/// A primary that only one of the three vigil nodes cannot reach is not failed over.
+#[test]
+fn primary_unreachable_from_one_node_is_not_failed_over() {
+    let lab = Lab::start("", &[], &[(3, "VIGIL_FAILPOINTS", "cut-probe=pg1")]);
+    lab.wait_for("node 3 to see pg1 down", |group| {
+        let pg1 = group["members"].as_array().unwrap().iter().find(|m| m["name"] == "pg1").unwrap().clone();
+        pg1["verdicts"]["n3"] == "down"
+    });
+    // Ten times down_after, and the primary stays.
+    std::thread::sleep(Duration::from_secs(6));
+    let group = lab.group().unwrap();
+    assert_eq!(group["primary"], "pg1");
+    assert!(group["running"].is_null() && group["last_run"].is_null(), "a failover happened: {group:#}");
+    assert!(!lab.pg.is_in_recovery(0).unwrap());
+    assert!(lab.pg.is_in_recovery(1).unwrap() && lab.pg.is_in_recovery(2).unwrap());
+}
+
+/// Writes rows with increasing ids to whichever server takes writes, and remembers every id
+/// whose commit was acknowledged.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<i64>>,
+}
+
+impl Writer {
+    fn start(pg: &PgCluster) -> Writer {
+        let hosts: Vec<String> = pg.instances().iter().map(|_| "127.0.0.1".to_string()).collect();
+        let ports: Vec<String> = pg.instances().iter().map(|instance| instance.port.to_string()).collect();
+        let url = format!(
+            "host={} port={} user=vigil password={VIGIL_PASSWORD} dbname=postgres target_session_attrs=read-write connect_timeout=2",
+            hosts.join(","),
+            ports.join(",")
+        );
+        pg.sql(0, "CREATE TABLE acked (id bigint PRIMARY KEY)").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut acknowledged = Vec::new();
+                let mut next = 1i64;
+                let mut client = None;
+                while !stopping.load(Ordering::SeqCst) {
+                    if client.is_none() {
+                        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                            Ok((connected, connection)) => {
+                                tokio::spawn(connection);
+                                client = Some(connected);
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let result = client.as_ref().unwrap().execute("INSERT INTO acked VALUES ($1)", &[&next]).await;
+                    match result {
+                        Ok(_) => {
+                            acknowledged.push(next);
+                            next += 1;
+                        }
+                        Err(_) => {
+                            // Unacknowledged: it may or may not exist; never reuse the id.
+                            next += 1;
+                            client = None;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                acknowledged
+            })
+        });
+        Writer { stop, handle }
+    }
+
+    fn finish(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// A switchover under a constant write load loses no acknowledged row, and the old primary
+/// comes back as a replica of the new one.
+#[test]
+fn switchover_loses_no_committed_row() {
+    let lab = Lab::start("", &[], &[]);
+    let writer = Writer::start(&lab.pg);
+    std::thread::sleep(Duration::from_secs(1));
+    let output = lab.vigil.cli(2, &["switchover", "main", "--to", "pg2"]);
+    assert!(
+        output.status.success(),
+        "switchover failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let acknowledged = writer.finish();
+    assert!(acknowledged.len() > 50, "the writer made too little progress: {}", acknowledged.len());
+    let stored: std::collections::BTreeSet<i64> = lab
+        .pg
+        .sql(1, "SELECT string_agg(id::text, ',') FROM acked")
+        .unwrap()
+        .split(',')
+        .map(|id| id.parse().unwrap())
+        .collect();
+    let lost: Vec<&i64> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged rows lost: {lost:?}", lost.len());
+    assert!(!lab.pg.is_in_recovery(1).unwrap());
+    lab.wait_for("pg1 and pg3 to follow pg2", |_| lab.streams_from("pg1", "pg2") && lab.streams_from("pg3", "pg2"));
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["kind"], "switchover");
+    assert_eq!(run["succeeded"], true);
+}
+
+/// Switchover and failover are refused on a paused group, and a forced failover needs --yes.
+#[test]
+fn paused_group_refuses_switchover_and_says_so() {
+    let lab = Lab::start("", &[], &[]);
+    assert!(lab.vigil.cli(1, &["pause", "main"]).status.success());
+    let output = lab.vigil.cli(1, &["switchover", "main"]);
+    assert_eq!(output.status.code(), Some(6), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("paused"));
+    let output = lab.vigil.cli(1, &["failover", "main", "--to", "pg2"]);
+    assert_eq!(output.status.code(), Some(2), "a forced failover without --yes must be refused");
+    let status = lab.vigil.cli(1, &["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("PAUSED"));
+    // Paused means no automatic failover either.
+    lab.pg.kill_postmaster(0).unwrap();
+    lab.wait_for("the block to be recorded", |group| {
+        group["blocked"].as_str().is_some_and(|reason| reason.contains("paused"))
+    });
+    assert!(lab.group().unwrap()["last_run"].is_null());
+}
+
+fn leader_killed_at(step: &str, wait_for_step_index: usize) {
+    let env = [(1, "VIGIL_FAILPOINTS", step), (2, "VIGIL_FAILPOINTS", step), (3, "VIGIL_FAILPOINTS", step)];
+    let failpoint = format!("stall-before-step={step}");
+    let env: Vec<(u64, &str, &str)> = env.iter().map(|(id, key, _)| (*id, *key, failpoint.as_str())).collect();
+    let mut lab = Lab::start("", &[], &env);
+    lab.pg.kill_postmaster(0).unwrap();
+    lab.wait_for("the stalled step to be started", |group| {
+        group["running"]["steps"][wait_for_step_index]["status"]["status"] == "started"
+    });
+    let leader = lab.vigil.leader().expect("a leader");
+    lab.vigil.kill(leader);
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "{run:#}");
+    let new_primary = run["candidate"].as_str().unwrap().to_string();
+    let other = if new_primary == "pg2" { "pg3" } else { "pg2" };
+    assert_eq!(lab.timeline(&new_primary), 2, "the promotion happened more than once");
+    assert!(!lab.pg.is_in_recovery(lab.index_of(&new_primary)).unwrap());
+    lab.wait_for("the other replica to follow", |_| lab.streams_from(other, &new_primary));
+    assert_eq!(lab.runs().len(), 1);
+}
+
+/// The leader dies after "promote" is committed as started but before it runs: the new
+/// leader promotes, once.
+#[test]
+fn leader_killed_between_start_and_promote() {
+    leader_killed_at("promote", 0);
+}
+
+/// The leader dies after the promotion, before re-pointing: the new leader finds the
+/// promotion done, does not repeat it, and re-points the other replica.
+#[test]
+fn leader_killed_between_promote_and_repoint() {
+    leader_killed_at("repoint", 2);
+}
+
+/// Bad specs are refused with the field named, and the spec in force stays unchanged.
+#[test]
+fn bad_specs_are_refused_and_change_nothing() {
+    let lab = Lab::start("", &[], &[]);
+    let before = lab.vigil.cli(1, &["spec", "--json"]).stdout;
+    let good = std::fs::read_to_string(&lab.spec_path).unwrap();
+    let cases = [
+        (good.replace("node = \"n2\"", "node = \"n9\""), "postgres[0].members[1].node: no vigil node is named \"n9\""),
+        (
+            good.replace("name = \"pg3\"", "name = \"pg2\""),
+            "postgres[0].members[2].name: member name \"pg2\" is used twice",
+        ),
+        (good.replace("vigil.password", "missing.password"), "postgres[0].password: cannot read"),
+        (good.replace("maximum_lag_on_failover = 16777216", "maximum_lag_on_failover = -1"), "maximum_lag_on_failover"),
+        (
+            good.replace("down_after = \"600ms\"", "down_after = \"100ms\""),
+            "postgres[0].down_after: must be at least probe_interval",
+        ),
+    ];
+    for (index, (text, expected)) in cases.iter().enumerate() {
+        let path = lab.vigil.dir.path().join(format!("bad{index}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let output = lab.vigil.cli(2, &["apply", "-f", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "bad spec {index} was accepted");
+        assert!(stderr.contains(expected), "case {index}: expected {expected:?} in {stderr:?}");
+    }
+    assert_eq!(lab.vigil.cli(1, &["spec", "--json"]).stdout, before, "the spec in force changed");
+}
