@@ -366,7 +366,12 @@ pub fn plan_requested(situation: &Situation<'_>, to: Option<&str>, forced: bool)
         if primary_spec.data_dir.is_none() {
             return Err(format!("{primary} has no data_dir in the spec: stopping it cleanly needs host-local control"));
         }
-        switchover_steps(spec, primary, &candidate.member)
+        let mut steps = switchover_steps(spec, primary, &candidate.member);
+        if forced {
+            // Forcing means promoting without waiting for the candidate: what it lacks is lost.
+            steps.retain(|step| *step != Step::WaitForCatchUp);
+        }
+        steps
     };
     Ok(Plan {
         kind,

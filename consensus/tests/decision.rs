@@ -240,8 +240,12 @@ fn switchover_refuses_a_lagging_candidate_and_a_paused_group() {
     assert_eq!(plan.candidate, "pg3");
     assert_eq!(plan.steps.first(), Some(&Step::StopPrimary { member: "pg1".into() }));
     assert_eq!(plan.steps.last(), Some(&Step::RejoinAsReplica { member: "pg1".into() }));
-    // Forcing ignores the lag.
-    assert_eq!(plan_requested(&situation, Some("pg2"), true).unwrap().candidate, "pg2");
+    // Forcing ignores the lag and does not wait for the candidate to catch up.
+    let forced = plan_requested(&situation, Some("pg2"), true).unwrap();
+    assert_eq!(forced.candidate, "pg2");
+    assert_eq!(forced.kind, FailoverKind::Forced);
+    assert!(!forced.steps.contains(&Step::WaitForCatchUp));
+    assert_eq!(forced.steps.first(), Some(&Step::StopPrimary { member: "pg1".into() }));
     let mut paused = state.clone();
     paused.paused = true;
     let situation = Situation { state: &paused, ..situation };

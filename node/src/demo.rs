@@ -1,8 +1,9 @@
 //! `vigil demo`: a local three-node cluster on 127.0.0.1 that a newcomer can watch.
 //!
 //! It writes certificates and configurations into one directory, starts three `vigil run`
-//! processes, prints every change of leader, and on Ctrl-C stops exactly the processes it
-//! started (by PID) and removes the directory.
+//! processes and (unless `--no-postgres`) three PostgreSQL servers with streaming
+//! replication under their watch, prints every change of leader, primary and failover, and
+//! on Ctrl-C stops exactly the processes it started (by PID) and removes what it made.
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -16,8 +17,10 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use vigil_consensus::tls::{Identity, TlsPaths};
 
+use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+
 use crate::api::client::ApiClient;
-use crate::api::model::StatusReport;
+use crate::api::model::{ApplySpecRequest, GroupStatus, StatusReport, WriteReceipt};
 use crate::certs;
 use crate::exit::Failure;
 
@@ -33,6 +36,9 @@ pub struct DemoArgs {
     /// Keep the directory when stopping.
     #[arg(long)]
     pub keep: bool,
+    /// Do not start the PostgreSQL group (three servers with streaming replication).
+    #[arg(long)]
+    pub no_postgres: bool,
 }
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -68,9 +74,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     })
     .map_err(|e| Failure::config(e.to_string()))?;
     let client = ApiClient::new(&identity, endpoints.clone())?;
+    let postgres = if args.no_postgres { None } else { start_postgres(&dir).await };
 
-    let outcome = watch(&client, &mut nodes, &dir, &endpoints).await;
+    let outcome = watch(&client, &mut nodes, &dir, &endpoints, postgres.as_ref()).await;
     stop(&mut nodes).await;
+    drop(postgres);
     if args.keep {
         println!("kept {}", dir.display());
     } else {
@@ -153,7 +161,108 @@ async fn start_node(id: u64, config: &Path, dir: &Path) -> anyhow::Result<DemoNo
     Ok(DemoNode { id, config: config.to_path_buf(), child: Some(child) })
 }
 
-async fn watch(client: &ApiClient, nodes: &mut [DemoNode], dir: &Path, endpoints: &[String]) -> Result<(), Failure> {
+/// Starts three PostgreSQL servers with streaming replication and writes the spec that
+/// puts them under the demo's watch. Without PostgreSQL installed, the demo runs without it.
+async fn start_postgres(dir: &Path) -> Option<PgCluster> {
+    println!("starting three PostgreSQL servers with streaming replication...");
+    let cluster = match tokio::task::spawn_blocking(|| PgCluster::start(3)).await {
+        Ok(Ok(cluster)) => cluster,
+        Ok(Err(error)) => {
+            println!("[demo] no PostgreSQL group: {error} (is postgresql-15 installed?)");
+            return None;
+        }
+        Err(error) => {
+            println!("[demo] no PostgreSQL group: {error}");
+            return None;
+        }
+    };
+    let password = dir.join("vigil.password");
+    let replication = dir.join("replication.password");
+    let written = std::fs::write(&password, VIGIL_PASSWORD)
+        .and_then(|_| std::fs::write(&replication, REPLICATION_PASSWORD))
+        .and_then(|_| std::fs::write(dir.join("cluster.toml"), demo_spec(&cluster, &password, &replication)));
+    if let Err(error) = written {
+        println!("[demo] no PostgreSQL group: cannot write its spec: {error}");
+        return None;
+    }
+    Some(cluster)
+}
+
+fn demo_spec(cluster: &PgCluster, password: &Path, replication: &Path) -> String {
+    let mut spec = format!(
+        "# The demo's PostgreSQL group, written by `vigil demo`.\n\
+         [[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
+         replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
+         maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\n",
+        password.display(),
+        replication.display(),
+        cluster.bin_dir().display()
+    );
+    if let Some(user) = cluster.run_as() {
+        spec.push_str(&format!("run_as = \"{user}\"\n"));
+    }
+    for (index, instance) in cluster.instances().iter().enumerate() {
+        spec.push_str(&format!(
+            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
+            instance.name,
+            instance.port,
+            index + 1,
+            instance.data_dir.display()
+        ));
+    }
+    spec
+}
+
+/// Prints what changed in the PostgreSQL group since the last look.
+fn report_group(group: &GroupStatus, last: &mut (Option<String>, Option<u64>, Option<u64>)) {
+    if group.primary != last.0 {
+        if let Some(primary) = &group.primary {
+            println!("[demo] {}: primary is {primary} (epoch {})", group.name, group.epoch);
+        }
+        last.0 = group.primary.clone();
+    }
+    if let Some(run) = &group.running
+        && last.1 != Some(run.id)
+    {
+        println!(
+            "[demo] {}: {} #{} started: {} -> {} ({})",
+            group.name,
+            run.kind,
+            run.id,
+            run.old_primary.as_deref().unwrap_or("none"),
+            run.candidate,
+            run.reason
+        );
+        last.1 = Some(run.id);
+    }
+    if let Some(run) = &group.last_run
+        && last.2 != Some(run.id)
+    {
+        let took = match (run.detected_at_ms.or(Some(run.decided_at_ms)), run.first_write_at_ms) {
+            (Some(start), Some(write)) => format!(", first write {} ms after detection", write.saturating_sub(start)),
+            _ => String::new(),
+        };
+        println!(
+            "[demo] {}: {} #{} {}: {}{took}",
+            group.name,
+            run.kind,
+            run.id,
+            if run.succeeded == Some(true) { "done" } else { "abandoned" },
+            run.outcome.as_deref().unwrap_or("")
+        );
+        last.2 = Some(run.id);
+    }
+}
+
+async fn watch(
+    client: &ApiClient,
+    nodes: &mut [DemoNode],
+    dir: &Path,
+    endpoints: &[String],
+    postgres: Option<&PgCluster>,
+) -> Result<(), Failure> {
+    let mut spec_applied = postgres.is_none();
+    let mut group_seen = (None, None, None);
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "vigil".to_string());
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
@@ -193,9 +302,21 @@ async fn watch(client: &ApiClient, nodes: &mut [DemoNode], dir: &Path, endpoints
             continue;
         };
         let leader = status.leader.as_ref().map(|leader| (leader.id, status.term));
-        if !announced && leader.is_some() {
+        if !spec_applied && leader.is_some() {
+            let toml = std::fs::read_to_string(dir.join("cluster.toml")).context("cannot read the demo spec")?;
+            let request = ApplySpecRequest { author: "vigil demo".to_string(), toml };
+            let applied: Result<WriteReceipt, _> = client.post("/spec", &request).await;
+            match applied {
+                Ok(_) => spec_applied = true,
+                Err(error) => println!("[demo] applying the PostgreSQL spec failed, retrying: {error}"),
+            }
+        }
+        if !announced && leader.is_some() && spec_applied {
             announced = true;
-            print_instructions(&exe, dir, endpoints, nodes);
+            print_instructions(&exe, dir, endpoints, nodes, postgres);
+        }
+        if announced && let Some(group) = status.groups.first() {
+            report_group(group, &mut group_seen);
         }
         if announced && leader != last_leader {
             match &status.leader {
@@ -207,7 +328,7 @@ async fn watch(client: &ApiClient, nodes: &mut [DemoNode], dir: &Path, endpoints
     }
 }
 
-fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[DemoNode]) {
+fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[DemoNode], postgres: Option<&PgCluster>) {
     let certs = dir.join("certs");
     println!("vigil demo: a 3-node cluster is running on 127.0.0.1 (files in {})", dir.display());
     println!();
@@ -225,6 +346,23 @@ fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[Demo
         nodes.iter().filter_map(|node| node.child.as_ref()?.id().map(|pid| format!("n{}={pid}", node.id))).collect();
     println!("  kill a node:   kill -9 <pid>   ({}); kill the leader and watch a new one elected", pids.join(" "));
     println!("  logs:          {}/n1.log n2.log n3.log", dir.display());
+    if let Some(cluster) = postgres {
+        let config = dir.join("n1.toml");
+        println!();
+        println!("  PostgreSQL group \"main\": pg1 (primary) beside n1, pg2 beside n2, pg3 beside n3");
+        for instance in cluster.instances() {
+            println!(
+                "    {}: psql \"host=127.0.0.1 port={} user=vigil password={VIGIL_PASSWORD} dbname=postgres\"",
+                instance.name, instance.port
+            );
+        }
+        println!(
+            "  fail it over:  kill -9 $(head -1 {}/postmaster.pid)   (pg1's postmaster; watch a replica take over)",
+            cluster.instances()[0].data_dir.display()
+        );
+        println!("  switch over:   {exe} switchover main --to pg2 --config {}", config.display());
+        println!("  failovers:     {exe} history main --config {}", config.display());
+    }
     println!();
     println!("Ctrl-C stops the cluster and removes {}.", dir.display());
 }

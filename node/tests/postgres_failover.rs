@@ -282,3 +282,27 @@ fn bad_specs_are_refused_and_change_nothing() {
     }
     assert_eq!(lab.vigil.cli(1, &["spec", "--json"]).stdout, before, "the spec in force changed");
 }
+
+/// A forced failover to a lagging replica (its replay held back) while the primary is up:
+/// the old primary is stopped first, the named member is promoted, and history records the
+/// data-loss estimate.
+#[test]
+fn forced_failover_promotes_the_named_member_even_if_it_lags() {
+    let lab = Lab::start("", &[], &[]);
+    lab.pg.sql(2, "SELECT pg_wal_replay_pause()").unwrap();
+    lab.pg.sql(0, "CREATE TABLE filler AS SELECT generate_series(1, 20000) AS n").unwrap();
+    let output = lab.vigil.cli(1, &["failover", "main", "--to", "pg3", "--yes"]);
+    assert!(
+        output.status.success(),
+        "failover failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["kind"], "forced");
+    assert_eq!(run["candidate"], "pg3");
+    assert!(!lab.pg.is_in_recovery(2).unwrap(), "pg3 was not promoted");
+    assert_eq!(lab.timeline("pg3"), 2);
+    lab.wait_for("pg2 to follow pg3", |_| lab.streams_from("pg2", "pg3"));
+    assert!(run["old_primary_lsn"].as_u64() >= run["candidate_lsn"].as_u64(), "{run:#}");
+}
