@@ -14,6 +14,9 @@ use vigil_probes::{PgTarget, describe_error};
 use crate::conninfo::sql_literal;
 use crate::error::ActionError;
 
+/// How often `promote` checks whether the promotion has finished.
+const PROMOTION_POLL: Duration = Duration::from_millis(10);
+
 /// What [`promote`] found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Promoted {
@@ -31,8 +34,7 @@ pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, Acti
     let address = target.address();
     let budget = target.timeout + wait;
     bounded(budget, format!("promoting {address} after {budget:?}"), async {
-        // `pg_promote` waits server-side for up to `wait`; the statement timeout must
-        // not cut it short.
+        // The promotion may take up to `wait`; the statement timeout must not cut it short.
         let connection = Connection::open(target, budget).await?;
         let row = connection
             .query_one(
@@ -49,14 +51,13 @@ pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, Acti
         }
         let replay: Option<PgLsn> = connection.column(&row, 1)?;
 
-        let wait_seconds = i32::try_from(wait.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX).max(1);
-        let promoted = connection.client.query_one("SELECT pg_promote(true, $1)", &[&wait_seconds]).await;
+        // Ask without waiting, then poll: pg_promote's own wait checks only ten times a second,
+        // and every millisecond of a failover counts.
+        let promoted = connection.client.query_one("SELECT pg_promote(false)", &[]).await;
         match promoted {
             Ok(row) => {
                 if !connection.column::<bool>(&row, 0)? {
-                    return Err(ActionError::Timeout(format!(
-                        "waiting {wait_seconds}s for {address} to finish promoting"
-                    )));
+                    return Err(ActionError::Unexpected(format!("{address} refused the promotion request")));
                 }
             }
             // Someone else promoted it between our two statements: it is a primary now,
@@ -72,11 +73,15 @@ pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, Acti
             }
             Err(error) => return Err(connection.error("promoting", &error)),
         }
-
-        if connection.in_recovery().await? {
-            return Err(ActionError::Unexpected(format!(
-                "{address} is still in recovery after pg_promote reported success"
-            )));
+        let deadline = Instant::now() + wait;
+        while connection.in_recovery().await? {
+            if Instant::now() >= deadline {
+                return Err(ActionError::Timeout(format!(
+                    "waiting {} s for {address} to finish promoting",
+                    wait.as_secs()
+                )));
+            }
+            sleep(PROMOTION_POLL).await;
         }
         tracing::info!(member = %address, replay_lsn = ?replay, "promoted");
         Ok(Promoted { already_primary: false, lsn: replay.map(u64::from) })

@@ -67,13 +67,6 @@ pub struct PgFacts {
     pub epoch: Option<u64>,
 }
 
-impl PgFacts {
-    /// The furthest WAL position this member is known to hold.
-    pub fn wal_position(&self) -> Option<u64> {
-        if self.in_recovery { self.replay_lsn.max(self.receive_lsn) } else { self.current_lsn }
-    }
-}
-
 /// One node's verdict on one member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {

@@ -219,7 +219,9 @@ fn member_statuses(
                 Some(_) => "primary",
                 None => "unknown",
             };
-            let lsn = facts.as_ref().and_then(|facts| facts.wal_position());
+            // A replica's position is what it has replayed: what a promotion would keep.
+            let lsn =
+                facts.as_ref().and_then(|facts| if facts.in_recovery { facts.replay_lsn } else { facts.current_lsn });
             let lag_bytes = match (&facts, primary_lsn) {
                 (Some(facts), Some(primary_lsn)) if facts.in_recovery => {
                     facts.replay_lsn.map(|replay| primary_lsn.saturating_sub(replay))

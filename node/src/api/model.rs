@@ -196,7 +196,7 @@ pub struct GroupMemberStatus {
     pub verdicts: BTreeMap<String, String>,
     /// The reason of the first verdict that is not up, if any.
     pub problem: Option<String>,
-    /// Its WAL position (current on a primary, replayed on a replica).
+    /// Its WAL position: current on a primary, replayed on a replica.
     pub lsn: Option<u64>,
     /// Bytes of WAL behind the primary.
     pub lag_bytes: Option<u64>,

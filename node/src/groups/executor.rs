@@ -16,10 +16,17 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationT
     let in_flight = InFlight::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken by every applied entry, so a step starts as soon as it is committed as started.
+    let mut applied = cluster.raft.metrics();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+            changed = openraft::async_runtime::WatchReceiver::changed(&mut applied) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
         let work: Vec<_> = {
             let state = cluster.state.read().expect("state lock poisoned");
