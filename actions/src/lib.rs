@@ -22,4 +22,4 @@ mod sql;
 pub use conninfo::primary_conninfo;
 pub use ctl::{PgCtl, start_as_replica, stop_server};
 pub use error::ActionError;
-pub use sql::{Promoted, promote, repoint, wait_for_replay, write_epoch};
+pub use sql::{Promoted, promote, repoint, wait_for_replay, wait_for_upstream, write_epoch};

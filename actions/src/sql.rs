@@ -22,7 +22,8 @@ const PROMOTION_POLL: Duration = Duration::from_millis(10);
 pub struct Promoted {
     /// The member was already a primary, so nothing was done.
     pub already_primary: bool,
-    /// The replay LSN just before promotion, or the current LSN if already primary.
+    /// The WAL position the promotion keeps: the most the replica had received or replayed
+    /// (promotion replays all it received), or the current LSN if it already was a primary.
     pub lsn: Option<u64>,
 }
 
@@ -38,7 +39,8 @@ pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, Acti
         let connection = Connection::open(target, budget).await?;
         let row = connection
             .query_one(
-                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), \
+                "SELECT pg_is_in_recovery(), \
+                 GREATEST(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn()), \
                  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
                 &[],
                 "reading the recovery state",
@@ -203,6 +205,73 @@ pub async fn wait_for_replay(target: &PgTarget, past_lsn: u64, timeout: Duration
             PgLsn::from(past_lsn)
         ))
     })
+}
+
+/// Waits until the replica `replica` streams from `primary` on the primary's current
+/// timeline; returns that timeline. A replica whose WAL went past the point where the new
+/// timeline forked never gets there (it needs `pg_rewind`), and the error says so.
+pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: Duration) -> Result<u32, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let timeline = bounded(primary.timeout, format!("reading the timeline of {}", primary.address()), async {
+        let connection = Connection::open(primary, primary.timeout).await?;
+        let row = connection
+            .query_one(
+                "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+                &[],
+                "reading the current timeline",
+            )
+            .await?;
+        let timeline: i32 = connection.column(&row, 0)?;
+        Ok(timeline)
+    })
+    .await?;
+    let address = replica.address();
+    let mut last_seen = String::from("nothing yet");
+    let polling = async {
+        loop {
+            let attempt = async {
+                let connection = Connection::open(replica, replica.timeout).await?;
+                let row = connection
+                    .query_one(
+                        "SELECT (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+                                (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1), \
+                                (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)",
+                        &[],
+                        "reading the wal receiver",
+                    )
+                    .await?;
+                let status: Option<String> = connection.column(&row, 0)?;
+                let port: Option<i32> = connection.column(&row, 1)?;
+                let received: Option<i32> = connection.column(&row, 2)?;
+                Ok::<_, ActionError>((status, port, received))
+            };
+            match attempt.await {
+                Ok((Some(status), Some(port), Some(received)))
+                    if status == "streaming" && port == i32::from(primary.port) && received >= timeline =>
+                {
+                    return;
+                }
+                Ok((status, port, received)) => {
+                    last_seen = format!(
+                        "receiver {}, from port {}, timeline {}",
+                        status.as_deref().unwrap_or("not running"),
+                        port.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                        received.map_or_else(|| "-".to_string(), |t| t.to_string())
+                    );
+                }
+                Err(error) => last_seen = error.to_string(),
+            }
+            sleep(REPLAY_POLL_INTERVAL).await;
+        }
+    };
+    timeout_at(deadline, polling).await.map_err(|_| {
+        ActionError::Timeout(format!(
+            "{address} does not stream timeline {timeline} from {} after {timeout:?} ({last_seen}); a replica \
+             whose WAL went past the new timeline's fork point needs pg_rewind",
+            primary.address()
+        ))
+    })?;
+    Ok(u32::try_from(timeline).unwrap_or_default())
 }
 
 /// How long a dropped connection may take to close before it is abandoned.

@@ -25,6 +25,9 @@ pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 /// How long a learner may take to catch up before `AddMember` gives up on promoting it.
 pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request waits for a leader to be known before answering "no leader".
+pub const NO_LEADER_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a forwarded request may take, including the commit on the leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
 
@@ -73,13 +76,24 @@ impl Cluster {
 
     /// Carries out `request` on the leader, forwarding it if this node is not the leader.
     pub async fn submit(&self, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
-        match self.execute_as_leader(request.clone()).await {
-            LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
-                self.forward(leader, request).await
+        // During an election no node knows the leader for a moment; a request waits for one
+        // for up to an election's length before the caller hears "no leader".
+        let deadline = tokio::time::Instant::now() + NO_LEADER_GRACE;
+        loop {
+            let outcome = match self.execute_as_leader(request.clone()).await {
+                LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
+                    self.forward(leader, request.clone()).await
+                }
+                LeaderResponse::NotLeader { .. } => Err(SubmitError::NoLeader),
+                LeaderResponse::Failed { reason } => Err(SubmitError::Refused(reason)),
+                done => Ok(done),
+            };
+            match outcome {
+                Err(SubmitError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcome => return outcome,
             }
-            LeaderResponse::NotLeader { .. } => Err(SubmitError::NoLeader),
-            LeaderResponse::Failed { reason } => Err(SubmitError::Refused(reason)),
-            done => Ok(done),
         }
     }
 

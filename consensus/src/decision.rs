@@ -123,12 +123,12 @@ impl Situation<'_> {
 pub struct Candidate {
     /// The member.
     pub member: String,
-    /// Its replayed WAL position.
+    /// Its WAL position: the most it has received or replayed.
     pub lsn: Option<u64>,
 }
 
 /// Picks the replica to promote in place of `old_primary`: reachable replicas within the
-/// lag policy (unless `ignore_lag`), not `nofailover`; highest replayed position first,
+/// lag policy (unless `ignore_lag`), not `nofailover`; highest WAL position first,
 /// then priority, then datacenter preference, then name. The error lists why each member
 /// was passed over.
 pub fn choose_candidate(
@@ -158,7 +158,10 @@ pub fn choose_candidate(
             answering = true;
             replica |= facts.in_recovery;
             if facts.in_recovery {
-                position = position.max(facts.replay_lsn);
+                // A promotion replays everything the replica has received before it opens,
+                // so what it received is what it will hold. Ranking by replay alone could pick
+                // a replica that received less than another, which then cannot follow it.
+                position = position.max(facts.replay_lsn).max(facts.receive_lsn);
             }
         }
         if !answering {

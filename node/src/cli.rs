@@ -438,11 +438,28 @@ pub async fn start_run(
     let deadline = tokio::time::Instant::now() + RUN_WAIT;
     let mut printed = 0usize;
     loop {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure::other(format!(
+                "{group}: {kind} #{} still running after {} s; follow it with `vigil status`",
+                receipt.run_id,
+                RUN_WAIT.as_secs()
+            )));
+        }
         let status: GroupStatus = client.get(&format!("/groups/{group}")).await?;
         let run = match (&status.running, &status.last_run) {
             (Some(run), _) if run.id == receipt.run_id => run.clone(),
             (_, Some(run)) if run.id == receipt.run_id => run.clone(),
-            _ => return Err(Failure::other(format!("run #{} is no longer known", receipt.run_id))),
+            (Some(run), _) | (_, Some(run)) if run.id > receipt.run_id => {
+                return Err(Failure::other(format!(
+                    "run #{} is no longer shown: run #{} came after it; see `vigil history {group}`",
+                    receipt.run_id, run.id
+                )));
+            }
+            // The node answering may not have applied the run yet.
+            _ => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         for line in render::run_steps(&run).into_iter().skip(printed) {
             println!("  {line}");
@@ -461,13 +478,6 @@ pub async fn start_run(
                 )));
             }
             None => {}
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Failure::other(format!(
-                "{group}: {kind} #{} still running after {} s; follow it with `vigil status`",
-                run.id,
-                RUN_WAIT.as_secs()
-            )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -19,8 +19,8 @@ use vigil_chaos_tests::postgres::{PgCluster, VIGIL_PASSWORD};
 /// 2), the epoch written, and the remaining replica following the new primary.
 fn assert_failed_over(lab: &Lab, new_primary: &str, other_replica: &str) {
     let run = lab.wait_for_run(0);
-    assert_eq!(run["succeeded"], true, "run: {run:#}");
-    assert_eq!(run["candidate"], new_primary, "run: {run:#}");
+    assert_eq!(run["succeeded"], true, "run: {run:#}\n{}", lab.logs());
+    assert_eq!(run["candidate"], new_primary, "run: {run:#}\n{}", lab.logs());
     assert_eq!(run["epoch"], 1);
     assert!(!lab.pg.is_in_recovery(lab.index_of(new_primary)).unwrap());
     assert_eq!(lab.timeline(new_primary), 2, "more than one promotion happened");
@@ -38,13 +38,14 @@ fn assert_failed_over(lab: &Lab, new_primary: &str, other_replica: &str) {
 }
 
 /// kill -9 of the primary's postmaster: exactly one promotion, of the most advanced
-/// replica (pg2's replay is held back so pg3 is ahead), and pg2 then follows pg3.
+/// replica (pg2 is disconnected while rows are written, so pg3 is ahead), and pg2 then
+/// follows pg3.
 #[test]
 fn killing_the_primary_promotes_the_most_advanced_replica() {
     let lab = Lab::start("", &[], &[]);
-    lab.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    disconnect_replica(&lab, 1);
     lab.pg.sql(0, "CREATE TABLE filler AS SELECT generate_series(1, 20000) AS n").unwrap();
-    // pg3 replays the new rows, pg2 only receives them.
+    // pg3 streams the new rows; pg2, disconnected, does not.
     lab.wait_for("pg3 to be ahead of pg2 in the verdicts", |group| {
         let lsn = |name: &str| {
             group["members"].as_array().unwrap().iter().find(|m| m["name"] == name).and_then(|m| m["lsn"].as_u64())
@@ -52,9 +53,21 @@ fn killing_the_primary_promotes_the_most_advanced_replica() {
         matches!((lsn("pg2"), lsn("pg3")), (Some(a), Some(b)) if b > a)
     });
     lab.pg.kill_postmaster(0).unwrap();
-    lab.wait_for("a failover to start", |group| !group["running"].is_null() || !group["last_run"].is_null());
-    lab.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
     assert_failed_over(&lab, "pg3", "pg2");
+}
+
+/// Stops a replica's WAL receiver, so it falls behind until vigil re-points it.
+fn disconnect_replica(lab: &Lab, index: usize) {
+    lab.pg.sql(index, "ALTER SYSTEM SET primary_conninfo = ''").unwrap();
+    lab.pg.sql(index, "SELECT pg_reload_conf()").unwrap();
+    let name = lab.pg.instances()[index].name.clone();
+    lab.wait_for("the replica to stop streaming", |group| {
+        group["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == name.as_str() && m["problem"].as_str().is_some_and(|p| p.contains("not streaming")))
+    });
 }
 
 /// A replica further behind than maximum_lag_on_failover is not promoted, even though the
@@ -65,14 +78,12 @@ fn replica_beyond_the_lag_policy_is_never_chosen() {
     let spec = std::fs::read_to_string(&lab.spec_path).unwrap().replace("16777216", "65536");
     std::fs::write(&lab.spec_path, spec).unwrap();
     assert!(lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]).status.success());
-    lab.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    disconnect_replica(&lab, 1);
     lab.pg.sql(0, "CREATE TABLE filler AS SELECT repeat('x', 100) AS s FROM generate_series(1, 20000)").unwrap();
     lab.wait_for("pg2 to lag by more than 64 KiB", |group| {
         group["members"].as_array().unwrap().iter().any(|m| m["name"] == "pg2" && m["lag_bytes"].as_u64() > Some(65536))
     });
     lab.pg.kill_postmaster(0).unwrap();
-    lab.wait_for("a failover to start", |group| !group["running"].is_null() || !group["last_run"].is_null());
-    lab.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
     assert_failed_over(&lab, "pg3", "pg2");
 }
 
@@ -92,7 +103,7 @@ fn primary_unreachable_from_one_node_is_not_failed_over() {
         let pg1 = group["members"].as_array().unwrap().iter().find(|m| m["name"] == "pg1").unwrap().clone();
         pg1["verdicts"]["n3"] == "down"
     });
-    // Ten times down_after, and the primary stays.
+    // Six times down_after, and the primary stays.
     std::thread::sleep(Duration::from_secs(6));
     let group = lab.group().unwrap();
     assert_eq!(group["primary"], "pg1");
@@ -268,7 +279,7 @@ fn bad_specs_are_refused_and_change_nothing() {
         (good.replace("vigil.password", "missing.password"), "postgres[0].password: cannot read"),
         (good.replace("maximum_lag_on_failover = 16777216", "maximum_lag_on_failover = -1"), "maximum_lag_on_failover"),
         (
-            good.replace("down_after = \"600ms\"", "down_after = \"100ms\""),
+            good.replace("down_after = \"1s\"", "down_after = \"100ms\""),
             "postgres[0].down_after: must be at least probe_interval",
         ),
     ];
@@ -283,26 +294,30 @@ fn bad_specs_are_refused_and_change_nothing() {
     assert_eq!(lab.vigil.cli(1, &["spec", "--json"]).stdout, before, "the spec in force changed");
 }
 
-/// A forced failover to a lagging replica (its replay held back) while the primary is up:
-/// the old primary is stopped first, the named member is promoted, and history records the
-/// data-loss estimate.
+/// A forced failover to a lagging replica (disconnected while rows are written) while the
+/// primary is up: the old primary is stopped first, the named member is promoted anyway,
+/// history records a data-loss estimate, and the members that were ahead of it are reported
+/// as needing pg_rewind rather than silently left behind.
 #[test]
 fn forced_failover_promotes_the_named_member_even_if_it_lags() {
     let lab = Lab::start("", &[], &[]);
-    lab.pg.sql(2, "SELECT pg_wal_replay_pause()").unwrap();
+    disconnect_replica(&lab, 2);
     lab.pg.sql(0, "CREATE TABLE filler AS SELECT generate_series(1, 20000) AS n").unwrap();
+    lab.wait_for("pg3 to lag", |group| {
+        group["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "pg3" && m["lag_bytes"].as_u64() > Some(10_000))
+    });
     let output = lab.vigil.cli(1, &["failover", "main", "--to", "pg3", "--yes"]);
-    assert!(
-        output.status.success(),
-        "failover failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
     let run = lab.wait_for_run(0);
-    assert_eq!(run["kind"], "forced");
+    assert_eq!(run["kind"], "forced", "{run:#}\n{}", lab.logs());
     assert_eq!(run["candidate"], "pg3");
+    assert_eq!(run["succeeded"], true, "{run:#}\n{}", String::from_utf8_lossy(&output.stdout));
     assert!(!lab.pg.is_in_recovery(2).unwrap(), "pg3 was not promoted");
     assert_eq!(lab.timeline("pg3"), 2);
-    lab.wait_for("pg2 to follow pg3", |_| lab.streams_from("pg2", "pg3"));
-    assert!(run["old_primary_lsn"].as_u64() >= run["candidate_lsn"].as_u64(), "{run:#}");
+    assert!(run["old_primary_lsn"].as_u64() > run["candidate_lsn"].as_u64(), "no data-loss estimate: {run:#}");
+    let outcome = run["outcome"].as_str().unwrap();
+    assert!(outcome.contains("re-point pg2 failed") && outcome.contains("pg_rewind"), "{outcome}");
 }

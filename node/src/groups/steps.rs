@@ -12,6 +12,8 @@ use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
 pub const PROMOTE_WAIT: Duration = Duration::from_secs(30);
 /// How long stopping or starting a server may take.
 pub const SERVER_CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a re-pointed replica may take to stream from the new primary.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the candidate may take to replay the old primary's last WAL in a switchover.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -86,7 +88,10 @@ async fn run_step(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> Resu
             let target = pg_target(group, replica)?;
             let conninfo = primary_conninfo(group, candidate, name)?;
             vigil_actions::repoint(&target, &conninfo).await.map_err(|e| e.to_string())?;
-            Ok(StepResult::ok(format!("{name} now streams from {}", candidate.name)))
+            let primary = pg_target(group, candidate)?;
+            let timeline =
+                vigil_actions::wait_for_upstream(&target, &primary, STREAM_TIMEOUT).await.map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!("{name} streams timeline {timeline} from {}", candidate.name)))
         }
         Step::WaitForCatchUp => {
             let Some(final_lsn) = run.old_primary_lsn else {
@@ -118,7 +123,14 @@ async fn run_step(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> Resu
             vigil_actions::start_as_replica(&ctl, &conninfo, SERVER_CONTROL_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(StepResult::ok(format!("{name} restarted as a replica of {}", candidate.name)))
+            let (replica, primary) = (pg_target(group, member(group, name)?)?, pg_target(group, candidate)?);
+            let timeline = vigil_actions::wait_for_upstream(&replica, &primary, STREAM_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(StepResult::ok(format!(
+                "{name} restarted as a replica streaming timeline {timeline} from {}",
+                candidate.name
+            )))
         }
     }
 }

@@ -8,8 +8,9 @@ use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWOR
 
 use super::TestCluster;
 
-/// The timings of the tests, unless a test gives its own.
-pub const DEFAULT_TIMINGS: &str = "down_after = \"600ms\"\nprobe_interval = \"200ms\"\nprobe_timeout = \"500ms\"\n";
+/// The timings of the tests, unless a test gives its own: a little more patient than the
+/// defaults, because the tests share two cores and their disk with each other.
+pub const DEFAULT_TIMINGS: &str = "down_after = \"1s\"\nprobe_interval = \"200ms\"\nprobe_timeout = \"800ms\"\n";
 
 /// How long the lab waits for anything.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,6 +118,11 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        (1..=3).map(|id| format!("--- n{id}\n{}", self.vigil.log_of(id))).collect::<Vec<_>>().join("\n")
     }
 
     /// Waits for the run with this id to end and returns it.
