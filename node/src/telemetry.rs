@@ -128,6 +128,23 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("vigil_raft_last_log_index", "Highest Raft log index in this node's log");
     metrics::describe_gauge!("vigil_peer_rtt_seconds", "QUIC round-trip time estimate to each peer");
     metrics::describe_counter!("vigil_raft_rpc_errors_total", "Failed Raft RPCs to each peer, by kind");
+    metrics::describe_gauge!("vigil_group_epoch", "Epoch of each group");
+    metrics::describe_gauge!("vigil_group_paused", "1 when automatic failover of the group is paused");
+    metrics::describe_gauge!("vigil_group_blocked", "1 when the primary is down and no failover is possible");
+    metrics::describe_gauge!("vigil_group_failover_running", "1 while a failover or switchover of the group runs");
+    metrics::describe_gauge!(
+        "vigil_group_failovers",
+        "Finished failover runs kept in the group's history, by kind and outcome"
+    );
+    metrics::describe_gauge!("vigil_member_is_primary", "1 for the member the cluster holds to be the primary");
+    metrics::describe_gauge!(
+        "vigil_member_health",
+        "This node's verdict on each member: 2 up, 1 degraded, 0 down, -1 none"
+    );
+    metrics::describe_gauge!(
+        "vigil_member_lag_bytes",
+        "Bytes of WAL a replica is behind the primary's last known position"
+    );
     Ok(handle)
 }
 
@@ -139,4 +156,50 @@ pub fn record_raft_metrics(raft: &RaftMetrics<TypeConfig>) {
     metrics::gauge!("vigil_raft_commit_index").set(index(raft.cluster_committed.map(|l| l.index)));
     metrics::gauge!("vigil_raft_applied_index").set(index(raft.last_applied.map(|l| l.index)));
     metrics::gauge!("vigil_raft_last_log_index").set(index(raft.last_log_index));
+}
+
+/// Copies the replicated group state into the Prometheus gauges, as this node sees it.
+pub fn record_group_metrics(state: &vigil_consensus::ClusterState, node_id: u64) {
+    use vigil_consensus::group::{FailoverKind, Health};
+    for spec in &state.spec.postgres {
+        let group = state.groups.get(&spec.name).cloned().unwrap_or_default();
+        let name = spec.name.clone();
+        metrics::gauge!("vigil_group_epoch", "group" => name.clone()).set(group.epoch as f64);
+        metrics::gauge!("vigil_group_paused", "group" => name.clone()).set(f64::from(u8::from(group.paused)));
+        metrics::gauge!("vigil_group_blocked", "group" => name.clone())
+            .set(f64::from(u8::from(group.blocked.is_some())));
+        metrics::gauge!("vigil_group_failover_running", "group" => name.clone())
+            .set(f64::from(u8::from(group.running.is_some())));
+        for kind in [FailoverKind::Automatic, FailoverKind::Switchover, FailoverKind::Forced] {
+            for succeeded in [true, false] {
+                let count =
+                    group.finished.iter().filter(|run| run.kind == kind && run.succeeded == Some(succeeded)).count();
+                metrics::gauge!(
+                    "vigil_group_failovers",
+                    "group" => name.clone(),
+                    "kind" => kind.to_string(),
+                    "outcome" => if succeeded { "succeeded" } else { "abandoned" }
+                )
+                .set(count as f64);
+            }
+        }
+        let primary_lsn = group.primary.as_ref().and_then(|primary| group.last_primary_lsn.get(primary)).copied();
+        for member in &spec.members {
+            let labels = [("group", name.clone()), ("member", member.name.clone())];
+            let is_primary = group.primary.as_deref() == Some(member.name.as_str());
+            metrics::gauge!("vigil_member_is_primary", &labels).set(f64::from(u8::from(is_primary)));
+            let mine = group.verdicts.get(&member.name).and_then(|reports| reports.get(&node_id));
+            let health = match mine.map(|report| report.verdict.health) {
+                Some(Health::Up) => 2.0,
+                Some(Health::Degraded) => 1.0,
+                Some(Health::Down) => 0.0,
+                None => -1.0,
+            };
+            metrics::gauge!("vigil_member_health", &labels).set(health);
+            let replay = mine.and_then(|report| report.verdict.facts.as_ref()).filter(|facts| facts.in_recovery);
+            if let (Some(primary_lsn), Some(replay_lsn)) = (primary_lsn, replay.and_then(|facts| facts.replay_lsn)) {
+                metrics::gauge!("vigil_member_lag_bytes", &labels).set(primary_lsn.saturating_sub(replay_lsn) as f64);
+            }
+        }
+    }
 }

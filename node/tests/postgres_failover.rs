@@ -87,12 +87,25 @@ fn replica_beyond_the_lag_policy_is_never_chosen() {
     assert_failed_over(&lab, "pg3", "pg2");
 }
 
-/// A member marked nofailover is never promoted automatically.
+/// A member marked nofailover is never promoted automatically. Afterwards the load-balancer
+/// endpoints and the metrics follow the new primary.
 #[test]
 fn nofailover_is_respected() {
     let lab = Lab::start("", &["", "nofailover = true", ""], &[]);
+    assert_eq!(lab.vigil.http_get(1, "/primary/main").0, 200);
+    assert_eq!(lab.vigil.http_get(2, "/primary/main").0, 503);
     lab.pg.kill_postmaster(0).unwrap();
     assert_failed_over(&lab, "pg3", "pg2");
+    lab.wait_for("node 3 to see pg3 as a healthy primary", |_| lab.vigil.http_get(3, "/primary/main").0 == 200);
+    assert_eq!(lab.vigil.http_get(1, "/primary/main").0, 503);
+    assert_eq!(lab.vigil.http_get(2, "/replica/main").0, 200);
+    let (_, metrics) = lab.vigil.http_get(2, "/metrics");
+    assert!(metrics.contains("vigil_group_epoch{group=\"main\"} 1"), "{metrics}");
+    assert!(metrics.contains("vigil_member_is_primary{group=\"main\",member=\"pg3\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("vigil_group_failovers{group=\"main\",kind=\"failover\",outcome=\"succeeded\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A primary that only one of the three vigil nodes cannot reach is not failed over.

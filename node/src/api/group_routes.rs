@@ -245,3 +245,51 @@ fn member_statuses(
         })
         .collect()
 }
+
+/// The member beside this node in `group`, whether it is the recorded primary, and whether
+/// this node's latest verdict on it is "up" in that role.
+fn role_here(state: &ApiState, group: &str) -> Result<(String, bool, bool), String> {
+    let replicated = state.cluster.state.read().expect("state lock poisoned");
+    let Some(spec) = replicated.spec.postgres_group(group) else {
+        return Err(format!("no group is named {group:?}"));
+    };
+    let node_name = replicated.nodes().get(&state.cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();
+    let Some(member) = spec.members.iter().find(|member| member.node == node_name) else {
+        return Err(format!("no member of {group:?} runs beside node {node_name}"));
+    };
+    let group_state = replicated.groups.get(group);
+    let is_primary = group_state.and_then(|state| state.primary.as_deref()) == Some(member.name.as_str());
+    let verdict = group_state
+        .and_then(|state| state.verdicts.get(&member.name))
+        .and_then(|reports| reports.get(&state.cluster.node_id))
+        .map(|report| &report.verdict);
+    let healthy = verdict.is_some_and(|verdict| {
+        verdict.health == Health::Up && verdict.facts.as_ref().is_some_and(|facts| facts.in_recovery != is_primary)
+    });
+    Ok((member.name.clone(), is_primary, healthy))
+}
+
+fn role_answer(member: String, is_primary: bool, healthy: bool, want_primary: bool) -> Response {
+    let role = if is_primary { "primary" } else { "replica" };
+    let body = Json(serde_json::json!({ "member": member, "role": role, "healthy": healthy }));
+    let code = if is_primary == want_primary && healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, body).into_response()
+}
+
+/// `GET /primary/{group}`: 200 only on the node beside the group's primary while this node
+/// sees it up, 503 elsewhere, so a load balancer sends writes to the right host (as
+/// Patroni's `/primary`).
+pub async fn primary_here(State(state): State<ApiState>, Path(group): Path<String>) -> Response {
+    match role_here(&state, &group) {
+        Ok((member, is_primary, healthy)) => role_answer(member, is_primary, healthy, true),
+        Err(message) => error_response(StatusCode::NOT_FOUND, "not_found", message),
+    }
+}
+
+/// `GET /replica/{group}`: 200 only on a node beside a replica this node sees streaming.
+pub async fn replica_here(State(state): State<ApiState>, Path(group): Path<String>) -> Response {
+    match role_here(&state, &group) {
+        Ok((member, is_primary, healthy)) => role_answer(member, is_primary, healthy, false),
+        Err(message) => error_response(StatusCode::NOT_FOUND, "not_found", message),
+    }
+}

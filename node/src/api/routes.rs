@@ -44,6 +44,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/history", get(history))
         .route("/spec", get(group_routes::get_spec).post(group_routes::apply_spec))
         .route("/groups/{group}", get(group_routes::group))
+        .route("/primary/{group}", get(group_routes::primary_here))
+        .route("/replica/{group}", get(group_routes::replica_here))
         .route("/groups/{group}/pause", axum::routing::post(group_routes::pause))
         .route("/groups/{group}/resume", axum::routing::post(group_routes::resume))
         .route("/groups/{group}/switchover", axum::routing::post(group_routes::switchover))
@@ -175,6 +177,10 @@ async fn members(State(state): State<ApiState>) -> Json<Vec<MemberStatus>> {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     crate::telemetry::record_raft_metrics(&state.cluster.metrics());
+    crate::telemetry::record_group_metrics(
+        &state.cluster.state.read().expect("state lock poisoned"),
+        state.cluster.node_id,
+    );
     ([("content-type", "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 

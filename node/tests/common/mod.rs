@@ -269,6 +269,26 @@ impl TestCluster {
         vigil(&full)
     }
 
+    /// `GET path` on node `id`'s API with the operator certificate: the status code and body.
+    pub fn http_get(&self, id: u64, path: &str) -> (u16, String) {
+        let certs = self.dir.path().join("certs");
+        let identity = vigil_consensus::tls::Identity::load(&vigil_consensus::tls::TlsPaths {
+            ca: certs.join("ca.crt"),
+            cert: certs.join("admin.crt"),
+            key: certs.join("admin.key"),
+        })
+        .expect("operator identity");
+        let endpoint = format!("127.0.0.1:{}", self.nodes[&id].api_port);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let client = vigil::api::client::ApiClient::new(&identity, vec![endpoint]).expect("client");
+            let mut session = client.session().await.expect("session");
+            let (status, body) =
+                session.exchange(hyper::Method::GET, path, bytes::Bytes::new()).await.expect("GET answered");
+            (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
     /// Node `id`'s `vigil status --json`, if it answers.
     pub fn status(&self, id: u64) -> Option<Value> {
         let output = self.cli(id, &["status", "--json"]);
