@@ -88,6 +88,99 @@ pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Dura
     .await
 }
 
+/// Stops the server at once (`pg_ctl stop -m immediate`): the fence that cannot be undone
+/// by a client. Already stopped is fine. Crash recovery runs at the next start.
+pub async fn stop_immediately(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("stopping the server in {} immediately", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if !server_running(ctl).await? {
+            return Ok(());
+        }
+        let stop = [
+            os("stop"),
+            os("-D"),
+            ctl.data_dir.clone().into(),
+            os("-m"),
+            os("immediate"),
+            os("-w"),
+            os("-t"),
+            os(&wait_seconds(deadline).to_string()),
+        ];
+        if let Err(error) = run(ctl, "pg_ctl", &stop).await
+            && server_running(ctl).await?
+        {
+            return Err(error);
+        }
+        tracing::warn!(data_dir = %ctl.data_dir.display(), "stopped the server immediately (fenced)");
+        Ok(())
+    })
+    .await
+}
+
+/// Whether a server runs in the data directory (`pg_ctl status`).
+pub async fn is_running(ctl: &PgCtl) -> Result<bool, ActionError> {
+    server_running(ctl).await
+}
+
+/// Starts a stopped server as it was (primary or replica, whatever its data directory
+/// says), after a fence by stopping was lifted. Already running is fine.
+pub async fn start_server(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("starting the server in {}", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if server_running(ctl).await? {
+            return Ok(());
+        }
+        let log_file = ctl.data_dir.join(START_LOG);
+        let start = [
+            os("start"),
+            os("-D"),
+            ctl.data_dir.clone().into(),
+            os("-w"),
+            os("-t"),
+            os(&wait_seconds(deadline).to_string()),
+            os("-l"),
+            log_file.into(),
+        ];
+        run(ctl, "pg_ctl", &start).await.map(|_| ())
+    })
+    .await
+}
+
+/// Rewinds a stopped server's data directory onto `source_conninfo`'s timeline with
+/// `pg_rewind` (the server needs `wal_log_hints = on` or data checksums). A server that was
+/// not shut down cleanly is first recovered by `pg_rewind` itself. Returns pg_rewind's last
+/// line of output ("no rewind required" or "Done!").
+pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Result<String, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("rewinding {}", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if server_running(ctl).await? {
+            stop_until(ctl, deadline).await?;
+        }
+        let args = [
+            os("--target-pgdata"),
+            ctl.data_dir.clone().into(),
+            os("--source-server"),
+            os(source_conninfo),
+            os("--progress"),
+        ];
+        let (command, description) = tool(ctl, "pg_rewind", &args);
+        // The connection string holds a password: never show it in errors.
+        let description = description.replace(source_conninfo, "<source conninfo>");
+        let output = output_of(command, &description).await?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            return Err(ActionError::Command { command: description, stderr: text.trim().to_string() });
+        }
+        let last = text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or("").to_string();
+        tracing::info!(data_dir = %ctl.data_dir.display(), outcome = %last, "pg_rewind finished");
+        Ok(last)
+    })
+    .await
+}
+
 /// The log `start_as_replica` starts the server with. It lives in the data directory
 /// because that is the one place the server's user can always write.
 const START_LOG: &str = "vigil-start.log";

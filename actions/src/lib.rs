@@ -20,6 +20,6 @@ mod error;
 mod sql;
 
 pub use conninfo::primary_conninfo;
-pub use ctl::{PgCtl, start_as_replica, stop_server};
+pub use ctl::{PgCtl, is_running, rewind, start_as_replica, start_server, stop_immediately, stop_server};
 pub use error::ActionError;
-pub use sql::{Promoted, promote, repoint, wait_for_replay, wait_for_upstream, write_epoch};
+pub use sql::{Promoted, fence_read_only, promote, repoint, unfence, wait_for_replay, wait_for_upstream, write_epoch};

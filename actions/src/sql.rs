@@ -274,6 +274,52 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
     Ok(u32::try_from(timeline).unwrap_or_default())
 }
 
+/// Fences a primary over SQL: `default_transaction_read_only = on` for every new
+/// transaction, then every other client session terminated, so nothing that was writing
+/// keeps writing. Returns how many sessions were terminated. A client that explicitly sets
+/// its transactions read-write can still write: the stop fence is the one that cannot be
+/// undone by a client.
+pub async fn fence_read_only(target: &PgTarget) -> Result<u64, ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 3, format!("fencing {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        connection
+            .batch_execute(
+                "ALTER SYSTEM SET default_transaction_read_only = on",
+                "setting default_transaction_read_only",
+            )
+            .await?;
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
+        let row = connection
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+                "terminating client sessions",
+            )
+            .await?;
+        let terminated: i64 = connection.column(&row, 0)?;
+        tracing::warn!(member = %address, terminated, "fenced: read-only, client sessions terminated");
+        Ok(u64::try_from(terminated).unwrap_or(0))
+    })
+    .await
+}
+
+/// Lifts a read-only fence: `default_transaction_read_only` back to its default.
+pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 2, format!("lifting the fence on {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        connection
+            .batch_execute("ALTER SYSTEM RESET default_transaction_read_only", "resetting the read-only default")
+            .await?;
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
+        tracing::info!(member = %address, "fence lifted");
+        Ok(())
+    })
+    .await
+}
+
 /// How long a dropped connection may take to close before it is abandoned.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 

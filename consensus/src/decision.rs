@@ -30,6 +30,9 @@ pub struct Situation<'a> {
     pub nodes: &'a BTreeMap<NodeId, NodeInfo>,
     /// The leader's wall clock, ms since the Unix epoch.
     pub now_ms: u64,
+    /// Whether the primary's lease has run out (or was released) by the leader's own clock:
+    /// nobody guarantees its writes any more, so a primary that refuses writes is failed.
+    pub primary_lease_run_out: bool,
 }
 
 /// What the leader should do about a group now.
@@ -106,6 +109,37 @@ impl Situation<'_> {
     pub fn objectively_down(&self, member: &str) -> bool {
         let (down, _) = self.down_voters(member);
         down.len() * 2 > self.voters.len()
+    }
+
+    /// Whether a majority of voters see `member` either down or answering as a primary that
+    /// refuses writes (fenced, read-only).
+    fn refuses_writes(&self, member: &str) -> bool {
+        let failing = self
+            .fresh(member)
+            .filter(|(node, report)| {
+                self.voters.contains(node)
+                    && match report.verdict.health {
+                        Health::Down => true,
+                        Health::Degraded => report.verdict.facts.as_ref().is_some_and(|facts| !facts.in_recovery),
+                        Health::Up => false,
+                    }
+            })
+            .count();
+        failing * 2 > self.voters.len()
+    }
+
+    /// Why the primary counts as failed, if it does: down for a majority, or refusing
+    /// writes for a majority with its lease run out (its node fenced it and is gone).
+    pub fn primary_failure(&self, member: &str) -> Option<String> {
+        if self.objectively_down(member) {
+            let (down, _) = self.down_voters(member);
+            let nodes = down.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+            return Some(format!("primary {member} down for nodes {nodes}"));
+        }
+        if self.primary_lease_run_out && self.refuses_writes(member) {
+            return Some(format!("primary {member} refuses writes and its lease ran out"));
+        }
+        None
     }
 
     /// The highest WAL position `member` was ever reported at as a primary.
@@ -207,9 +241,15 @@ pub fn choose_candidate(
     }
 }
 
-/// The steps of an automatic failover: the old primary is down, so there is nothing to stop.
+/// The steps of an automatic failover: make sure the old primary takes no more writes (its
+/// lease has run out, or it was fenced), then promote, prove the new primary writable, and
+/// re-point the others.
 pub fn automatic_steps(spec: &PostgresGroup, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
-    let mut steps = vec![Step::Promote, Step::VerifyWritable];
+    let mut steps = Vec::new();
+    if let Some(old) = old_primary {
+        steps.push(Step::FenceOldPrimary { member: old.to_string() });
+    }
+    steps.extend([Step::Promote, Step::VerifyWritable]);
     steps.extend(repoints(spec, old_primary, candidate));
     steps
 }
@@ -278,21 +318,18 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
             ),
         };
     };
-    if !situation.objectively_down(primary) {
+    let Some(failure) = situation.primary_failure(primary) else {
         return if state.blocked.is_some() { Decision::Unblock } else { Decision::Nothing };
-    }
+    };
     if state.paused {
         return blocked(state, format!("primary {primary} is down, but the group is paused: no automatic failover"));
     }
     match choose_candidate(situation, Some(primary), false) {
         Ok(candidate) => {
-            let (down, detected_at_ms) = situation.down_voters(primary);
+            let (_, detected_at_ms) = situation.down_voters(primary);
             Decision::Begin(Plan {
                 kind: FailoverKind::Automatic,
-                reason: format!(
-                    "primary {primary} down for nodes {}",
-                    down.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
-                ),
+                reason: failure,
                 old_primary: Some(primary.to_string()),
                 steps: automatic_steps(situation.spec, Some(primary), &candidate.member),
                 candidate: candidate.member,

@@ -91,6 +91,21 @@ pub struct VerdictReport {
     pub since_ms: u64,
 }
 
+/// The primary's lease, as last committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryLease {
+    /// The primary it covers.
+    pub member: String,
+    /// The node beside it, which renews it and fences the primary when it cannot.
+    pub holder: NodeId,
+    /// The epoch the primary holds.
+    pub epoch: u64,
+    /// Counts renewals; every node notes, by its own clock, when it saw this change.
+    pub renewals: u64,
+    /// Set when the holder gave the lease up (its primary is down and fenced), with why.
+    pub released: Option<String>,
+}
+
 /// How a failover came about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +136,12 @@ pub enum Step {
     /// Stop the old primary cleanly (host-local, on its node), so its last WAL reaches the
     /// replicas; reports the final checkpoint position.
     StopPrimary {
+        /// The old primary.
+        member: String,
+    },
+    /// Make sure the old primary takes no more writes: its lease has run out (so the node
+    /// beside it fenced it), its holder released it, or the leader fenced it remotely.
+    FenceOldPrimary {
         /// The old primary.
         member: String,
     },
@@ -161,6 +182,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::StopPrimary { member } => write!(f, "stop old primary {member}"),
+            Step::FenceOldPrimary { member } => write!(f, "fence old primary {member}"),
             Step::WaitForCatchUp => write!(f, "wait for the candidate to catch up"),
             Step::Promote => write!(f, "promote"),
             Step::VerifyWritable => write!(f, "verify writable"),
@@ -289,6 +311,9 @@ pub struct GroupState {
     pub paused_note: Option<String>,
     /// The latest verdict of each node on each member.
     pub verdicts: BTreeMap<String, BTreeMap<NodeId, VerdictReport>>,
+    /// The primary's lease.
+    #[serde(default)]
+    pub lease: Option<PrimaryLease>,
     /// The highest WAL position each member was ever reported at while running as a
     /// primary. Kept apart from the verdicts, which a "down" replaces, because it is the
     /// reference for the lag policy and the data-loss estimate after the primary dies.

@@ -77,6 +77,14 @@ pub struct PostgresGroup {
     /// The OS user that runs `pg_ctl` when vigil runs as root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// How long the primary's lease lasts. The node beside the primary renews it through Raft
+    /// every quarter of this; a node that cannot renew fences its primary before it runs out,
+    /// and no replica is promoted before it has run out.
+    #[serde(with = "humantime_serde", default = "default_lease_duration")]
+    pub lease_duration: Duration,
+    /// How the node beside the primary fences it when it loses its lease.
+    #[serde(default)]
+    pub fence_method: FenceMethod,
     /// Datacenters in order of preference for a new primary, after WAL position and priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datacenter_preference: Vec<String>,
@@ -108,6 +116,18 @@ pub struct PostgresMember {
     pub nofailover: bool,
 }
 
+/// How a primary is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMethod {
+    /// `default_transaction_read_only = on`, reloaded, and every client session terminated:
+    /// the server stays up and readable.
+    #[default]
+    ReadOnly,
+    /// The postmaster is stopped (`pg_ctl stop -m immediate`).
+    Stop,
+}
+
 fn default_database() -> String {
     "postgres".to_string()
 }
@@ -120,12 +140,25 @@ fn default_bin_dir() -> String {
     "/usr/lib/postgresql/15/bin".to_string()
 }
 
+/// Added to the leader's wait on an old primary's lease, on top of the drift bound.
+pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(100);
+
+/// Default of `lease_duration`.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_millis(1500);
+/// The bound on clock-rate drift between two machines the lease arithmetic allows for:
+/// 1 %, far above what NTP-disciplined (or even free-running) quartz clocks drift.
+pub const CLOCK_DRIFT_BOUND: f64 = 0.01;
+
 /// Default of `down_after`.
 pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_millis(600);
 /// Default of `probe_interval`.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// Default of `probe_timeout`.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn default_lease_duration() -> Duration {
+    DEFAULT_LEASE_DURATION
+}
 
 fn default_down_after() -> Duration {
     DEFAULT_DOWN_AFTER
@@ -223,6 +256,16 @@ impl PostgresGroup {
                 ),
             ));
         }
+        if self.lease_duration < self.probe_interval * 3 {
+            return Err(error(
+                format!("{field}.lease_duration"),
+                format!(
+                    "must be at least three probe intervals ({}): the lease is renewed every quarter of it and a \
+                     shorter lease would fence a healthy primary",
+                    humantime::format_duration(self.probe_interval * 3)
+                ),
+            ));
+        }
         if !self.bin_dir.starts_with('/') {
             return Err(error(
                 format!("{field}.bin_dir"),
@@ -272,6 +315,14 @@ impl PostgresGroup {
             }
         }
         Ok(())
+    }
+
+    /// How long the leader waits, after it last saw the lease renewed, before it counts the
+    /// lease as run out: the lease stretched by the clock-drift bound, plus a margin for
+    /// applying the renewal late. The holder fences at `lease_duration` minus a margin by its
+    /// own clock, counted from before it sent the renewal, so it has fenced by then.
+    pub fn lease_wait(&self) -> Duration {
+        self.lease_duration.mul_f64(1.0 + CLOCK_DRIFT_BOUND) + LEASE_SAFETY_MARGIN
     }
 
     /// The member named `name`.

@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::group::{FailoverKind, FailoverRun, GroupState, Step, StepFacts, StepState, StepStatus, VerdictReport};
+use crate::group::{
+    FailoverKind, FailoverRun, GroupState, PrimaryLease, Step, StepFacts, StepState, StepStatus, VerdictReport,
+};
 use crate::spec::ClusterSpec;
 use crate::types::{LogId, NodeId, NodeInfo, StoredMembership};
 
@@ -78,6 +80,30 @@ pub enum Command {
         at_unix_ms: u64,
         /// The proposing node.
         proposer: NodeId,
+    },
+    /// The node beside the primary renews its lease. Refused unless the member is the
+    /// primary of the current epoch, the node is the one beside it, and no failover is
+    /// replacing it: a refused renewal tells the holder to stay fenced.
+    RenewLease {
+        /// The group.
+        group: String,
+        /// The primary.
+        member: String,
+        /// The renewing node.
+        holder: NodeId,
+        /// The epoch the holder believes its primary holds.
+        epoch: u64,
+    },
+    /// The holder gives the lease up: its primary is down and fenced.
+    ReleaseLease {
+        /// The group.
+        group: String,
+        /// The primary.
+        member: String,
+        /// The releasing node.
+        holder: NodeId,
+        /// Why, in words.
+        reason: String,
     },
     /// Record why no failover is possible now, or clear it.
     SetBlocked {
@@ -172,6 +198,12 @@ impl fmt::Display for Command {
                 write!(f, "record-primary {group}/{member}")
             }
             Command::SetPaused { group, paused, .. } => write!(f, "set-paused {group} {paused}"),
+            Command::RenewLease { group, member, holder, epoch } => {
+                write!(f, "renew-lease {group}/{member} by node {holder} epoch {epoch}")
+            }
+            Command::ReleaseLease { group, member, holder, .. } => {
+                write!(f, "release-lease {group}/{member} by node {holder}")
+            }
             Command::SetBlocked { group, reason, .. } => {
                 write!(f, "set-blocked {group} {reason:?}")
             }
@@ -404,6 +436,10 @@ impl ClusterState {
                 }
                 None => unknown_group(group),
             },
+            Command::RenewLease { group, member, holder, epoch } => self.renew_lease(group, member, *holder, *epoch),
+            Command::ReleaseLease { group, member, holder, reason } => {
+                self.release_lease(group, member, *holder, reason)
+            }
             Command::BeginFailover { .. } => self.begin_failover(index, command),
             Command::StepStarted { group, run_id, index: step, by, at_ms } => {
                 self.step_started(group, *run_id, *step, *by, *at_ms)
@@ -495,6 +531,49 @@ impl ClusterState {
         let kind = EventKind::PrimaryRecorded { group: group.to_string(), member: member.to_string() };
         self.push_event(index, at, proposer, kind);
         CommandResponse::Applied
+    }
+
+    /// The node id of the vigil node named `name`.
+    fn node_named(&self, name: &str) -> Option<NodeId> {
+        self.membership.membership().nodes().find(|(_, info)| info.name == name).map(|(id, _)| *id)
+    }
+
+    fn renew_lease(&mut self, group: &str, member: &str, holder: NodeId, epoch: u64) -> CommandResponse {
+        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        let Some(member_spec) = spec.member(member) else {
+            return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
+        };
+        if self.node_named(&member_spec.node) != Some(holder) {
+            return CommandResponse::Refused { reason: format!("node {holder} is not the node beside {member}") };
+        }
+        let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+        if state.primary.as_deref() != Some(member) {
+            return CommandResponse::Refused { reason: format!("{member} is not the primary of {group}") };
+        }
+        if epoch != state.epoch {
+            return CommandResponse::Refused {
+                reason: format!("{member} holds epoch {epoch}, but the group is at epoch {}", state.epoch),
+            };
+        }
+        if let Some(run) = &state.running
+            && run.old_primary.as_deref() == Some(member)
+        {
+            return CommandResponse::Refused { reason: format!("{} #{} is replacing {member}", run.kind, run.id) };
+        }
+        let renewals = state.lease.as_ref().map_or(0, |lease| lease.renewals) + 1;
+        state.lease = Some(PrimaryLease { member: member.to_string(), holder, epoch, renewals, released: None });
+        CommandResponse::Applied
+    }
+
+    fn release_lease(&mut self, group: &str, member: &str, holder: NodeId, reason: &str) -> CommandResponse {
+        let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+        match &mut state.lease {
+            Some(lease) if lease.member == member && lease.holder == holder => {
+                lease.released = Some(reason.to_string());
+                CommandResponse::Applied
+            }
+            _ => CommandResponse::Refused { reason: format!("node {holder} holds no lease on {member}") },
+        }
     }
 
     fn set_paused(

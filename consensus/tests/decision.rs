@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vigil_consensus::decision::{Decision, STALE_AFTER_MS, Situation, choose_candidate, decide, plan_requested};
 use vigil_consensus::group::{FailoverKind, GroupState, Health, PgFacts, Step, Verdict, VerdictReport};
-use vigil_consensus::spec::{PostgresGroup, PostgresMember, SecretSource};
+use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember, SecretSource};
 use vigil_consensus::{NodeId, NodeInfo};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -47,6 +47,8 @@ fn spec() -> PostgresGroup {
         down_after: Duration::from_millis(600),
         probe_interval: Duration::from_millis(200),
         probe_timeout: Duration::from_millis(500),
+        lease_duration: Duration::from_millis(1500),
+        fence_method: FenceMethod::ReadOnly,
         bin_dir: "/usr/lib/postgresql/15/bin".into(),
         run_as: None,
         datacenter_preference: vec![],
@@ -109,7 +111,7 @@ fn down(state: &mut GroupState, nodes: &[NodeId], member: &str) {
 fn decide_for(spec: &PostgresGroup, state: &GroupState) -> Decision {
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
-    decide(&Situation { spec, state, voters: &voters, nodes: &nodes, now_ms: NOW })
+    decide(&Situation { spec, state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false })
 }
 
 fn begun(decision: Decision) -> vigil_consensus::decision::Plan {
@@ -126,7 +128,15 @@ fn primary_down_for_a_majority_promotes_the_most_advanced_replica() {
     let plan = begun(decide_for(&spec(), &state));
     assert_eq!(plan.candidate, "pg3");
     assert_eq!(plan.kind, FailoverKind::Automatic);
-    assert_eq!(plan.steps, vec![Step::Promote, Step::VerifyWritable, Step::Repoint { member: "pg2".into() }]);
+    assert_eq!(
+        plan.steps,
+        vec![
+            Step::FenceOldPrimary { member: "pg1".into() },
+            Step::Promote,
+            Step::VerifyWritable,
+            Step::Repoint { member: "pg2".into() }
+        ]
+    );
     assert_eq!(plan.old_primary_lsn, Some(10_000));
     assert_eq!(plan.candidate_lsn, Some(9_950));
     assert_eq!(plan.detected_at_ms, Some(NOW - 50 - 600));
@@ -211,6 +221,34 @@ fn paused_group_is_blocked_not_failed_over() {
     assert!(matches!(decide_for(&spec(), &state), Decision::Blocked { reason } if reason.contains("paused")));
 }
 
+/// A primary that answers but refuses writes (fenced by its own node) is failed over only
+/// once its lease has run out: until then its node may still lift the fence.
+#[test]
+fn fenced_primary_is_failed_over_only_after_its_lease_ran_out() {
+    let mut state = healthy(9_900, 9_950);
+    for node in 1..=3 {
+        let mut fenced = report(Health::Degraded, Some(primary_facts(10_000)), 50);
+        fenced.verdict.reason = Some("primary refuses writes: read-only".into());
+        set(&mut state, node, "pg1", fenced);
+    }
+    let spec = spec();
+    let voters = BTreeSet::from([1, 2, 3]);
+    let nodes = nodes();
+    let held = Situation {
+        spec: &spec,
+        state: &state,
+        voters: &voters,
+        nodes: &nodes,
+        now_ms: NOW,
+        primary_lease_run_out: false,
+    };
+    assert_eq!(decide(&held), Decision::Nothing);
+    let run_out = Situation { primary_lease_run_out: true, ..held };
+    let plan = begun(decide(&run_out));
+    assert_eq!(plan.candidate, "pg3");
+    assert!(plan.reason.contains("refuses writes and its lease ran out"), "{}", plan.reason);
+}
+
 #[test]
 fn recovered_primary_clears_the_block() {
     let mut state = healthy(9_900, 9_950);
@@ -233,7 +271,14 @@ fn switchover_refuses_a_lagging_candidate_and_a_paused_group() {
     let spec = spec();
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
-    let situation = Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW };
+    let situation = Situation {
+        spec: &spec,
+        state: &state,
+        voters: &voters,
+        nodes: &nodes,
+        now_ms: NOW,
+        primary_lease_run_out: false,
+    };
     let refusal = plan_requested(&situation, Some("pg2"), false).unwrap_err();
     assert!(refusal.contains("cannot promote pg2: pg2 lags 5000 bytes"), "{refusal}");
     let plan = plan_requested(&situation, None, false).unwrap();
@@ -359,8 +404,8 @@ proptest! {
         }
         let voters = BTreeSet::from([1, 2, 3]);
         let nodes = nodes();
-        let a = choose_candidate(&Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW }, Some("pg1"), false);
-        let b = choose_candidate(&Situation { spec: &spec, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW }, Some("pg1"), false);
+        let a = choose_candidate(&Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
+        let b = choose_candidate(&Situation { spec: &spec, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
         prop_assert_eq!(a, b);
     }
 }

@@ -267,14 +267,14 @@ fn leader_killed_at(step: &str, wait_for_step_index: usize) {
 /// leader promotes, once.
 #[test]
 fn leader_killed_between_start_and_promote() {
-    leader_killed_at("promote", 0);
+    leader_killed_at("promote", 1);
 }
 
 /// The leader dies after the promotion, before re-pointing: the new leader finds the
 /// promotion done, does not repeat it, and re-points the other replica.
 #[test]
 fn leader_killed_between_promote_and_repoint() {
-    leader_killed_at("repoint", 2);
+    leader_killed_at("repoint", 3);
 }
 
 /// Bad specs are refused with the field named, and the spec in force stays unchanged.

@@ -97,8 +97,15 @@ async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, fo
         let group_state = replicated.groups.get(group).cloned().unwrap_or_default();
         let voters = replicated.voter_ids();
         let nodes = replicated.nodes();
-        let situation =
-            Situation { spec, state: &group_state, voters: &voters, nodes: &nodes, now_ms: unix_millis_now() };
+        let situation = Situation {
+            spec,
+            state: &group_state,
+            voters: &voters,
+            nodes: &nodes,
+            now_ms: unix_millis_now(),
+            // Operator requests plan their own fencing; the lease does not matter here.
+            primary_lease_run_out: false,
+        };
         match plan_requested(&situation, request.to.as_deref(), forced) {
             Ok(plan) => plan,
             Err(refusal) => return error_response(StatusCode::CONFLICT, "refused", refusal),

@@ -22,6 +22,7 @@ use vigil_consensus::transport::rpc::LeaderRequest;
 use vigil_consensus::{Cluster, NodeId, NodeInfo};
 
 use crate::groups::failpoints::Failpoints;
+use crate::groups::lease::{LeaseClock, LeaseView};
 use crate::groups::steps::{execute, step_name};
 
 /// How often the driver looks at the state.
@@ -49,7 +50,7 @@ fn snapshot(cluster: &Cluster) -> Snapshot {
 }
 
 /// Runs until `cancel`; acts only while this node is the Raft leader.
-pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationToken) {
+pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, cancel: CancellationToken) {
     let in_flight = InFlight::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,15 +74,20 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationT
         for group in &snapshot.spec.postgres {
             let state = snapshot.groups.get(&group.name).cloned().unwrap_or_default();
             if let Some(run) = &state.running {
-                advance(&cluster, &snapshot, &group.name, run, &in_flight, &failpoints).await;
+                advance(&cluster, &snapshot, &group.name, run, &in_flight, &failpoints, &leases).await;
                 continue;
             }
+            let primary_lease_run_out = state
+                .primary
+                .as_deref()
+                .is_some_and(|primary| !matches!(leases.view(group, primary), LeaseView::Held { .. }));
             let situation = Situation {
                 spec: group,
                 state: &state,
                 voters: &snapshot.voters,
                 nodes: &snapshot.nodes,
                 now_ms: unix_millis_now(),
+                primary_lease_run_out,
             };
             let command = match decide(&situation) {
                 Decision::Nothing => continue,
@@ -160,6 +166,7 @@ async fn advance(
     run: &FailoverRun,
     in_flight: &InFlight,
     failpoints: &Failpoints,
+    leases: &LeaseClock,
 ) {
     let Some(group) = snapshot.spec.postgres_group(group_name) else { return };
     let Some(index) = run.current_step() else {
@@ -250,8 +257,8 @@ async fn advance(
     }
     let key = (group_name.to_string(), run.id, index, attempt);
     in_flight.lock().expect("in-flight lock poisoned").insert(key.clone());
-    let (cluster, group, run, in_flight, failpoints) =
-        (cluster.clone(), group.clone(), run.clone(), in_flight.clone(), failpoints.clone());
+    let (cluster, group, run, in_flight, failpoints, leases) =
+        (cluster.clone(), group.clone(), run.clone(), in_flight.clone(), failpoints.clone(), leases.clone());
     tokio::spawn(async move {
         let step = run.steps[index].step.clone();
         failpoints.before_step(step_name(&step), attempt).await;
@@ -262,7 +269,7 @@ async fn advance(
             return;
         }
         info!(group = %group.name, run = run.id, step = %step, attempt, "running step");
-        let result = execute(&group, &run, &step).await;
+        let result = execute(&group, &run, &step, &leases).await;
         if result.succeeded {
             info!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step succeeded");
         } else {

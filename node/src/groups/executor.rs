@@ -9,10 +9,11 @@ use vigil_consensus::group::StepStatus;
 
 use crate::groups::driver::{InFlight, TICK, finish_step};
 use crate::groups::failpoints::Failpoints;
+use crate::groups::lease::LeaseClock;
 use crate::groups::steps::{execute, step_name};
 
 /// Runs until `cancel`.
-pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationToken) {
+pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, cancel: CancellationToken) {
     let in_flight = InFlight::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -53,12 +54,13 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationT
             if !in_flight.lock().expect("in-flight lock poisoned").insert(key.clone()) {
                 continue;
             }
-            let (cluster, failpoints, in_flight) = (cluster.clone(), failpoints.clone(), in_flight.clone());
+            let (cluster, failpoints, in_flight, leases) =
+                (cluster.clone(), failpoints.clone(), in_flight.clone(), leases.clone());
             tokio::spawn(async move {
                 let step = run.steps[index].step.clone();
                 failpoints.before_step(step_name(&step), attempt).await;
                 info!(group = %group.name, run = run.id, step = %step, attempt, "running host-local step");
-                let result = execute(&group, &run, &step).await;
+                let result = execute(&group, &run, &step, &leases).await;
                 if result.succeeded {
                     info!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step succeeded");
                 } else {

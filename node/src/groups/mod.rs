@@ -1,5 +1,6 @@
-//! Watching groups: every node probes every member and reports verdicts; the Raft leader
-//! decides and drives failovers; the node beside a member runs the steps that need its host.
+//! Watching groups: every node probes every member and reports verdicts; the node beside a
+//! primary keeps its lease (and fences it when it cannot); the Raft leader decides and drives
+//! failovers; the node beside a member runs the steps that need its host.
 //!
 //! ```text
 //! prober (every node) --ReportVerdict--> Raft --> state --> driver (leader): decide(), saga
@@ -9,6 +10,7 @@
 pub mod driver;
 pub mod executor;
 pub mod failpoints;
+pub mod lease;
 pub mod prober;
 pub mod steps;
 pub mod targets;
@@ -21,7 +23,10 @@ use vigil_consensus::Cluster;
 /// Starts the prober, the driver and the executor of this node.
 pub fn spawn(cluster: &Cluster, tasks: &TaskTracker, cancel: &CancellationToken) {
     let failpoints = failpoints::Failpoints::from_env();
+    let leases = lease::LeaseClock::default();
+    tasks.spawn(lease::watch(cluster.clone(), leases.clone(), cancel.child_token()));
+    tasks.spawn(lease::keep(cluster.clone(), cancel.child_token()));
     tasks.spawn(prober::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
-    tasks.spawn(driver::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
-    tasks.spawn(executor::run(cluster.clone(), failpoints, cancel.child_token()));
+    tasks.spawn(driver::run(cluster.clone(), failpoints.clone(), leases.clone(), cancel.child_token()));
+    tasks.spawn(executor::run(cluster.clone(), failpoints, leases, cancel.child_token()));
 }

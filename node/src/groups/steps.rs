@@ -6,6 +6,7 @@ use std::time::Duration;
 use vigil_consensus::group::{FailoverRun, Step, StepFacts};
 use vigil_consensus::spec::PostgresGroup;
 
+use crate::groups::lease::{LeaseClock, LeaseView};
 use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
 
 /// How long `pg_promote` may take.
@@ -42,6 +43,7 @@ impl StepResult {
 pub fn step_name(step: &Step) -> &'static str {
     match step {
         Step::StopPrimary { .. } => "stop-primary",
+        Step::FenceOldPrimary { .. } => "fence-old-primary",
         Step::WaitForCatchUp => "wait-for-catch-up",
         Step::Promote => "promote",
         Step::VerifyWritable => "verify-writable",
@@ -50,9 +52,9 @@ pub fn step_name(step: &Step) -> &'static str {
     }
 }
 
-/// Runs `step` of `run` in `group`.
-pub async fn execute(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> StepResult {
-    match run_step(group, run, step).await {
+/// Runs `step` of `run` in `group`; `leases` is this node's view of the primary's lease.
+pub async fn execute(group: &PostgresGroup, run: &FailoverRun, step: &Step, leases: &LeaseClock) -> StepResult {
+    match run_step(group, run, step, leases).await {
         Ok(result) => result,
         Err(reason) => StepResult::failed(reason),
     }
@@ -62,9 +64,15 @@ fn member<'a>(group: &'a PostgresGroup, name: &str) -> Result<&'a vigil_consensu
     group.member(name).ok_or_else(|| format!("group {} has no member {name}", group.name))
 }
 
-async fn run_step(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> Result<StepResult, String> {
+async fn run_step(
+    group: &PostgresGroup,
+    run: &FailoverRun,
+    step: &Step,
+    leases: &LeaseClock,
+) -> Result<StepResult, String> {
     let candidate = member(group, &run.candidate)?;
     match step {
+        Step::FenceOldPrimary { member: name } => fence_old_primary(group, member(group, name)?, leases).await,
         Step::Promote => {
             let target = pg_target(group, candidate)?;
             let promoted = vigil_actions::promote(&target, PROMOTE_WAIT).await.map_err(|e| e.to_string())?;
@@ -131,6 +139,61 @@ async fn run_step(group: &PostgresGroup, run: &FailoverRun, step: &Step) -> Resu
                 "{name} restarted as a replica streaming timeline {timeline} from {}",
                 candidate.name
             )))
+        }
+    }
+}
+
+/// How long the leader tries to fence an old primary over SQL while it waits for the lease.
+const REMOTE_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the old primary takes no more writes: its lease released or run out, or the
+/// old primary fenced over SQL by the leader itself (when the primary answers but the node
+/// beside it does not).
+async fn fence_old_primary(
+    group: &PostgresGroup,
+    old: &vigil_consensus::spec::PostgresMember,
+    leases: &LeaseClock,
+) -> Result<StepResult, String> {
+    let remote = {
+        let target = pg_target(group, old)?;
+        tokio::spawn(async move {
+            let mut target = target;
+            target.timeout = REMOTE_FENCE_TIMEOUT.min(target.timeout);
+            vigil_actions::fence_read_only(&target).await
+        })
+    };
+    tokio::pin!(remote);
+    let mut remote_done = false;
+    let deadline = tokio::time::Instant::now() + group.lease_wait() + Duration::from_secs(30);
+    loop {
+        match leases.view(group, &old.name) {
+            LeaseView::Released(reason) => return Ok(StepResult::ok(format!("lease released: {reason}"))),
+            LeaseView::RunOut { since_renewal } => {
+                return Ok(StepResult::ok(format!(
+                    "lease ran out: last renewal seen {} ms ago, so node beside {} has fenced it",
+                    since_renewal.as_millis(),
+                    old.name
+                )));
+            }
+            LeaseView::Held { .. } => {}
+        }
+        if !remote_done {
+            tokio::select! {
+                outcome = &mut remote => {
+                    remote_done = true;
+                    if let Ok(Ok(terminated)) = outcome {
+                        return Ok(StepResult::ok(format!(
+                            "fenced remotely by the leader: read-only, {terminated} client sessions ended"
+                        )));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the old primary's lease neither ran out nor was released".to_string());
         }
     }
 }

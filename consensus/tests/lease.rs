@@ -1,0 +1,133 @@
+//! Applying lease commands: a renewal is accepted only from the node beside the primary of
+//! the current epoch, and never while a failover replaces that primary.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::{LogId, Membership};
+use vigil_consensus::group::{FailoverKind, Step};
+use vigil_consensus::spec::{ClusterSpec, FenceMethod, PostgresGroup, PostgresMember, SecretSource};
+use vigil_consensus::{ClusterState, Command, CommandResponse, NodeId, NodeInfo};
+
+fn node(id: NodeId) -> NodeInfo {
+    NodeInfo {
+        name: format!("n{id}"),
+        datacenter: format!("dc{id}"),
+        raft_addr: String::new(),
+        api_addr: String::new(),
+    }
+}
+
+fn state_with_group() -> (ClusterState, u64) {
+    let mut state = ClusterState::default();
+    let nodes: BTreeMap<NodeId, NodeInfo> = (1..=3).map(|id| (id, node(id))).collect();
+    state.apply_membership(LogId::new_term_index(1, 1), Membership::new(vec![(1..=3).collect()], nodes).unwrap());
+    let member = |n: u16| PostgresMember {
+        name: format!("pg{n}"),
+        host: "127.0.0.1".into(),
+        port: 5430 + n,
+        node: format!("n{n}"),
+        data_dir: None,
+        priority: 0,
+        nofailover: false,
+    };
+    let group = PostgresGroup {
+        name: "main".into(),
+        database: "postgres".into(),
+        user: "vigil".into(),
+        password: SecretSource { file: Some("/p".into()), env: None },
+        replication_user: "replicator".into(),
+        replication_password: SecretSource { file: Some("/r".into()), env: None },
+        maximum_lag_on_failover: 1_000,
+        down_after: Duration::from_millis(600),
+        probe_interval: Duration::from_millis(200),
+        probe_timeout: Duration::from_millis(500),
+        lease_duration: Duration::from_millis(1500),
+        fence_method: FenceMethod::ReadOnly,
+        bin_dir: "/usr/bin".into(),
+        run_as: None,
+        datacenter_preference: vec![],
+        members: (1..=3).map(member).collect(),
+    };
+    let spec = ClusterSpec { postgres: vec![group] };
+    let mut index = 2;
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    assert_eq!(
+        apply(&mut state, Command::ApplySpec { spec, at_unix_ms: 1, proposer: 1, author: "t".into() }),
+        CommandResponse::Applied
+    );
+    let primary = Command::RecordPrimary {
+        group: "main".into(),
+        member: "pg1".into(),
+        epoch: Some(3),
+        at_unix_ms: 2,
+        proposer: 1,
+    };
+    assert_eq!(apply(&mut state, primary), CommandResponse::Applied);
+    (state, index)
+}
+
+fn renew(holder: NodeId, member: &str, epoch: u64) -> Command {
+    Command::RenewLease { group: "main".into(), member: member.into(), holder, epoch }
+}
+
+#[test]
+fn only_the_node_beside_the_primary_of_the_current_epoch_renews() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    assert_eq!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Applied);
+    assert_eq!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].lease.as_ref().unwrap().renewals, 2);
+    for (command, why) in [
+        (renew(2, "pg1", 3), "not the node beside"),
+        (renew(2, "pg2", 3), "not the primary"),
+        (renew(1, "pg1", 2), "epoch 2"),
+    ] {
+        match apply(&mut state, command) {
+            CommandResponse::Refused { reason } => assert!(reason.contains(why), "{reason}"),
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+    assert_eq!(state.groups["main"].lease.as_ref().unwrap().renewals, 2, "a refused renewal changed the lease");
+}
+
+#[test]
+fn no_renewal_while_a_failover_replaces_the_primary_and_release_is_recorded() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    assert_eq!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Applied);
+    let begin = Command::BeginFailover {
+        group: "main".into(),
+        kind: FailoverKind::Automatic,
+        reason: "test".into(),
+        old_primary: Some("pg1".into()),
+        candidate: "pg2".into(),
+        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
+        detected_at_ms: None,
+        decided_at_ms: 3,
+        old_primary_lsn: None,
+        candidate_lsn: None,
+        proposer: 1,
+    };
+    assert!(matches!(apply(&mut state, begin), CommandResponse::RunStarted { epoch: 4, .. }));
+    assert!(
+        matches!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Refused { reason } if reason.contains("replacing"))
+    );
+    let release = Command::ReleaseLease {
+        group: "main".into(),
+        member: "pg1".into(),
+        holder: 1,
+        reason: "pg1 is down and stopped".into(),
+    };
+    assert_eq!(apply(&mut state, release), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].lease.as_ref().unwrap().released.as_deref(), Some("pg1 is down and stopped"));
+}
