@@ -166,6 +166,13 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
             os(source_conninfo),
             os("--progress"),
         ];
+        // pg_rewind copies every file that differs from the source, configuration included:
+        // the member would come back with the source's port and settings. Keep its own.
+        let kept: Vec<(PathBuf, Vec<u8>)> = KEPT_ACROSS_REWIND
+            .iter()
+            .map(|name| ctl.data_dir.join(name))
+            .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
+            .collect();
         let (command, description) = tool(ctl, "pg_rewind", &args);
         // The connection string holds a password: never show it in errors.
         let description = description.replace(source_conninfo, "<source conninfo>");
@@ -174,12 +181,18 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
         if !output.status.success() {
             return Err(ActionError::Command { command: description, stderr: text.trim().to_string() });
         }
+        for (path, bytes) in kept {
+            std::fs::write(&path, bytes).map_err(|error| file_error("restoring", &path, &error))?;
+        }
         let last = text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or("").to_string();
         tracing::info!(data_dir = %ctl.data_dir.display(), outcome = %last, "pg_rewind finished");
         Ok(last)
     })
     .await
 }
+
+/// Configuration files in the data directory that must survive `pg_rewind` unchanged.
+const KEPT_ACROSS_REWIND: [&str; 4] = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"];
 
 /// The log `start_as_replica` starts the server with. It lives in the data directory
 /// because that is the one place the server's user can always write.

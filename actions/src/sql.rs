@@ -305,6 +305,18 @@ pub async fn fence_read_only(target: &PgTarget) -> Result<u64, ActionError> {
     .await
 }
 
+/// Runs `CHECKPOINT` on the member. After a promotion the control file still names the old
+/// timeline until the first checkpoint on the new one, and `pg_rewind` reads the source's
+/// timeline from there: without this it would wrongly answer "no rewind required".
+pub async fn checkpoint(target: &PgTarget, timeout: Duration) -> Result<(), ActionError> {
+    let address = target.address();
+    bounded(timeout, format!("checkpoint on {address}"), async {
+        let connection = Connection::open(target, timeout).await?;
+        connection.batch_execute("CHECKPOINT", "running a checkpoint").await
+    })
+    .await
+}
+
 /// Lifts a read-only fence: `default_transaction_read_only` back to its default.
 pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
     let address = target.address();

@@ -1,17 +1,24 @@
-//! Test harnesses for vigil: real servers on this machine, started and torn down by tests.
+//! Test harnesses for vigil: real servers and real networks on this machine, started and
+//! torn down by tests.
 //!
-//! Today it holds one harness, [`postgres`]: a throwaway PostgreSQL 15 cluster (one
-//! primary, streaming replicas) on 127.0.0.1 in a temporary directory, which the probe and
-//! action crates test against. The chaos lab (datacenters as network namespaces, workload
-//! clients that record every write, fault schedules, checkers over the recorded histories)
-//! arrives once vigil watches PostgreSQL and Redis groups.
+//! Two harnesses: [`netns`], the lab — datacenters as network namespaces on a private
+//! bridge, with knobs to cut a host's link, partition two hosts, lose packets and kill
+//! everything a host runs; and [`postgres`], a throwaway PostgreSQL 15 cluster (one primary,
+//! streaming replicas) either on 127.0.0.1 or spread over the hosts of a lab, which the
+//! probe and action crates test against. Workload clients that record every write, fault
+//! schedules and checkers over the recorded histories arrive once vigil watches PostgreSQL
+//! and Redis groups.
 //!
-//! Invariants: the harness is synchronous and uses only std and the OS, so it works from
-//! `#[test]` and `#[tokio::test]` alike; it only ever signals processes it started itself
-//! (the postmasters named in its own `postmaster.pid` files); dropping a cluster stops
-//! every server it started and removes its directory.
+//! Invariants: the harnesses are synchronous and use only std and the OS, so they work
+//! from `#[test]` and `#[tokio::test]` alike; they only ever signal processes they started
+//! themselves (the postmasters named in their own `postmaster.pid` files, the children a lab
+//! spawned) or processes found inside a lab's own namespaces; network traffic stays on
+//! loopback or inside those namespaces, and the root namespace's interfaces, routes and
+//! firewall are never touched; dropping a cluster or a lab stops everything it started and
+//! removes its directory, nftables tables and namespaces.
 
 mod error;
+pub mod netns;
 pub mod postgres;
 
 pub use error::HarnessError;

@@ -1,11 +1,19 @@
 //! A throwaway PostgreSQL 15 cluster for tests: member 0 is the primary, the others
-//! stream from it, all on 127.0.0.1 with free ports, inside one temporary directory.
+//! stream from it, inside one temporary directory; either all on 127.0.0.1 with free ports
+//! ([`PgCluster::start`]), or each member on its own host of a [`NetLab`], listening on
+//! that host's lab address at port 5432 and streaming across the lab network
+//! ([`PgCluster::start_in`]), so the lab's faults reach replication and clients.
 //!
 //! The layout under [`PgCluster::root`] is one instance directory per member
 //! (`pg1/`, `pg2/`, ...) holding the Unix socket, the server log (`pg1/pg1.log`) and the
 //! data directory (`pg1/data`). PostgreSQL refuses to run as root, so when the tests run
 //! as root every PostgreSQL tool runs as the `postgres` user through `runuser`, and the
 //! directory belongs to that user.
+//!
+//! In a lab, every tool that starts a server or talks to one over the network runs inside
+//! the member's namespace (`ip netns exec NS runuser -u postgres -- ...`). Stopping only
+//! signals the PID in `postmaster.pid`, so `stop` and `Drop` need no namespace: a cluster
+//! may be dropped before or after its lab (dropping the lab first kills the servers).
 //!
 //! Invariant: the harness only signals postmasters named in its own `postmaster.pid`
 //! files, and dropping a [`PgCluster`] stops all of them and removes the directory.
@@ -17,6 +25,7 @@
 
 use std::fs;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -29,6 +38,7 @@ use nix::unistd::{Pid, User, geteuid};
 use tempfile::TempDir;
 
 pub use crate::HarnessError;
+use crate::netns::NetLab;
 
 /// The superuser role tests and vigil log in as over TCP.
 pub const VIGIL_USER: &str = "vigil";
@@ -60,13 +70,18 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 40;
 /// How many times a server start is retried on a fresh port when its port was taken.
 const PORT_ATTEMPTS: usize = 3;
+/// The port every member of a lab cluster listens on: each has a network stack of its own.
+pub const LAB_PORT: u16 = 5432;
+/// The loopback address members of a loopback cluster listen on.
+const LOOPBACK: &str = "127.0.0.1";
 
 /// One PostgreSQL server of a [`PgCluster`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgInstance {
     /// The member's name: "pg1" for member 0, "pg2" for member 1, and so on.
     pub name: String,
-    /// The TCP port it listens on at 127.0.0.1.
+    /// The TCP port it listens on: a free port at 127.0.0.1, or [`LAB_PORT`] at its lab
+    /// host's address (see [`PgCluster::address`]).
     pub port: u16,
     /// Its data directory (`<root>/<name>/data`).
     pub data_dir: PathBuf,
@@ -84,7 +99,7 @@ impl PgInstance {
     }
 }
 
-/// N PostgreSQL 15 servers with streaming replication on 127.0.0.1.
+/// N PostgreSQL 15 servers with streaming replication, on 127.0.0.1 or across a lab.
 ///
 /// Member 0 starts as the primary and every other member as a streaming replica of it
 /// (`application_name` = its name). Dropping the cluster stops every server and removes
@@ -94,19 +109,79 @@ pub struct PgCluster {
     /// Declared before `root` so the servers are described while the directory exists;
     /// `Drop` stops them before the fields (and so the directory) go away.
     instances: Vec<PgInstance>,
+    /// Where each member runs, index for index with `instances`.
+    placements: Vec<Placement>,
     bin_dir: PathBuf,
     /// Whether tools run as the `postgres` OS user through `runuser` (we are root).
     run_as_postgres: bool,
     root: TempDir,
 }
 
+/// Where a member runs: what the cluster keeps of the lab so it never needs the lab again.
+#[derive(Debug, Clone)]
+enum Placement {
+    /// On 127.0.0.1 in the root namespace.
+    Loopback,
+    /// On a lab host, at its address.
+    Lab {
+        host: String,
+        namespace: String,
+        ip: Ipv4Addr,
+        /// The lab's subnet, which `pg_hba.conf` admits.
+        subnet: (Ipv4Addr, u8),
+    },
+}
+
 impl PgCluster {
-    /// Creates and starts a cluster of `members` servers: member 0 a primary, the others
-    /// streaming replicas; returns once every replica streams.
+    /// Creates and starts a cluster of `members` servers on 127.0.0.1: member 0 a primary,
+    /// the others streaming replicas; returns once every replica streams.
     pub fn start(members: usize) -> Result<PgCluster, HarnessError> {
         if members == 0 {
             return Err(HarnessError::Invalid("a cluster needs at least one member".into()));
         }
+        PgCluster::launch(vec![Placement::Loopback; members])
+    }
+
+    /// Creates and starts a cluster with member `i` on lab host `hosts[i]`, listening on
+    /// that host's lab address at [`LAB_PORT`]; member 0 is the primary, the others stream
+    /// from it across the lab network. Returns once every replica streams.
+    ///
+    /// `pg_hba.conf` admits the lab's subnet (scram-sha-256, for [`VIGIL_USER`] and
+    /// replication) besides the local socket (trust). The servers run in the hosts'
+    /// namespaces, so [`NetLab::cut`], [`NetLab::partition`], [`NetLab::packet_loss`] and
+    /// [`NetLab::kill_all`] reach them. The cluster keeps the namespace names it needs, so
+    /// it does not borrow the lab and may be dropped before or after it.
+    pub fn start_in(lab: &NetLab, hosts: &[&str]) -> Result<PgCluster, HarnessError> {
+        if hosts.is_empty() {
+            return Err(HarnessError::Invalid("a cluster needs at least one member".into()));
+        }
+        let lab_hosts = lab.hosts();
+        let mut placements = Vec::with_capacity(hosts.len());
+        for (index, host) in hosts.iter().enumerate() {
+            if !lab_hosts.iter().any(|name| name == host) {
+                return Err(HarnessError::Invalid(format!(
+                    "no host {host} in the lab (hosts: {})",
+                    lab_hosts.join(", ")
+                )));
+            }
+            // Two members on one host would both claim its address and port.
+            if hosts[..index].contains(host) {
+                return Err(HarnessError::Invalid(format!("host {host} is named twice: one member per host")));
+            }
+            placements.push(Placement::Lab {
+                host: host.to_string(),
+                namespace: lab.namespace(host).to_string(),
+                ip: lab.ip(host),
+                subnet: lab.subnet(),
+            });
+        }
+        PgCluster::launch(placements)
+    }
+
+    /// Creates the directories of the members placed as given, then starts the primary and
+    /// clones the replicas.
+    fn launch(placements: Vec<Placement>) -> Result<PgCluster, HarnessError> {
+        let members = placements.len();
         let bin_dir =
             std::env::var_os(BIN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
         if !bin_dir.join("postgres").exists() {
@@ -124,7 +199,11 @@ impl PgCluster {
             .map_err(|source| io_error("create the temporary directory under /tmp", source))?;
         prepare_dir(root.path(), owner)?;
 
-        let ports = free_ports(members)?;
+        let ports = if placements.iter().all(|placement| matches!(placement, Placement::Loopback)) {
+            free_ports(members)?
+        } else {
+            vec![LAB_PORT; members]
+        };
         let instances: Vec<PgInstance> = ports
             .iter()
             .enumerate()
@@ -141,7 +220,7 @@ impl PgCluster {
         }
 
         // From here on, `Drop` cleans up whatever has started if a later step fails.
-        let mut cluster = PgCluster { instances, bin_dir, run_as_postgres, root };
+        let mut cluster = PgCluster { instances, placements, bin_dir, run_as_postgres, root };
         cluster.init_primary()?;
         for replica in 1..members {
             cluster.clone_replica(replica)?;
@@ -242,7 +321,7 @@ impl PgCluster {
                 wait_reaped(pid, REAP_TIMEOUT);
             }
         }
-        let command = self.start_command(instance);
+        let command = self.start_command(index);
         match self.run(&command) {
             Ok(_) => Ok(()),
             Err(error) => Err(self.start_error(instance, &command, error)),
@@ -252,13 +331,16 @@ impl PgCluster {
     /// Runs `sql` with `psql -At` as [`VIGIL_USER`] over TCP and returns its trimmed
     /// standard output (the last statement's rows, one per line, columns joined by `|`).
     pub fn sql(&self, index: usize, sql: &str) -> Result<String, HarnessError> {
-        let instance = self.instance(index)?;
+        self.instance(index)?;
+        let (host, port) = self.address(index);
         let command = self
-            .tool("psql")
+            .member_tool(index, "psql")
             .secret_env("PGPASSWORD", VIGIL_PASSWORD)
             .env("PGCONNECT_TIMEOUT", "5")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
-            .arg(instance.port.to_string())
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(host)
+            .arg("-p")
+            .arg(port.to_string())
             .args(["-U", VIGIL_USER, "-d", "postgres", "-c", sql]);
         let output = self.run(&command)?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
@@ -298,16 +380,38 @@ impl PgCluster {
         }
     }
 
-    /// A libpq keyword/value connection string for the member as [`VIGIL_USER`] over TCP.
+    /// A libpq keyword/value connection string for the member as [`VIGIL_USER`] over TCP,
+    /// at its [`PgCluster::address`] (usable only from inside the lab for a lab cluster).
     ///
     /// # Panics
     ///
     /// If `index` names no member.
     pub fn connection_string(&self, index: usize) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={VIGIL_USER} password={VIGIL_PASSWORD} dbname=postgres",
-            self.instances[index].port
-        )
+        let (host, port) = self.address(index);
+        format!("host={host} port={port} user={VIGIL_USER} password={VIGIL_PASSWORD} dbname=postgres")
+    }
+
+    /// Where the member listens: `("127.0.0.1", port)`, or `(lab address, 5432)` for a
+    /// member of a lab cluster.
+    ///
+    /// # Panics
+    ///
+    /// If `index` names no member.
+    pub fn address(&self, index: usize) -> (String, u16) {
+        let port = self.instances[index].port;
+        match &self.placements[index] {
+            Placement::Loopback => (LOOPBACK.to_string(), port),
+            Placement::Lab { ip, .. } => (ip.to_string(), port),
+        }
+    }
+
+    /// The lab host the member runs on; `None` for a loopback cluster or an index that
+    /// names no member.
+    pub fn host_of(&self, index: usize) -> Option<&str> {
+        match self.placements.get(index)? {
+            Placement::Loopback => None,
+            Placement::Lab { host, .. } => Some(host),
+        }
     }
 
     /// The PID in the member's `postmaster.pid`, if the file exists.
@@ -390,6 +494,7 @@ impl PgCluster {
     /// Initializes, configures and starts member 0 as the primary, and creates the roles.
     fn init_primary(&mut self) -> Result<(), HarnessError> {
         let instance = self.instances[0].clone();
+        let (listen_address, _) = self.address(0);
         let initdb = self
             .tool("initdb")
             .arg("-D")
@@ -399,7 +504,7 @@ impl PgCluster {
         self.run(&initdb)?;
 
         let settings = [
-            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("listen_addresses = '{listen_address}'"),
             format!("port = {}", instance.port),
             format!("unix_socket_directories = '{}'", conf_quote(instance.instance_dir().display())),
             "wal_level = replica".into(),
@@ -416,10 +521,17 @@ impl PgCluster {
             "wal_retrieve_retry_interval = '500ms'".into(),
         ];
         append_conf(&instance.data_dir.join("postgresql.conf"), &settings)?;
-        let hba = "# Written by the vigil test harness.\n\
-                   local all all trust\n\
-                   host all all 127.0.0.1/32 scram-sha-256\n\
-                   host replication all 127.0.0.1/32 scram-sha-256\n";
+        let mut hba = "# Written by the vigil test harness.\n\
+                       local all all trust\n\
+                       host all all 127.0.0.1/32 scram-sha-256\n\
+                       host replication all 127.0.0.1/32 scram-sha-256\n"
+            .to_string();
+        if let Placement::Lab { subnet: (network, prefix), .. } = &self.placements[0] {
+            hba.push_str(&format!(
+                "host all all {network}/{prefix} scram-sha-256\n\
+                 host replication all {network}/{prefix} scram-sha-256\n"
+            ));
+        }
         let hba_path = instance.data_dir.join("pg_hba.conf");
         fs::write(&hba_path, hba).map_err(|source| io_error(&format!("write {}", hba_path.display()), source))?;
 
@@ -433,7 +545,7 @@ impl PgCluster {
             sql_quote(REPLICATION_PASSWORD)
         );
         let psql = self
-            .tool("psql")
+            .member_tool(0, "psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .path(instance.instance_dir())
             .arg("-p")
@@ -445,12 +557,15 @@ impl PgCluster {
 
     /// Clones member `index` from the primary with `pg_basebackup -R` and starts it.
     fn clone_replica(&mut self, index: usize) -> Result<(), HarnessError> {
-        let primary_port = self.instances[0].port;
+        let (primary_host, primary_port) = self.address(0);
+        let (listen_address, _) = self.address(index);
         let instance = self.instances[index].clone();
         let basebackup = self
-            .tool("pg_basebackup")
+            .member_tool(index, "pg_basebackup")
             .secret_env("PGPASSWORD", REPLICATION_PASSWORD)
-            .args(["-h", "127.0.0.1", "-p"])
+            .arg("-h")
+            .arg(primary_host.clone())
+            .arg("-p")
             .arg(primary_port.to_string())
             .args(["-U", REPLICATION_USER, "-D"])
             .path(&instance.data_dir)
@@ -459,13 +574,16 @@ impl PgCluster {
             .args(["-X", "stream", "-R", "--checkpoint=fast", "--no-sync"]);
         self.run(&basebackup)?;
 
+        // The copied configuration names the primary's address; each member listens on
+        // its own.
         let settings = [
+            format!("listen_addresses = '{listen_address}'"),
             format!("port = {}", instance.port),
             format!("unix_socket_directories = '{}'", conf_quote(instance.instance_dir().display())),
         ];
         append_conf(&instance.data_dir.join("postgresql.conf"), &settings)?;
         let conninfo = format!(
-            "host=127.0.0.1 port={primary_port} user={REPLICATION_USER} \
+            "host={primary_host} port={primary_port} user={REPLICATION_USER} \
              password={REPLICATION_PASSWORD} application_name={}",
             instance.name
         );
@@ -479,14 +597,16 @@ impl PgCluster {
         let mut attempt = 1;
         loop {
             let instance = &self.instances[index];
-            let command = self.start_command(instance);
+            let command = self.start_command(index);
             let error = match self.run(&command) {
                 Ok(_) => return Ok(()),
                 Err(error) => self.start_error(instance, &command, error),
             };
             let port_taken = matches!(&error, HarnessError::Start { log_tail, .. }
                 if log_tail.contains("could not bind") || log_tail.contains("already in use"));
-            if !port_taken || attempt >= PORT_ATTEMPTS {
+            // A lab member owns its address and port alone: another port would not help.
+            let on_loopback = matches!(self.placements[index], Placement::Loopback);
+            if !port_taken || !on_loopback || attempt >= PORT_ATTEMPTS {
                 return Err(error);
             }
             attempt += 1;
@@ -497,8 +617,10 @@ impl PgCluster {
         }
     }
 
-    fn start_command(&self, instance: &PgInstance) -> PgCommand {
-        self.tool("pg_ctl")
+    /// `pg_ctl start` for member `index`, in its namespace when it runs in a lab.
+    fn start_command(&self, index: usize) -> PgCommand {
+        let instance = &self.instances[index];
+        self.member_tool(index, "pg_ctl")
             .arg("start")
             .arg("-D")
             .path(&instance.data_dir)
@@ -535,14 +657,26 @@ impl PgCluster {
         log_tail(&newest)
     }
 
-    /// A PostgreSQL tool from the bin directory, run as `postgres` when we are root.
+    /// A PostgreSQL tool from the bin directory, run as `postgres` when we are root, in the
+    /// root namespace: for commands that only signal processes and read files.
     fn tool(&self, program: &str) -> PgCommand {
         PgCommand {
             program: self.bin_dir.join(program).display().to_string(),
             run_as: self.run_as(),
+            namespace: None,
             envs: vec![("LC_ALL".into(), "C".into(), false)],
             args: Vec::new(),
         }
+    }
+
+    /// Like [`PgCluster::tool`], but inside member `index`'s namespace when it runs in a lab:
+    /// for commands that start a server or reach one over the network.
+    fn member_tool(&self, index: usize, program: &str) -> PgCommand {
+        let mut command = self.tool(program);
+        if let Some(Placement::Lab { namespace, .. }) = self.placements.get(index) {
+            command.namespace = Some(namespace.clone());
+        }
+        command
     }
 
     fn run(&self, command: &PgCommand) -> Result<Output, HarnessError> {
@@ -568,6 +702,8 @@ impl PgCluster {
 struct PgCommand {
     program: String,
     run_as: Option<&'static str>,
+    /// The lab namespace to run in (`ip netns exec`), if any.
+    namespace: Option<String>,
     /// Name, value, and whether the value is a secret to redact.
     envs: Vec<(String, String, bool)>,
     args: Vec<String>,
@@ -600,18 +736,28 @@ impl PgCommand {
     }
 
     fn to_command(&self) -> Command {
+        // Inside a namespace the whole chain (runuser, env, the tool) runs under
+        // `ip netns exec`, which changes the network namespace and nothing the tool sees.
+        let start = |program: &str| match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace, program]);
+                command
+            }
+            None => Command::new(program),
+        };
         let mut command = match self.run_as {
             Some(user) => {
                 // `runuser` keeps most of the environment, but passing variables through
                 // `env` makes what the tool sees explicit.
-                let mut command = Command::new("runuser");
+                let mut command = start("runuser");
                 command.args(["-u", user, "--", "env"]);
                 command.args(self.envs.iter().map(|(name, value, _)| format!("{name}={value}")));
                 command.arg(&self.program);
                 command
             }
             None => {
-                let mut command = Command::new(&self.program);
+                let mut command = start(&self.program);
                 command.envs(self.envs.iter().map(|(name, value, _)| (name, value)));
                 command
             }
@@ -625,6 +771,9 @@ impl PgCommand {
 
     fn describe(&self) -> String {
         let mut words: Vec<String> = Vec::new();
+        if let Some(namespace) = &self.namespace {
+            words.extend(["ip", "netns", "exec", namespace].map(String::from));
+        }
         if let Some(user) = self.run_as {
             words.extend(["runuser", "-u", user, "--", "env"].map(String::from));
         }
@@ -799,12 +948,18 @@ mod tests {
 
     #[test]
     fn described_commands_redact_secrets() {
-        let command =
-            PgCommand { program: "/bin/psql".into(), run_as: Some("postgres"), envs: Vec::new(), args: Vec::new() }
-                .secret_env("PGPASSWORD", "hunter2")
-                .arg("-c");
+        let command = PgCommand {
+            program: "/bin/psql".into(),
+            run_as: Some("postgres"),
+            namespace: Some("vg1a2b-0dc1".into()),
+            envs: Vec::new(),
+            args: Vec::new(),
+        }
+        .secret_env("PGPASSWORD", "hunter2")
+        .arg("-c");
         let described = command.describe();
         assert!(!described.contains("hunter2"), "{described}");
         assert!(described.contains("PGPASSWORD=<redacted>"), "{described}");
+        assert!(described.starts_with("ip netns exec vg1a2b-0dc1 runuser"), "{described}");
     }
 }

@@ -314,6 +314,9 @@ pub struct GroupState {
     /// The primary's lease.
     #[serde(default)]
     pub lease: Option<PrimaryLease>,
+    /// Members that need an operator, with why (a rejoin that failed, say).
+    #[serde(default)]
+    pub member_notes: BTreeMap<String, String>,
     /// The highest WAL position each member was ever reported at while running as a
     /// primary. Kept apart from the verdicts, which a "down" replaces, because it is the
     /// reference for the lag policy and the data-loss estimate after the primary dies.

@@ -105,6 +105,23 @@ pub enum Command {
         /// Why, in words.
         reason: String,
     },
+    /// The node beside a member tried to bring it back as a replica of the primary.
+    RecordRejoin {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The primary it was to follow.
+        primary: String,
+        /// Whether it worked.
+        succeeded: bool,
+        /// What happened, in words.
+        detail: String,
+        /// The node's wall clock.
+        at_unix_ms: u64,
+        /// The node.
+        proposer: NodeId,
+    },
     /// Record why no failover is possible now, or clear it.
     SetBlocked {
         /// The group.
@@ -203,6 +220,9 @@ impl fmt::Display for Command {
             }
             Command::ReleaseLease { group, member, holder, .. } => {
                 write!(f, "release-lease {group}/{member} by node {holder}")
+            }
+            Command::RecordRejoin { group, member, succeeded, .. } => {
+                write!(f, "record-rejoin {group}/{member} ok={succeeded}")
             }
             Command::SetBlocked { group, reason, .. } => {
                 write!(f, "set-blocked {group} {reason:?}")
@@ -334,6 +354,19 @@ pub enum EventKind {
         /// How it ended.
         outcome: String,
     },
+    /// A member was brought back (or not) as a replica of the primary.
+    MemberRejoined {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The primary it follows.
+        primary: String,
+        /// Whether it worked.
+        succeeded: bool,
+        /// What happened.
+        detail: String,
+    },
     /// A free-text note, written by an operator or a tool.
     Note {
         /// Who wrote it.
@@ -374,6 +407,12 @@ impl fmt::Display for EventKind {
                 "{group}: {run_kind} #{run_id} started: {} -> {candidate}, epoch {epoch} ({reason})",
                 old_primary.as_deref().unwrap_or("none")
             ),
+            EventKind::MemberRejoined { group, member, primary, succeeded: true, detail } => {
+                write!(f, "{group}: {member} rejoined as a replica of {primary} ({detail})")
+            }
+            EventKind::MemberRejoined { group, member, primary, succeeded: false, detail } => {
+                write!(f, "{group}: {member} could not rejoin as a replica of {primary}: {detail}")
+            }
             EventKind::FailoverFinished { group, run_id, succeeded, outcome } => {
                 write!(f, "{group}: run #{run_id} {}: {outcome}", if *succeeded { "succeeded" } else { "abandoned" })
             }
@@ -439,6 +478,23 @@ impl ClusterState {
             Command::RenewLease { group, member, holder, epoch } => self.renew_lease(group, member, *holder, *epoch),
             Command::ReleaseLease { group, member, holder, reason } => {
                 self.release_lease(group, member, *holder, reason)
+            }
+            Command::RecordRejoin { group, member, primary, succeeded, detail, at_unix_ms, proposer } => {
+                let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+                if *succeeded {
+                    state.member_notes.remove(member);
+                } else {
+                    state.member_notes.insert(member.clone(), format!("rejoin failed: {detail}"));
+                }
+                let kind = EventKind::MemberRejoined {
+                    group: group.clone(),
+                    member: member.clone(),
+                    primary: primary.clone(),
+                    succeeded: *succeeded,
+                    detail: detail.clone(),
+                };
+                self.push_event(index, *at_unix_ms, *proposer, kind);
+                CommandResponse::Applied
             }
             Command::BeginFailover { .. } => self.begin_failover(index, command),
             Command::StepStarted { group, run_id, index: step, by, at_ms } => {

@@ -90,13 +90,21 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
-        if !dir.join(MARKER).exists() {
+        let Ok(marker) = std::fs::read_to_string(dir.join(MARKER)) else {
             bail!("--dir: {} exists and was not made by `vigil demo`; choose another directory", dir.display());
+        };
+        // The marker names the demo that made it: never clear a directory a demo still runs in.
+        let owner = marker.lines().next().and_then(|line| line.strip_prefix("pid ")).and_then(|pid| pid.parse().ok());
+        if let Some(pid) = owner
+            && kill(Pid::from_raw(pid), None).is_ok()
+        {
+            bail!("--dir: a demo (pid {pid}) is running in {}; stop it or choose another directory", dir.display());
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear the old demo in {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--dir: cannot create {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), "made by vigil demo; removed when the demo stops\n")?;
+    let marker = format!("pid {}\nmade by vigil demo; removed when the demo stops\n", std::process::id());
+    std::fs::write(dir.join(MARKER), marker)?;
     Ok(())
 }
 

@@ -334,3 +334,38 @@ fn forced_failover_promotes_the_named_member_even_if_it_lags() {
     let outcome = run["outcome"].as_str().unwrap();
     assert!(outcome.contains("re-point pg2 failed") && outcome.contains("pg_rewind"), "{outcome}");
 }
+
+/// The killed old primary, started again, comes back as a stale primary on the old
+/// timeline: the node beside it fences it, rewinds it with pg_rewind and restarts it as a
+/// replica of the new primary, with the new timeline's data; history says so.
+#[test]
+fn old_primary_that_comes_back_rejoins_as_a_replica() {
+    let lab = Lab::start("", &[], &[]);
+    lab.pg.kill_postmaster(0).unwrap();
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "{run:#}");
+    let new_primary = run["candidate"].as_str().unwrap().to_string();
+    let new_index = lab.index_of(&new_primary);
+    lab.pg.sql(new_index, "CREATE TABLE after_failover AS SELECT 42 AS answer").unwrap();
+    lab.pg.start_instance(0).unwrap();
+    lab.wait_for("pg1 to stream from the new primary", |_| lab.streams_from("pg1", &new_primary));
+    assert!(lab.pg.is_in_recovery(0).unwrap());
+    let replicated = (0..100)
+        .find_map(|_| {
+            let answer = lab.pg.sql(0, "SELECT answer FROM after_failover").ok();
+            if answer.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answer
+        })
+        .unwrap_or_else(|| {
+            let start_log =
+                std::fs::read_to_string(lab.pg.instances()[0].data_dir.join("vigil-start.log")).unwrap_or_default();
+            panic!("no after_failover on pg1: {:?}\n{start_log}", lab.pg.sql(0, "SELECT answer FROM after_failover"))
+        });
+    assert_eq!(replicated, "42");
+    lab.wait_for("history to record the rejoin", |_| {
+        let history = lab.vigil.cli(2, &["history"]);
+        String::from_utf8_lossy(&history.stdout).contains("pg1 rejoined as a replica of")
+    });
+}

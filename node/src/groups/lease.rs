@@ -137,6 +137,7 @@ fn my_member<'a>(group: &'a PostgresGroup, node_name: &str) -> Option<&'a Postgr
 /// Renews the leases of the primaries beside this node, and fences them when it cannot.
 pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
     let holdings: Arc<Mutex<BTreeMap<String, Holding>>> = Arc::default();
+    let mut stale_fenced: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut ticker = tokio::time::interval(KEEPER_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -162,6 +163,22 @@ pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
                 .map(|report| report.verdict.health);
             let now = Instant::now();
             let mut all = holdings.lock().expect("holdings poisoned");
+            let my_facts = group_state
+                .verdicts
+                .get(&member.name)
+                .and_then(|reports| reports.get(&cluster.node_id))
+                .and_then(|report| report.verdict.facts.clone());
+            if !is_primary && !replaced {
+                // An old primary that came back (restarted by hand, or by its host) must not
+                // take writes until the rejoiner has made it a replica.
+                let stale = my_facts.as_ref().is_some_and(|facts| !facts.in_recovery) && group_state.primary.is_some();
+                if stale && stale_fenced.insert(group.name.clone()) {
+                    warn!(group = %group.name, member = %member.name, "a stale primary runs beside this node: fencing it");
+                    tokio::spawn(fence(group.clone(), member.clone(), FenceMethod::ReadOnly));
+                } else if !stale {
+                    stale_fenced.remove(&group.name);
+                }
+            }
             if !is_primary || replaced {
                 // Someone else is (or is becoming) the primary: a primary beside this node
                 // that still took writes would be a second writer. A switchover stops it

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod failpoints;
 pub mod lease;
 pub mod prober;
+pub mod rejoin;
 pub mod steps;
 pub mod targets;
 pub mod verdicts;
@@ -27,6 +28,7 @@ pub fn spawn(cluster: &Cluster, tasks: &TaskTracker, cancel: &CancellationToken)
     tasks.spawn(lease::watch(cluster.clone(), leases.clone(), cancel.child_token()));
     tasks.spawn(lease::keep(cluster.clone(), cancel.child_token()));
     tasks.spawn(prober::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
+    tasks.spawn(rejoin::run(cluster.clone(), cancel.child_token()));
     tasks.spawn(driver::run(cluster.clone(), failpoints.clone(), leases.clone(), cancel.child_token()));
     tasks.spawn(executor::run(cluster.clone(), failpoints, leases, cancel.child_token()));
 }

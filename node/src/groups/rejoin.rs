@@ -1,0 +1,165 @@
+//! Brings the member beside this node back as a replica of the current primary, without a
+//! human: a stale primary (an old primary that came back, fenced), or a replica that has not
+//! streamed from the primary for a while (its WAL diverged, or it points elsewhere).
+//!
+//! The procedure: stop it, `pg_rewind` it onto the primary's timeline (a no-op when nothing
+//! diverged), start it with `standby.signal` and `primary_conninfo`, and wait until it streams
+//! the primary's timeline. When rewinding is impossible it stays stopped with its data as it
+//! was, and status and history say why.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use vigil_consensus::Cluster;
+use vigil_consensus::cluster::unix_millis_now;
+use vigil_consensus::group::{GroupState, Health};
+use vigil_consensus::spec::{PostgresGroup, PostgresMember};
+use vigil_consensus::state::Command;
+use vigil_consensus::transport::rpc::LeaderRequest;
+
+use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
+
+/// How often the rejoiner looks.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a replica may go without streaming from the primary before it is rejoined.
+pub const NOT_STREAMING_GRACE: Duration = Duration::from_secs(15);
+/// How long after a failed rejoin the next attempt waits.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Bounds of the steps of a rejoin.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a member must rejoin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    /// It runs as a primary, but the cluster's primary is another member.
+    StalePrimary,
+    /// It is a replica, but it does not stream from the primary.
+    NotStreaming,
+}
+
+impl Reason {
+    fn words(self) -> &'static str {
+        match self {
+            Reason::StalePrimary => "it ran as a primary, but the cluster's primary is another member",
+            Reason::NotStreaming => "it did not stream from the primary",
+        }
+    }
+}
+
+/// Why the member beside this node needs to rejoin, if it does, by this node's own verdict.
+fn needs_rejoin(state: &GroupState, member: &str, node_id: u64, primary: &PostgresMember) -> Option<Reason> {
+    let report = state.verdicts.get(member)?.get(&node_id)?;
+    let facts = report.verdict.facts.as_ref()?;
+    if report.verdict.health == Health::Down {
+        return None;
+    }
+    if !facts.in_recovery {
+        return Some(Reason::StalePrimary);
+    }
+    let streaming_from_primary = facts.receiver_status.as_deref() == Some("streaming")
+        && facts.upstream.as_deref().is_some_and(|upstream| upstream.ends_with(&format!(":{}", primary.port)));
+    (!streaming_from_primary).then_some(Reason::NotStreaming)
+}
+
+/// Runs until `cancel`.
+pub async fn run(cluster: Cluster, cancel: CancellationToken) {
+    let mut not_streaming_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let work: Vec<(PostgresGroup, PostgresMember, PostgresMember, Reason)> = {
+            let state = cluster.state.read().expect("state lock poisoned");
+            let node_name = state.nodes().get(&cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();
+            state
+                .spec
+                .postgres
+                .iter()
+                .filter_map(|group| {
+                    let member = group.members.iter().find(|member| member.node == node_name)?;
+                    let group_state = state.groups.get(&group.name)?;
+                    let primary = group.member(group_state.primary.as_deref()?)?;
+                    if primary.name == member.name || group_state.running.is_some() {
+                        return None;
+                    }
+                    let why = needs_rejoin(group_state, &member.name, cluster.node_id, primary)?;
+                    Some((group.clone(), member.clone(), primary.clone(), why))
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        let wanted: Vec<String> = work.iter().map(|(group, ..)| group.name.clone()).collect();
+        not_streaming_since.retain(|group, _| wanted.contains(group));
+        for (group, member, primary, why) in work {
+            if retry_at.get(&group.name).is_some_and(|at| now < *at) {
+                continue;
+            }
+            // A stale primary rejoins at once; a replica gets a grace period, since it may
+            // just be reconnecting after a re-point.
+            if why == Reason::NotStreaming {
+                let since = *not_streaming_since.entry(group.name.clone()).or_insert(now);
+                if now.duration_since(since) < NOT_STREAMING_GRACE {
+                    continue;
+                }
+            }
+            warn!(group = %group.name, member = %member.name, primary = %primary.name, why = why.words(), "rejoining as a replica");
+            let outcome = rejoin(&group, &member, &primary).await;
+            let (succeeded, detail) = match outcome {
+                Ok(detail) => {
+                    info!(group = %group.name, member = %member.name, %detail, "rejoined");
+                    retry_at.remove(&group.name);
+                    (true, detail)
+                }
+                Err(detail) => {
+                    error!(group = %group.name, member = %member.name, %detail, "rejoin failed");
+                    retry_at.insert(group.name.clone(), Instant::now() + RETRY_AFTER);
+                    (false, detail)
+                }
+            };
+            not_streaming_since.remove(&group.name);
+            let command = Command::RecordRejoin {
+                group: group.name.clone(),
+                member: member.name.clone(),
+                primary: primary.name.clone(),
+                succeeded,
+                detail: format!("{}; {detail}", why.words()),
+                at_unix_ms: unix_millis_now(),
+                proposer: cluster.node_id,
+            };
+            if let Err(error) = cluster.submit(LeaderRequest::Write { command }).await {
+                warn!(group = %group.name, member = %member.name, %error, "could not record the rejoin");
+            }
+        }
+    }
+}
+
+/// Stops, rewinds and restarts `member` as a replica of `primary`; says what it did.
+async fn rejoin(group: &PostgresGroup, member: &PostgresMember, primary: &PostgresMember) -> Result<String, String> {
+    let ctl = pg_ctl(group, member)?;
+    let source = pg_target(group, primary)?;
+    // pg_rewind reads the primary as vigil's own role, which must be a superuser.
+    let source_conninfo =
+        vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil");
+    let source_conninfo = format!("{source_conninfo} dbname={}", source.database);
+    vigil_actions::stop_immediately(&ctl, STEP_TIMEOUT).await.map_err(|e| format!("stopping it: {e}"))?;
+    vigil_actions::checkpoint(&source, STEP_TIMEOUT)
+        .await
+        .map_err(|e| format!("checkpoint on {} before rewinding: {e}", primary.name))?;
+    let rewound = vigil_actions::rewind(&ctl, &source_conninfo, STEP_TIMEOUT)
+        .await
+        .map_err(|e| format!("pg_rewind failed, data left as it was (stopped): {e}"))?;
+    let conninfo = primary_conninfo(group, primary, &member.name)?;
+    vigil_actions::start_as_replica(&ctl, &conninfo, STEP_TIMEOUT).await.map_err(|e| format!("starting it: {e}"))?;
+    let replica = pg_target(group, member)?;
+    let timeline = vigil_actions::wait_for_upstream(&replica, &source, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("after restarting: {e}"))?;
+    Ok(format!("pg_rewind: {rewound}; streaming timeline {timeline} from {}", primary.name))
+}
