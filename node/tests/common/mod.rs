@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 
+pub mod dc_lab;
 pub mod pg_lab;
 use nix::unistd::Pid;
 use serde_json::Value;

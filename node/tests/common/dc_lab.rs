@@ -1,0 +1,308 @@
+//! Three datacenters as network namespaces (dc1, dc2, dc3, and a client host), each with a
+//! `vigil` node and a PostgreSQL member; the lab the fencing tests and the datacenter-cut
+//! benchmark share. Everything runs inside the lab's own namespaces.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_chaos_tests::netns::NetLab;
+use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+
+use super::{vigil, vigil_bin};
+
+/// The datacenters, in node order: node N and member pgN live in `DATACENTERS[N-1]`.
+pub const DATACENTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
+/// A host with no vigil node and no server: where clients run.
+pub const CLIENT: &str = "client";
+/// How long the lab waits for anything.
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One vigil node in the lab.
+pub struct DcNode {
+    /// Its datacenter.
+    pub host: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    /// The process.
+    pub child: Option<Child>,
+}
+
+/// The lab.
+pub struct DcLab {
+    /// The vigil nodes by id.
+    pub nodes: BTreeMap<u64, DcNode>,
+    /// The PostgreSQL servers: pg1 (primary) in dc1, pg2 in dc2, pg3 in dc3.
+    pub pg: PgCluster,
+    /// The namespaces. Dropped after the servers and nodes, which live inside them.
+    pub net: Arc<NetLab>,
+    /// Certificates, configurations, data and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl DcLab {
+    /// Builds the lab, starts the nodes, applies a spec with `group_toml` as extra group
+    /// settings, and waits until pg1 is the primary with every member up.
+    pub fn start(group_toml: &str, raft_toml: &str) -> DcLab {
+        let net = Arc::new(NetLab::create(&["dc1", "dc2", "dc3", CLIENT]).expect("network lab"));
+        let pg = PgCluster::start_in(&net, &DATACENTERS).expect("postgres in the lab");
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        assert!(vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
+        let members: String = (1..=3u64)
+            .map(|id| {
+                let ip = net.ip(DATACENTERS[id as usize - 1]);
+                format!(
+                    "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
+                     raft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n"
+                )
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let host = DATACENTERS[id as usize - 1];
+            let ip = net.ip(host);
+            let config = dir.path().join(format!("n{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "cluster_name = \"lab\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
+                     datacenter = \"dc{id}\"\nraft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n\
+                     [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
+                     [log]\nlevel = \"info,openraft=warn\"\n\n{raft_toml}\n{members}"
+                ),
+            )
+            .unwrap();
+            let log = dir.path().join(format!("n{id}.log"));
+            nodes.insert(id, DcNode { host: host.to_string(), config, log, child: None });
+        }
+        let mut lab = DcLab { nodes, pg, net, dir };
+        for id in 1..=3 {
+            lab.start_node(id);
+        }
+        lab.wait_for_leader();
+        let spec = lab.spec(group_toml);
+        let spec_path = lab.dir.path().join("cluster.toml");
+        std::fs::write(&spec_path, spec).unwrap();
+        let applied = lab.cli("dc2", 2, &["apply", "-f", spec_path.to_str().unwrap()]);
+        assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
+        lab.wait_for("pg1 to be the primary with every member up", |group| {
+            group["primary"] == "pg1"
+                && group["members"].as_array().is_some_and(|members| {
+                    members.iter().all(|member| {
+                        let verdicts = member["verdicts"].as_object().unwrap();
+                        verdicts.len() == 3 && verdicts.values().all(|verdict| verdict == "up")
+                    })
+                })
+        });
+        lab
+    }
+
+    fn spec(&self, group_toml: &str) -> String {
+        let password = self.dir.path().join("vigil.password");
+        let replication = self.dir.path().join("replication.password");
+        std::fs::write(&password, VIGIL_PASSWORD).unwrap();
+        std::fs::write(&replication, REPLICATION_PASSWORD).unwrap();
+        let mut text = format!(
+            "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
+             replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
+             maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\n{group_toml}\n",
+            password.display(),
+            replication.display(),
+            self.pg.bin_dir().display()
+        );
+        for (index, instance) in self.pg.instances().iter().enumerate() {
+            let (host, port) = self.pg.address(index);
+            text.push_str(&format!(
+                "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
+                instance.name,
+                index + 1,
+                instance.data_dir.display()
+            ));
+        }
+        text
+    }
+
+    /// Starts node `id` inside its datacenter.
+    pub fn start_node(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let mut command = self.net.command(&node.host, vigil_bin());
+        command
+            .args(["run", "--config", node.config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        node.child = Some(self.net.spawn(&node.host, command).expect("start vigil in its datacenter"));
+    }
+
+    /// Kills node `id` with SIGKILL.
+    pub fn kill_node(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a vigil CLI command inside `host` against node `id`'s API.
+    pub fn cli(&self, host: &str, id: u64, args: &[&str]) -> Output {
+        let config = self.nodes[&id].config.to_str().unwrap().to_string();
+        let mut command = self.net.command(host, vigil_bin());
+        command.args(args).args(["--config", &config]);
+        command.output().expect("run the vigil CLI in the lab")
+    }
+
+    /// The group as seen by the first node that answers, trying dc2, dc3, then dc1.
+    pub fn group(&self) -> Option<Value> {
+        for id in [2, 3, 1] {
+            if self.nodes[&id].child.is_none() {
+                continue;
+            }
+            let output = self.cli(&self.nodes[&id].host, id, &["status", "--json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).ok()?;
+            if let Some(group) = status["groups"].as_array().and_then(|groups| groups.first()) {
+                return Some(group.clone());
+            }
+        }
+        None
+    }
+
+    fn wait_for_leader(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let output = self.cli("dc2", 2, &["status", "--json"]);
+            if let Ok(status) = serde_json::from_slice::<Value>(&output.stdout)
+                && status["leader"]["id"].is_u64()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leader in the lab\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `condition` holds on the group's status.
+    pub fn wait_for(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(group) = self.group()
+                && condition(&group)
+            {
+                return group;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; group: {:#}\n{}", self.group().unwrap_or_default(), self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's log.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, node)| format!("--- n{id}\n{}", std::fs::read_to_string(&node.log).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A libpq connection string to the given members, for a client.
+    pub fn conninfo(&self, members: &[usize], read_write: bool) -> String {
+        let hosts: Vec<String> = members.iter().map(|index| self.pg.address(*index).0).collect();
+        let ports: Vec<String> = members.iter().map(|index| self.pg.address(*index).1.to_string()).collect();
+        let attrs = if read_write { " target_session_attrs=read-write" } else { "" };
+        format!(
+            "host={} port={} user=vigil password={VIGIL_PASSWORD} dbname=postgres connect_timeout=1{attrs}",
+            hosts.join(","),
+            ports.join(",")
+        )
+    }
+}
+
+impl Drop for DcLab {
+    fn drop(&mut self) {
+        // The nodes first, so none of them acts on the servers while they are taken down.
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A client inserting one row every 10 ms from inside a host, recording the instant of every
+/// acknowledged insert and the server (port and address) that acknowledged it.
+pub struct LabWriter {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<(Instant, String, i64)>>,
+}
+
+impl LabWriter {
+    /// Starts writing ids from `first_id` into table `writes` through `conninfo`.
+    pub fn start(net: &Arc<NetLab>, host: &str, conninfo: String, first_id: i64) -> LabWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (net, host, stopping) = (net.clone(), host.to_string(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            net.run_in(&host, move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(write_until(conninfo, first_id, stopping))
+            })
+            .expect("writer in its namespace")
+        });
+        LabWriter { stop, handle }
+    }
+
+    /// Stops and returns every acknowledged insert: when, which server, which id.
+    pub fn finish(self) -> Vec<(Instant, String, i64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+async fn write_until(conninfo: String, first_id: i64, stop: Arc<AtomicBool>) -> Vec<(Instant, String, i64)> {
+    let mut acknowledged = Vec::new();
+    let mut next = first_id;
+    let mut client: Option<(tokio_postgres::Client, String)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if client.is_none() {
+            let connected =
+                tokio::time::timeout(Duration::from_secs(2), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
+                    .await;
+            match connected {
+                Ok(Ok((connected, connection))) => {
+                    tokio::spawn(connection);
+                    let server = connected
+                        .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port()", &[])
+                        .await
+                        .map(|row| row.get::<_, String>(0))
+                        .unwrap_or_default();
+                    client = Some((connected, server));
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let (connection, server) = client.as_ref().unwrap();
+        let id = next;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let insert = connection.execute("INSERT INTO writes VALUES ($1, now())", &params);
+        match tokio::time::timeout(Duration::from_secs(2), insert).await {
+            Ok(Ok(_)) => acknowledged.push((Instant::now(), server.clone(), next)),
+            // Not acknowledged: it may or may not exist; the id is never used again.
+            _ => client = None,
+        }
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    acknowledged
+}
