@@ -173,6 +173,13 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
             .map(|name| ctl.data_dir.join(name))
             .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
             .collect();
+        // pg_rewind recovers a server that was not shut down cleanly in single-user mode,
+        // which refuses to run as a standby: the signal file goes now and comes back with
+        // `start_as_replica`.
+        let signal = ctl.data_dir.join("standby.signal");
+        if signal.exists() {
+            std::fs::remove_file(&signal).map_err(|error| file_error("removing", &signal, &error))?;
+        }
         let (command, description) = tool(ctl, "pg_rewind", &args);
         // The connection string holds a password: never show it in errors.
         let description = description.replace(source_conninfo, "<source conninfo>");
@@ -223,8 +230,17 @@ async fn stop_until(ctl: &PgCtl, deadline: Instant) -> Result<u64, ActionError> 
         }
         tracing::info!(data_dir = %ctl.data_dir.display(), "stopped the server");
     }
-    let control = read_control_data(ctl).await?;
-    if control.state != "shut down" && control.state != "shut down in recovery" {
+    let mut control = read_control_data(ctl).await?;
+    if !cleanly_shut_down(&control) && !ctl.data_dir.join("standby.signal").exists() {
+        // Stopped, but not cleanly (it crashed, or was killed while shutting down): recover it
+        // in single-user mode, which replays all its WAL and ends with a clean shutdown
+        // checkpoint, so the position reported is where its WAL really ends.
+        tracing::warn!(data_dir = %ctl.data_dir.display(), state = %control.state, "not shut down cleanly: recovering it");
+        let args = [os("--single"), os("-D"), ctl.data_dir.clone().into(), os("template1")];
+        run(ctl, "postgres", &args).await?;
+        control = read_control_data(ctl).await?;
+    }
+    if !cleanly_shut_down(&control) {
         return Err(ActionError::Unexpected(format!(
             "{} is {:?} after stopping, not shut down",
             ctl.data_dir.display(),
@@ -232,6 +248,10 @@ async fn stop_until(ctl: &PgCtl, deadline: Instant) -> Result<u64, ActionError> 
         )));
     }
     Ok(control.checkpoint_lsn)
+}
+
+fn cleanly_shut_down(control: &ControlData) -> bool {
+    control.state == "shut down" || control.state == "shut down in recovery"
 }
 
 /// Whether `pg_ctl status` finds a running server (exit 0) or none (exit 3).

@@ -23,5 +23,6 @@ pub use conninfo::primary_conninfo;
 pub use ctl::{PgCtl, is_running, rewind, start_as_replica, start_server, stop_immediately, stop_server};
 pub use error::ActionError;
 pub use sql::{
-    Promoted, checkpoint, fence_read_only, promote, repoint, unfence, wait_for_replay, wait_for_upstream, write_epoch,
+    Promoted, checkpoint, fence_read_only, promote, repoint, require_all, set_synchronous_standby_names,
+    synchronous_state, unfence, wait_for_replay, wait_for_upstream, write_epoch,
 };

@@ -1,6 +1,7 @@
 //! Actions done over SQL: promote, record the epoch, re-point a replica, wait for replay.
 //! Each opens its own short-lived connection and is bounded in time as a whole.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio::time::{Instant, sleep, timeout_at};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, NoTls, Row};
-use vigil_probes::{PgTarget, describe_error};
+use vigil_probes::{PgTarget, describe_error, session_options};
 
 use crate::conninfo::sql_literal;
 use crate::error::ActionError;
@@ -317,6 +318,54 @@ pub async fn checkpoint(target: &PgTarget, timeout: Duration) -> Result<(), Acti
     .await
 }
 
+/// Sets `synchronous_standby_names` (reloaded, no restart needed). Works on a standby too,
+/// where it takes effect once it is promoted.
+pub async fn set_synchronous_standby_names(target: &PgTarget, value: &str) -> Result<(), ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 2, format!("setting synchronous_standby_names on {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        let alter = format!("ALTER SYSTEM SET synchronous_standby_names = {}", sql_literal(value));
+        connection.batch_execute(&alter, "setting synchronous_standby_names").await?;
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await
+    })
+    .await
+}
+
+/// The primary's view of its standbys: `synchronous_standby_names` in force, and each
+/// streaming standby's `application_name` with its `sync_state` (`sync`, `quorum`, `async`...).
+pub async fn synchronous_state(target: &PgTarget) -> Result<(String, BTreeMap<String, String>), ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 2, format!("reading the standbys of {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        let row = connection
+            .query_one("SELECT current_setting('synchronous_standby_names')", &[], "reading synchronous_standby_names")
+            .await?;
+        let names: String = connection.column(&row, 0)?;
+        let rows = connection
+            .client
+            .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
+            .await
+            .map_err(|error| connection.error("reading pg_stat_replication", &error))?;
+        let mut standbys = BTreeMap::new();
+        for row in &rows {
+            let name: String = connection.column(row, 0)?;
+            let state: String = connection.column(row, 1)?;
+            standbys.insert(name, state);
+        }
+        Ok((names, standbys))
+    })
+    .await
+}
+
+/// The `synchronous_standby_names` value that makes commits wait for every one of `standbys`.
+pub fn require_all(standbys: &std::collections::BTreeSet<String>) -> String {
+    if standbys.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = standbys.iter().map(|name| format!("\"{}\"", name.replace('"', "\"\""))).collect();
+    format!("FIRST {} ({})", standbys.len(), names.join(", "))
+}
+
 /// Lifts a read-only fence: `default_transaction_read_only` back to its default.
 pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
     let address = target.address();
@@ -360,7 +409,7 @@ impl Connection {
     async fn open(target: &PgTarget, statement_timeout: Duration) -> Result<Self, ActionError> {
         let address = target.address();
         let mut config = target.config();
-        config.options(format!("-c statement_timeout={}", statement_timeout.as_millis().max(1)));
+        config.options(session_options(statement_timeout));
         let (client, connection) = config
             .connect(NoTls)
             .await

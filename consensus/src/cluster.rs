@@ -69,6 +69,17 @@ impl Cluster {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Every node of the cluster as this node knows it: the applied membership, completed with
+    /// openraft's own view, which is newer while a node is still catching up.
+    pub fn known_nodes(&self) -> std::collections::BTreeMap<NodeId, crate::types::NodeInfo> {
+        let mut nodes = self.state.read().expect("state lock poisoned").nodes();
+        let metrics = self.metrics();
+        for (id, info) in metrics.membership_config.membership().nodes() {
+            nodes.entry(*id).or_insert_with(|| info.clone());
+        }
+        nodes
+    }
+
     /// The links this node has to its peers.
     pub fn links(&self) -> PeerLinks {
         self.transport.links()

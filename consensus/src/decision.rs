@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::group::{FailoverKind, GroupState, Health, Step, VerdictReport};
-use crate::spec::PostgresGroup;
+use crate::spec::{PostgresGroup, SyncMode};
 use crate::types::{NodeId, NodeInfo};
 
 /// A verdict older than this (by the observer's clock against the leader's) no longer
@@ -173,8 +173,14 @@ pub fn choose_candidate(
     let spec = situation.spec;
     let mut replica_positions = BTreeMap::new();
     let mut passed_over = Vec::new();
+    let strict = spec.synchronous == SyncMode::Strict;
     for member in &spec.members {
         if Some(member.name.as_str()) == old_primary {
+            continue;
+        }
+        if strict && !ignore_lag && !situation.state.sync_standbys.contains(&member.name) {
+            // Only a confirmed synchronous standby holds every acknowledged commit.
+            passed_over.push(format!("{} is not a confirmed synchronous standby", member.name));
             continue;
         }
         if member.nofailover {

@@ -4,7 +4,7 @@
 //! Architecture Invariant: like the rest of the state, this is changed only by applying
 //! committed commands, deterministically, with every time stamp carried in the command.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -314,6 +314,13 @@ pub struct GroupState {
     /// The primary's lease.
     #[serde(default)]
     pub lease: Option<PrimaryLease>,
+    /// In strict synchronous mode: the standbys the primary is confirmed to wait for, each of
+    /// which therefore holds every acknowledged commit. Only these may be promoted.
+    #[serde(default)]
+    pub sync_standbys: BTreeSet<String>,
+    /// In strict synchronous mode, why writes are blocked now, if they are.
+    #[serde(default)]
+    pub sync_note: Option<String>,
     /// Members that need an operator, with why (a rejoin that failed, say).
     #[serde(default)]
     pub member_notes: BTreeMap<String, String>,
@@ -341,6 +348,10 @@ impl GroupState {
         if succeeded {
             self.primary = Some(run.candidate.clone());
             self.epoch = self.epoch.max(run.epoch);
+        }
+        // A new primary waits for no confirmed standby yet: the old set named its own standbys.
+        if self.primary.as_deref() == Some(run.candidate.as_str()) {
+            self.sync_standbys.clear();
         }
         self.finished.push_back(run);
         while self.finished.len() > RUN_HISTORY_CAPACITY {

@@ -39,8 +39,11 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            // Elections must finish well within a primary's lease (1.5 s by default), or a
+            // primary would be fenced whenever the Raft leader dies: openraft needs up to
+            // twice the longest election timeout to elect, about 1 s with these.
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
             snapshot_after_entries: 5_000,
         }
     }

@@ -85,6 +85,10 @@ pub struct PostgresGroup {
     /// How the node beside the primary fences it when it loses its lease.
     #[serde(default)]
     pub fence_method: FenceMethod,
+    /// Synchronous replication: `strict` makes every commit wait for a standby that the
+    /// cluster has confirmed synchronous, and only such a standby may be promoted.
+    #[serde(default)]
+    pub synchronous: SyncMode,
     /// Datacenters in order of preference for a new primary, after WAL position and priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datacenter_preference: Vec<String>,
@@ -126,6 +130,18 @@ pub enum FenceMethod {
     ReadOnly,
     /// The postmaster is stopped (`pg_ctl stop -m immediate`).
     Stop,
+}
+
+/// Synchronous replication mode of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Asynchronous replication: a failover may lose what the replicas had not received.
+    #[default]
+    Off,
+    /// No acknowledged commit is lost: commits wait for a confirmed synchronous standby, only
+    /// such a standby is promoted, and with none left writes block.
+    Strict,
 }
 
 fn default_database() -> String {
@@ -274,6 +290,13 @@ impl PostgresGroup {
         }
         if self.members.is_empty() {
             return Err(error(format!("{field}.members"), "a group needs at least one member"));
+        }
+        if self.synchronous == SyncMode::Strict && self.members.iter().filter(|member| !member.nofailover).count() < 2 {
+            return Err(error(
+                format!("{field}.synchronous"),
+                "strict synchronous mode needs at least two members that may be promoted: with one, every write \
+                 would wait for a standby that does not exist",
+            ));
         }
         let mut names = BTreeSet::new();
         let mut addresses = BTreeSet::new();

@@ -122,6 +122,20 @@ pub enum Command {
         /// The node.
         proposer: NodeId,
     },
+    /// Replace the confirmed synchronous standbys of the group's primary. Refused if the
+    /// primary or epoch changed since the leader looked, or a failover runs.
+    SetSyncStandbys {
+        /// The group.
+        group: String,
+        /// The primary they are standbys of.
+        primary: String,
+        /// The epoch of that primary.
+        epoch: u64,
+        /// The standbys.
+        standbys: BTreeSet<String>,
+        /// Why writes are blocked, if they are.
+        note: Option<String>,
+    },
     /// Record why no failover is possible now, or clear it.
     SetBlocked {
         /// The group.
@@ -223,6 +237,9 @@ impl fmt::Display for Command {
             }
             Command::RecordRejoin { group, member, succeeded, .. } => {
                 write!(f, "record-rejoin {group}/{member} ok={succeeded}")
+            }
+            Command::SetSyncStandbys { group, standbys, .. } => {
+                write!(f, "set-sync-standbys {group} {standbys:?}")
             }
             Command::SetBlocked { group, reason, .. } => {
                 write!(f, "set-blocked {group} {reason:?}")
@@ -496,6 +513,20 @@ impl ClusterState {
                 self.push_event(index, *at_unix_ms, *proposer, kind);
                 CommandResponse::Applied
             }
+            Command::SetSyncStandbys { group, primary, epoch, standbys, note } => {
+                let Some(state) = self.groups.get_mut(group) else { return unknown_group(group) };
+                if state.primary.as_deref() != Some(primary.as_str())
+                    || state.epoch != *epoch
+                    || state.running.is_some()
+                {
+                    return CommandResponse::Refused {
+                        reason: format!("{primary} of epoch {epoch} is no longer the settled primary of {group}"),
+                    };
+                }
+                state.sync_standbys = standbys.clone();
+                state.sync_note = note.clone();
+                CommandResponse::Applied
+            }
             Command::BeginFailover { .. } => self.begin_failover(index, command),
             Command::StepStarted { group, run_id, index: step, by, at_ms } => {
                 self.step_started(group, *run_id, *step, *by, *at_ms)
@@ -679,8 +710,12 @@ impl ClusterState {
                 reason: format!("{} #{} to {} is already running", running.kind, running.id, running.candidate),
             };
         }
-        if state.paused && *kind == FailoverKind::Automatic {
-            return CommandResponse::Refused { reason: format!("group {group:?} is paused") };
+        // Checked here, at apply, as well as where the request was planned: the planning node
+        // may not have applied the pause yet.
+        if state.paused {
+            return CommandResponse::Refused {
+                reason: format!("group {group} is paused: run `vigil resume {group}` first"),
+            };
         }
         let run_id = state.next_run_id;
         state.next_run_id += 1;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vigil_consensus::decision::{Decision, STALE_AFTER_MS, Situation, choose_candidate, decide, plan_requested};
 use vigil_consensus::group::{FailoverKind, GroupState, Health, PgFacts, Step, Verdict, VerdictReport};
-use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember, SecretSource};
+use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember, SecretSource, SyncMode};
 use vigil_consensus::{NodeId, NodeInfo};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -49,6 +49,7 @@ fn spec() -> PostgresGroup {
         probe_timeout: Duration::from_millis(500),
         lease_duration: Duration::from_millis(1500),
         fence_method: FenceMethod::ReadOnly,
+        synchronous: SyncMode::Off,
         bin_dir: "/usr/lib/postgresql/15/bin".into(),
         run_as: None,
         datacenter_preference: vec![],
@@ -407,5 +408,22 @@ proptest! {
         let a = choose_candidate(&Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
         let b = choose_candidate(&Situation { spec: &spec, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
         prop_assert_eq!(a, b);
+    }
+}
+
+/// In strict synchronous mode only a confirmed synchronous standby is promoted, even when
+/// another replica is further ahead; with none confirmed, nothing is.
+#[test]
+fn strict_mode_promotes_only_a_confirmed_synchronous_standby() {
+    let mut spec = spec();
+    spec.synchronous = SyncMode::Strict;
+    let mut state = healthy(9_900, 9_990);
+    down(&mut state, &[1, 2, 3], "pg1");
+    state.sync_standbys = ["pg2".to_string()].into();
+    assert_eq!(begun(decide_for(&spec, &state)).candidate, "pg2");
+    state.sync_standbys.clear();
+    match decide_for(&spec, &state) {
+        Decision::Blocked { reason } => assert!(reason.contains("not a confirmed synchronous standby"), "{reason}"),
+        other => panic!("expected blocked, got {other:?}"),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use openraft::{LogId, Membership};
 use vigil_consensus::group::{FailoverKind, Step};
-use vigil_consensus::spec::{ClusterSpec, FenceMethod, PostgresGroup, PostgresMember, SecretSource};
+use vigil_consensus::spec::{ClusterSpec, FenceMethod, PostgresGroup, PostgresMember, SecretSource, SyncMode};
 use vigil_consensus::{ClusterState, Command, CommandResponse, NodeId, NodeInfo};
 
 fn node(id: NodeId) -> NodeInfo {
@@ -44,6 +44,7 @@ fn state_with_group() -> (ClusterState, u64) {
         probe_timeout: Duration::from_millis(500),
         lease_duration: Duration::from_millis(1500),
         fence_method: FenceMethod::ReadOnly,
+        synchronous: SyncMode::Off,
         bin_dir: "/usr/bin".into(),
         run_as: None,
         datacenter_preference: vec![],

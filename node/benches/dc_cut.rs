@@ -63,7 +63,9 @@ fn write_section(path: &Path, marker: &str, section: &str) {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
     let block = format!("{start}\n{section}{end}\n");
     let updated = match (existing.find(&start), existing.find(&end)) {
-        (Some(s), Some(e)) => format!("{}{block}{}", &existing[..s], existing[e + end.len()..].trim_start_matches('\n')),
+        (Some(s), Some(e)) => {
+            format!("{}{block}{}", &existing[..s], existing[e + end.len()..].trim_start_matches('\n'))
+        }
         _ => format!("{}\n\n{block}", existing.trim_end()),
     };
     std::fs::write(path, updated).expect("write BENCHMARKS.md");

@@ -53,6 +53,20 @@ pub fn group_status(group: &GroupStatus) -> String {
     if let Some(reason) = &group.blocked {
         let _ = writeln!(out, "  NO FAILOVER POSSIBLE: {reason}");
     }
+    if group.synchronous == "strict" {
+        let standbys = if group.sync_standbys.is_empty() {
+            "none confirmed yet".to_string()
+        } else {
+            group.sync_standbys.join(", ")
+        };
+        let _ = writeln!(out, "  synchronous (strict): commits wait for {standbys}");
+        if let Some(note) = &group.sync_note {
+            let _ = writeln!(out, "  WRITES BLOCKED: {note}");
+        }
+    }
+    if let Some(holder) = group.lease_holder {
+        let _ = writeln!(out, "  lease held by node {holder}");
+    }
     let header = ["MEMBER", "NODE", "ADDRESS", "ROLE", "VERDICTS", "LSN", "LAG", "TL", "UPSTREAM"];
     let rows: Vec<[String; 9]> = group
         .members

@@ -53,13 +53,13 @@ fn bad_address_is_named() {
 
 #[test]
 fn bad_duration_is_named() {
-    assert_config_refused(|c| c.replace("heartbeat_interval = \"100ms\"", "heartbeat_interval = \"soon\""), "soon");
+    assert_config_refused(|c| c.replace("heartbeat_interval = \"50ms\"", "heartbeat_interval = \"soon\""), "soon");
 }
 
 #[test]
 fn impossible_raft_timings_are_refused() {
     assert_config_refused(
-        |c| c.replace("election_timeout_min = \"500ms\"", "election_timeout_min = \"150ms\""),
+        |c| c.replace("election_timeout_min = \"250ms\"", "election_timeout_min = \"90ms\""),
         "raft.election_timeout_min: must be more than twice raft.heartbeat_interval",
     );
 }

@@ -295,6 +295,16 @@ fn bad_specs_are_refused_and_change_nothing() {
             good.replace("down_after = \"1s\"", "down_after = \"100ms\""),
             "postgres[0].down_after: must be at least probe_interval",
         ),
+        (
+            good.replace("run_as = \"postgres\"", "run_as = \"postgres\"\nlease_duration = \"100ms\""),
+            "postgres[0].lease_duration: must be at least three probe intervals",
+        ),
+        (
+            good.replace("run_as = \"postgres\"", "run_as = \"postgres\"\nsynchronous = \"strict\"")
+                .replace("node = \"n2\"", "node = \"n2\"\nnofailover = true")
+                .replace("node = \"n3\"", "node = \"n3\"\nnofailover = true"),
+            "postgres[0].synchronous: strict synchronous mode needs at least two members",
+        ),
     ];
     for (index, (text, expected)) in cases.iter().enumerate() {
         let path = lab.vigil.dir.path().join(format!("bad{index}.toml"));

@@ -10,4 +10,4 @@
 
 mod postgres;
 
-pub use postgres::{PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error};
+pub use postgres::{PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error, session_options};

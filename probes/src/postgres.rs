@@ -47,7 +47,7 @@ impl PgTarget {
             .dbname(&self.database)
             .application_name("vigil")
             .connect_timeout(self.timeout)
-            .options(statement_timeout_option(self.timeout));
+            .options(session_options(self.timeout));
         config
     }
 }
@@ -354,10 +354,14 @@ const HEARTBEAT_WRITE: &str = "\
 INSERT INTO vigil.heartbeat VALUES ($1, now())
 ON CONFLICT (node_id) DO UPDATE SET at = excluded.at";
 
-fn statement_timeout_option(timeout: Duration) -> String {
+/// The server options of every vigil session: a statement timeout, and commits that never
+/// wait for a synchronous standby. vigil's own writes (heartbeats, the epoch) prove the
+/// server takes writes; in strict synchronous mode with no standby they must not hang, or a
+/// primary whose clients are rightly blocked would look dead.
+pub fn session_options(statement_timeout: Duration) -> String {
     // Zero would mean "no timeout" to the server, the opposite of what a tiny timeout asks.
-    let milliseconds = timeout.as_millis().max(1);
-    format!("-c statement_timeout={milliseconds}")
+    let milliseconds = statement_timeout.as_millis().max(1);
+    format!("-c statement_timeout={milliseconds} -c synchronous_commit=local")
 }
 
 /// One kept connection and what has been set up on it.
@@ -435,12 +439,12 @@ mod tests {
     fn config_carries_both_timeouts() {
         let config = target().config();
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_millis(1500)));
-        assert_eq!(config.get_options(), Some("-c statement_timeout=1500"));
+        assert_eq!(config.get_options(), Some("-c statement_timeout=1500 -c synchronous_commit=local"));
     }
 
     #[test]
     fn a_zero_timeout_never_disables_the_statement_timeout() {
-        assert_eq!(statement_timeout_option(Duration::ZERO), "-c statement_timeout=1");
+        assert_eq!(session_options(Duration::ZERO), "-c statement_timeout=1 -c synchronous_commit=local");
     }
 
     /// Nothing listens on the port, so the check fails fast, as data.

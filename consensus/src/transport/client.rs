@@ -105,6 +105,11 @@ impl Transport {
     }
 
     /// The open connection to `peer`, connecting (and saying hello) if there is none.
+    ///
+    /// The connect runs in a task of its own that holds the peer's slot: an RPC whose short
+    /// budget runs out stops waiting, but the handshake goes on and the next RPC finds the
+    /// connection ready. Cancelling it with every heartbeat's budget would never let a
+    /// handshake over a slow or lossy link complete.
     async fn connection(&self, peer: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
         let slot = {
             let mut connections = self.connections.lock().expect("connections lock poisoned");
@@ -120,53 +125,111 @@ impl Transport {
                 })
                 .clone()
         };
-        let mut slot = slot.lock().await;
-        if let Some(connection) = &slot.connection {
+        let mut guard = slot.lock_owned().await;
+        if let Some(connection) = &guard.connection {
             if connection.close_reason().is_none() {
                 return Ok(connection.clone());
             }
-            slot.connection = None;
+            guard.connection = None;
         }
         let now = Instant::now();
-        if let Some(next_attempt) = slot.next_attempt
+        if let Some(next_attempt) = guard.next_attempt
             && now < next_attempt
         {
-            let last_failure = slot.last_failure.clone().unwrap_or_default();
+            let last_failure = guard.last_failure.clone().unwrap_or_default();
             return Err(TransportError::Unreachable {
                 peer,
                 reason: format!("{last_failure} (next attempt in {} ms)", (next_attempt - now).as_millis()),
             });
         }
-        match self.connect(peer, addr).await {
-            Ok(connection) => {
-                if slot.last_failure.is_some() {
-                    tracing::info!(peer, %addr, "connected again");
+        let connector = Connector {
+            endpoint: self.endpoint.clone(),
+            client_config: self.client_config.clone(),
+            cluster: self.cluster.clone(),
+        };
+        let addr = addr.to_string();
+        let task = tokio::spawn(async move {
+            let outcome = connector.connect(peer, &addr).await;
+            match &outcome {
+                Ok(connection) => {
+                    if guard.last_failure.is_some() {
+                        tracing::info!(peer, %addr, "connected again");
+                    }
+                    guard.connection = Some(connection.clone());
+                    guard.next_attempt = None;
+                    guard.backoff = RECONNECT_BACKOFF_MIN;
+                    guard.last_failure = None;
                 }
-                slot.connection = Some(connection.clone());
-                slot.next_attempt = None;
-                slot.backoff = RECONNECT_BACKOFF_MIN;
-                slot.last_failure = None;
-                Ok(connection)
-            }
-            Err(error) => {
-                slot.next_attempt = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                let reason = match &error {
-                    TransportError::Unreachable { reason, .. }
-                    | TransportError::Protocol { reason, .. }
-                    | TransportError::Remote { reason, .. } => reason.clone(),
-                    other => other.to_string(),
-                };
-                // Logged once per distinct reason, not once per attempt.
-                if slot.last_failure.as_ref() != Some(&reason) {
-                    tracing::warn!(peer, %addr, %reason, "cannot connect to peer");
+                Err(error) => {
+                    guard.next_attempt = Some(Instant::now() + guard.backoff);
+                    guard.backoff = (guard.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                    let reason = match error {
+                        TransportError::Unreachable { reason, .. }
+                        | TransportError::Protocol { reason, .. }
+                        | TransportError::Remote { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    // Logged once per distinct reason, not once per attempt.
+                    if guard.last_failure.as_ref() != Some(&reason) {
+                        tracing::warn!(peer, %addr, %reason, "cannot connect to peer");
+                    }
+                    guard.last_failure = Some(reason);
                 }
-                slot.last_failure = Some(reason);
-                Err(error)
             }
-        }
+            outcome
+        });
+        task.await.map_err(|e| TransportError::Unreachable { peer, reason: format!("connect task failed: {e}") })?
     }
 
+    async fn record_success(&self, peer: NodeId) {
+        let rtt = self.open_connection(peer).await.map(|connection| connection.rtt());
+        if let Some(rtt) = rtt {
+            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string()).set(rtt.as_secs_f64());
+        }
+        let mut links = self.links.lock().expect("links lock poisoned");
+        let link = links.entry(peer).or_default();
+        link.connected = true;
+        link.last_contact = Some(Instant::now());
+        link.rtt = rtt;
+        link.last_error = None;
+    }
+
+    async fn record_failure(&self, peer: NodeId, error: &TransportError) {
+        let kind = match error {
+            TransportError::Unreachable { .. } => "unreachable",
+            TransportError::Protocol { .. } => "protocol",
+            TransportError::Remote { .. } => "remote",
+            TransportError::Tls(_) | TransportError::Bind { .. } => "local",
+        };
+        metrics::counter!("vigil_raft_rpc_errors_total", "peer" => peer.to_string(), "kind" => kind).increment(1);
+        // The connection is kept: a timeout is often a lost packet QUIC retransmits, and a dead
+        // peer is found by the idle timeout; `connection` replaces a connection once closed.
+        let mut links = self.links.lock().expect("links lock poisoned");
+        let link = links.entry(peer).or_default();
+        link.connected = false;
+        link.last_error = Some(error.to_string());
+    }
+
+    fn slot(&self, peer: NodeId) -> Option<Arc<tokio::sync::Mutex<PeerConnection>>> {
+        self.connections.lock().expect("connections lock poisoned").get(&peer).cloned()
+    }
+
+    /// The open connection to `peer`, if any and if no connect holds its slot right now.
+    async fn open_connection(&self, peer: NodeId) -> Option<quinn::Connection> {
+        let slot = self.slot(peer)?;
+        let slot = slot.try_lock().ok()?;
+        slot.connection.clone()
+    }
+}
+
+/// What a connect needs, owned, so it can run in a task of its own.
+struct Connector {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    cluster: String,
+}
+
+impl Connector {
     async fn connect(&self, peer: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
         let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
         let socket_addr = resolve(addr).await.map_err(unreachable)?;
@@ -200,50 +263,6 @@ impl Transport {
             RaftResponse::Error { reason } => Err(TransportError::Remote { peer, reason }),
             other => Err(TransportError::Protocol { peer, reason: format!("unexpected answer to hello: {other:?}") }),
         }
-    }
-
-    async fn record_success(&self, peer: NodeId) {
-        let rtt = self.open_connection(peer).await.map(|connection| connection.rtt());
-        if let Some(rtt) = rtt {
-            metrics::gauge!("vigil_peer_rtt_seconds", "peer" => peer.to_string()).set(rtt.as_secs_f64());
-        }
-        let mut links = self.links.lock().expect("links lock poisoned");
-        let link = links.entry(peer).or_default();
-        link.connected = true;
-        link.last_contact = Some(Instant::now());
-        link.rtt = rtt;
-        link.last_error = None;
-    }
-
-    async fn record_failure(&self, peer: NodeId, error: &TransportError) {
-        let kind = match error {
-            TransportError::Unreachable { .. } => "unreachable",
-            TransportError::Protocol { .. } => "protocol",
-            TransportError::Remote { .. } => "remote",
-            TransportError::Tls(_) | TransportError::Bind { .. } => "local",
-        };
-        metrics::counter!("vigil_raft_rpc_errors_total", "peer" => peer.to_string(), "kind" => kind).increment(1);
-        // A connection that timed out or broke may be half-dead; the next call starts afresh.
-        if let Some(slot) = self.slot(peer)
-            && let Ok(mut slot) = slot.try_lock()
-            && let Some(connection) = slot.connection.take()
-        {
-            connection.close(0u32.into(), b"rpc failed");
-        }
-        let mut links = self.links.lock().expect("links lock poisoned");
-        let link = links.entry(peer).or_default();
-        link.connected = false;
-        link.last_error = Some(error.to_string());
-    }
-
-    fn slot(&self, peer: NodeId) -> Option<Arc<tokio::sync::Mutex<PeerConnection>>> {
-        self.connections.lock().expect("connections lock poisoned").get(&peer).cloned()
-    }
-
-    async fn open_connection(&self, peer: NodeId) -> Option<quinn::Connection> {
-        let slot = self.slot(peer)?;
-        let slot = slot.lock().await;
-        slot.connection.clone()
     }
 }
 

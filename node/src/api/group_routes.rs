@@ -46,7 +46,7 @@ pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<Apply
         Ok(spec) => spec,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string()),
     };
-    let nodes = state.cluster.state.read().expect("state lock poisoned").nodes();
+    let nodes = state.cluster.known_nodes();
     if let Err(error) = spec_file::validate(&spec, &nodes) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string());
     }
@@ -183,6 +183,13 @@ pub fn group_statuses(replicated: &ClusterState, now_ms: u64) -> Vec<GroupStatus
                 epoch: state.epoch,
                 paused: state.paused,
                 blocked: state.blocked.clone(),
+                synchronous: match spec.synchronous {
+                    vigil_consensus::spec::SyncMode::Off => "off".to_string(),
+                    vigil_consensus::spec::SyncMode::Strict => "strict".to_string(),
+                },
+                sync_standbys: state.sync_standbys.iter().cloned().collect(),
+                sync_note: state.sync_note.clone(),
+                lease_holder: state.lease.as_ref().filter(|lease| lease.released.is_none()).map(|lease| lease.holder),
                 members: member_statuses(spec, &state, &nodes, now_ms),
                 running: state.running.clone(),
                 last_run: state.finished.back().cloned(),
@@ -241,7 +248,7 @@ fn member_statuses(
                 address: format!("{}:{}", member.host, member.port),
                 role: role.to_string(),
                 verdicts,
-                problem,
+                problem: problem.or_else(|| state.member_notes.get(&member.name).cloned()),
                 lsn,
                 lag_bytes,
                 lag_ms: facts.as_ref().and_then(|facts| facts.replay_delay_ms),

@@ -225,6 +225,14 @@ pub struct GroupStatus {
     pub paused: bool,
     /// Why no failover is possible, when that is so.
     pub blocked: Option<String>,
+    /// `off` or `strict`.
+    pub synchronous: String,
+    /// In strict mode, the confirmed synchronous standbys.
+    pub sync_standbys: Vec<String>,
+    /// In strict mode, why writes are blocked, if they are.
+    pub sync_note: Option<String>,
+    /// The node holding the primary's lease.
+    pub lease_holder: Option<u64>,
     /// The members.
     pub members: Vec<GroupMemberStatus>,
     /// The failover in progress.

@@ -77,10 +77,15 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, c
                 advance(&cluster, &snapshot, &group.name, run, &in_flight, &failpoints, &leases).await;
                 continue;
             }
-            let primary_lease_run_out = state
-                .primary
-                .as_deref()
-                .is_some_and(|primary| !matches!(leases.view(group, primary), LeaseView::Held { .. }));
+            // A primary its own node fenced is failed over only once its lease has stayed run
+            // out for a further lease: a node that merely lost its lease during a Raft election
+            // renews it and lifts the fence in that time, and no failover is needed.
+            let primary_lease_run_out =
+                state.primary.as_deref().is_some_and(|primary| match leases.view(group, primary) {
+                    LeaseView::Released(_) => true,
+                    LeaseView::RunOut { since_renewal } => since_renewal >= group.lease_wait() + group.lease_duration,
+                    LeaseView::Held { .. } => false,
+                });
             let situation = Situation {
                 spec: group,
                 state: &state,

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod prober;
 pub mod rejoin;
 pub mod steps;
+pub mod sync;
 pub mod targets;
 pub mod verdicts;
 
@@ -29,6 +30,7 @@ pub fn spawn(cluster: &Cluster, tasks: &TaskTracker, cancel: &CancellationToken)
     tasks.spawn(lease::keep(cluster.clone(), cancel.child_token()));
     tasks.spawn(prober::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
     tasks.spawn(rejoin::run(cluster.clone(), cancel.child_token()));
+    tasks.spawn(sync::run(cluster.clone(), cancel.child_token()));
     tasks.spawn(driver::run(cluster.clone(), failpoints.clone(), leases.clone(), cancel.child_token()));
     tasks.spawn(executor::run(cluster.clone(), failpoints, leases, cancel.child_token()));
 }

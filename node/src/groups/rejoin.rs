@@ -49,9 +49,19 @@ impl Reason {
     }
 }
 
-/// Why the member beside this node needs to rejoin, if it does, by this node's own verdict.
-fn needs_rejoin(state: &GroupState, member: &str, node_id: u64, primary: &PostgresMember) -> Option<Reason> {
+/// Why the member beside this node needs to rejoin, if it does, by this node's own verdict
+/// made after `not_before_ms` (so a rejoin just done is judged by what followed it).
+fn needs_rejoin(
+    state: &GroupState,
+    member: &str,
+    node_id: u64,
+    primary: &PostgresMember,
+    not_before_ms: u64,
+) -> Option<Reason> {
     let report = state.verdicts.get(member)?.get(&node_id)?;
+    if report.observed_at_ms <= not_before_ms {
+        return None;
+    }
     let facts = report.verdict.facts.as_ref()?;
     if report.verdict.health == Health::Down {
         return None;
@@ -68,6 +78,7 @@ fn needs_rejoin(state: &GroupState, member: &str, node_id: u64, primary: &Postgr
 pub async fn run(cluster: Cluster, cancel: CancellationToken) {
     let mut not_streaming_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last_attempt_ms: BTreeMap<String, u64> = BTreeMap::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -89,7 +100,8 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
                     if primary.name == member.name || group_state.running.is_some() {
                         return None;
                     }
-                    let why = needs_rejoin(group_state, &member.name, cluster.node_id, primary)?;
+                    let not_before = last_attempt_ms.get(&group.name).copied().unwrap_or(0);
+                    let why = needs_rejoin(group_state, &member.name, cluster.node_id, primary, not_before)?;
                     Some((group.clone(), member.clone(), primary.clone(), why))
                 })
                 .collect()
@@ -124,6 +136,7 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
                 }
             };
             not_streaming_since.remove(&group.name);
+            last_attempt_ms.insert(group.name.clone(), unix_millis_now());
             let command = Command::RecordRejoin {
                 group: group.name.clone(),
                 member: member.name.clone(),
@@ -148,7 +161,11 @@ async fn rejoin(group: &PostgresGroup, member: &PostgresMember, primary: &Postgr
     let source_conninfo =
         vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil");
     let source_conninfo = format!("{source_conninfo} dbname={}", source.database);
-    vigil_actions::stop_immediately(&ctl, STEP_TIMEOUT).await.map_err(|e| format!("stopping it: {e}"))?;
+    // A clean stop spares pg_rewind a crash recovery; a server that will not stop cleanly is
+    // stopped at once.
+    if vigil_actions::stop_server(&ctl, STEP_TIMEOUT).await.is_err() {
+        vigil_actions::stop_immediately(&ctl, STEP_TIMEOUT).await.map_err(|e| format!("stopping it: {e}"))?;
+    }
     vigil_actions::checkpoint(&source, STEP_TIMEOUT)
         .await
         .map_err(|e| format!("checkpoint on {} before rewinding: {e}", primary.name))?;

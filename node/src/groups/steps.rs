@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use vigil_consensus::group::{FailoverRun, Step, StepFacts};
-use vigil_consensus::spec::PostgresGroup;
+use vigil_consensus::spec::{PostgresGroup, SyncMode};
 
 use crate::groups::lease::{LeaseClock, LeaseView};
 use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
@@ -75,6 +75,11 @@ async fn run_step(
         Step::FenceOldPrimary { member: name } => fence_old_primary(group, member(group, name)?, leases).await,
         Step::Promote => {
             let target = pg_target(group, candidate)?;
+            if group.synchronous == SyncMode::Strict {
+                // Set before the promotion, so the new primary never acknowledges a commit
+                // that no standby holds: until the leader confirms a standby, any may answer.
+                vigil_actions::set_synchronous_standby_names(&target, "*").await.map_err(|e| e.to_string())?;
+            }
             let promoted = vigil_actions::promote(&target, PROMOTE_WAIT).await.map_err(|e| e.to_string())?;
             let detail = if promoted.already_primary {
                 format!("{} already was a primary; not promoted again", candidate.name)

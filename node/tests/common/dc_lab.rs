@@ -159,19 +159,23 @@ impl DcLab {
         command.output().expect("run the vigil CLI in the lab")
     }
 
-    /// The group as seen by the first node that answers, trying dc2, dc3, then dc1.
+    /// The group as seen by the node that has applied the most of the log (a cut-off node
+    /// still answers, from a view that no longer moves).
     pub fn group(&self) -> Option<Value> {
-        for id in [2, 3, 1] {
-            if self.nodes[&id].child.is_none() {
+        let mut best: Option<(u64, Value)> = None;
+        for (id, node) in &self.nodes {
+            if node.child.is_none() {
                 continue;
             }
-            let output = self.cli(&self.nodes[&id].host, id, &["status", "--json"]);
-            let status: Value = serde_json::from_slice(&output.stdout).ok()?;
-            if let Some(group) = status["groups"].as_array().and_then(|groups| groups.first()) {
-                return Some(group.clone());
+            let output = self.cli(&node.host, *id, &["status", "--json"]);
+            let Ok(status) = serde_json::from_slice::<Value>(&output.stdout) else { continue };
+            let applied = status["applied_index"].as_u64().unwrap_or(0);
+            let Some(group) = status["groups"].as_array().and_then(|groups| groups.first()).cloned() else { continue };
+            if best.as_ref().is_none_or(|(most, _)| applied > *most) {
+                best = Some((applied, group));
             }
         }
-        None
+        best.map(|(_, group)| group)
     }
 
     fn wait_for_leader(&self) {
@@ -242,7 +246,7 @@ impl Drop for DcLab {
 /// acknowledged insert and the server (port and address) that acknowledged it.
 pub struct LabWriter {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<(Instant, String, i64)>>,
+    handle: Option<JoinHandle<Vec<(Instant, String, i64)>>>,
 }
 
 impl LabWriter {
@@ -257,13 +261,24 @@ impl LabWriter {
             })
             .expect("writer in its namespace")
         });
-        LabWriter { stop, handle }
+        LabWriter { stop, handle: Some(handle) }
     }
 
     /// Stops and returns every acknowledged insert: when, which server, which id.
-    pub fn finish(self) -> Vec<(Instant, String, i64)> {
+    pub fn finish(mut self) -> Vec<(Instant, String, i64)> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
+        self.handle.take().map(|handle| handle.join().unwrap()).unwrap_or_default()
+    }
+}
+
+impl Drop for LabWriter {
+    fn drop(&mut self) {
+        // A test that fails before `finish` must still stop the writer: it holds the lab's
+        // namespaces, which are only removed once nothing uses them.
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 

@@ -68,9 +68,9 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        // Short timeouts keep the tests quick; they are still realistic for loopback.
+        // vigil's defaults, written out so the tests that edit them (bad input) find them.
         Self {
-            extra_toml: "[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"500ms\"\nelection_timeout_max = \"1s\"\n".to_string(),
+            extra_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"250ms\"\nelection_timeout_max = \"500ms\"\n".to_string(),
         }
     }
 }
