@@ -156,6 +156,13 @@ pub enum Command {
     },
     /// Start a local three-node demo cluster on 127.0.0.1 and stop it with Ctrl-C.
     Demo(crate::demo::DemoArgs),
+    /// The fence guard `vigil run` starts beside itself (not for people to run).
+    #[command(hide = true)]
+    FenceGuard {
+        /// The Unix socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 /// `vigil certs ...`

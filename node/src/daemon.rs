@@ -47,7 +47,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
-    crate::groups::spawn(&raft_node.cluster, &tasks, &cancel);
+    let guard = crate::guard::GuardClient::start(&config.data_dir);
+    crate::groups::spawn(&raft_node.cluster, guard, &tasks, &cancel);
     tasks.close();
 
     wait_for_termination().await?;

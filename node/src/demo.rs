@@ -79,6 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let outcome = watch(&client, &mut nodes, &dir, &endpoints, postgres.as_ref()).await;
     stop(&mut nodes).await;
     drop(postgres);
+    stop_guards(&dir);
     if args.keep {
         println!("kept {}", dir.display());
     } else {
@@ -373,6 +374,17 @@ fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[Demo
     }
     println!();
     println!("Ctrl-C stops the cluster and removes {}.", dir.display());
+}
+
+/// Ends the fence guards the demo's nodes started (their servers are gone with the demo).
+fn stop_guards(dir: &Path) {
+    for id in NODES {
+        let pid_file =
+            dir.join(format!("data/n{id}")).join(crate::guard::pid_file_of(Path::new(crate::guard::SOCKET_FILE)));
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
 }
 
 async fn stop(nodes: &mut [DemoNode]) {

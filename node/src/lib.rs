@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod exit;
 pub mod groups;
+pub mod guard;
 pub mod render;
 pub mod spec_file;
 pub mod telemetry;
@@ -107,5 +108,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             cli::start_run(&target, &group, Some(&to), true, !no_wait).await
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::FenceGuard { socket } => {
+            telemetry::init_logging(config::LogFormat::Text, config::DEFAULT_LOG_FILTER, None);
+            guard::run(&socket).await.map_err(Failure::from)
+        }
     }
 }

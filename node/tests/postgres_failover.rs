@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::pg_lab::Lab;
 use vigil_chaos_tests::postgres::{PgCluster, VIGIL_PASSWORD};
@@ -345,11 +345,11 @@ fn forced_failover_promotes_the_named_member_even_if_it_lags() {
     assert!(outcome.contains("re-point pg2 failed") && outcome.contains("pg_rewind"), "{outcome}");
 }
 
-/// The killed old primary, started again, comes back as a stale primary on the old
-/// timeline: the node beside it fences it, rewinds it with pg_rewind and restarts it as a
-/// replica of the new primary, with the new timeline's data; history says so.
+/// The killed old primary is brought back by the node beside it: rewound with pg_rewind
+/// (its WAL may have gone past the new timeline's fork) and restarted as a replica of the
+/// new primary, with the new timeline's data; history says so.
 #[test]
-fn old_primary_that_comes_back_rejoins_as_a_replica() {
+fn killed_old_primary_is_brought_back_as_a_replica() {
     let lab = Lab::start("", &[], &[]);
     lab.pg.kill_postmaster(0).unwrap();
     let run = lab.wait_for_run(0);
@@ -357,7 +357,6 @@ fn old_primary_that_comes_back_rejoins_as_a_replica() {
     let new_primary = run["candidate"].as_str().unwrap().to_string();
     let new_index = lab.index_of(&new_primary);
     lab.pg.sql(new_index, "CREATE TABLE after_failover AS SELECT 42 AS answer").unwrap();
-    lab.pg.start_instance(0).unwrap();
     lab.wait_for("pg1 to stream from the new primary", |_| lab.streams_from("pg1", &new_primary));
     assert!(lab.pg.is_in_recovery(0).unwrap());
     let replicated = (0..100)
@@ -378,4 +377,25 @@ fn old_primary_that_comes_back_rejoins_as_a_replica() {
         let history = lab.vigil.cli(2, &["history"]);
         String::from_utf8_lossy(&history.stdout).contains("pg1 rejoined as a replica of")
     });
+}
+
+/// The vigil process beside a live primary is killed: its fence guard stops the primary
+/// once the lease runs out, so nothing can write to it while another member is promoted;
+/// the cluster fails over, and ends with exactly one primary.
+#[test]
+fn primary_whose_vigil_dies_is_stopped_by_the_guard_before_another_is_promoted() {
+    let mut lab = Lab::start("", &[], &[]);
+    let killed_at = Instant::now();
+    lab.vigil.kill(1);
+    lab.wait_for("a failover away from pg1", |group| {
+        group["running"].is_null() && group["last_run"]["succeeded"] == true && group["primary"] != "pg1"
+    });
+    let run = lab.wait_for_run(0);
+    let fence = run["steps"][0]["status"]["detail"].as_str().unwrap_or_default().to_string();
+    assert!(fence.contains("lease ran out"), "{fence}");
+    // The guard stopped pg1 when the lease ran out: it answers no more.
+    assert!(lab.pg.is_in_recovery(0).is_err(), "pg1 still answers after its node died");
+    let new_primary = run["candidate"].as_str().unwrap().to_string();
+    assert!(!lab.pg.is_in_recovery(lab.index_of(&new_primary)).unwrap());
+    eprintln!("failed over {:?} after the node died", killed_at.elapsed());
 }

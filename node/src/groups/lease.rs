@@ -24,6 +24,7 @@ use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, ClusterState};
 
 use crate::groups::targets::{pg_ctl, pg_target};
+use crate::guard::{GuardClient, GuardMessage, GuardedServer};
 
 /// How often the keeper looks at its leases.
 const KEEPER_TICK: Duration = Duration::from_millis(25);
@@ -135,7 +136,7 @@ fn my_member<'a>(group: &'a PostgresGroup, node_name: &str) -> Option<&'a Postgr
 }
 
 /// Renews the leases of the primaries beside this node, and fences them when it cannot.
-pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
+pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToken) {
     let holdings: Arc<Mutex<BTreeMap<String, Holding>>> = Arc::default();
     let mut stale_fenced: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut ticker = tokio::time::interval(KEEPER_TICK);
@@ -192,6 +193,7 @@ pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
                 {
                     holding.fenced = Some(group.fence_method);
                     holding.released = true;
+                    guard.send(GuardMessage::Disarm { group: group.name.clone() });
                     warn!(group = %group.name, member = %member.name, "no longer the primary: fencing");
                     tokio::spawn(fence_and_release(cluster.clone(), group.clone(), member.clone()));
                 }
@@ -220,6 +222,7 @@ pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
             if my_verdict == Some(Health::Down) {
                 if !holding.released {
                     holding.released = true;
+                    guard.send(GuardMessage::Disarm { group: group.name.clone() });
                     holding.fenced = Some(FenceMethod::Stop);
                     tokio::spawn(release(cluster.clone(), group.clone(), member.clone()));
                 }
@@ -228,6 +231,8 @@ pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
             let margin = fence_margin(group.lease_duration);
             if holding.fenced.is_none() && now + margin >= holding.valid_until {
                 holding.fenced = Some(group.fence_method);
+                // This daemon fences it itself: the guard's harder fence is not needed.
+                guard.send(GuardMessage::Disarm { group: group.name.clone() });
                 warn!(group = %group.name, member = %member.name, "lease not renewed in time: fencing the primary");
                 tokio::spawn(fence(group.clone(), member.clone(), group.fence_method));
             }
@@ -236,6 +241,7 @@ pub async fn keep(cluster: Cluster, cancel: CancellationToken) {
                 holding.next_renewal = now + group.lease_duration / 4;
                 tokio::spawn(renew(
                     cluster.clone(),
+                    guard.clone(),
                     holdings.clone(),
                     group.clone(),
                     member.clone(),
@@ -254,6 +260,7 @@ pub fn fence_margin(lease: Duration) -> Duration {
 
 async fn renew(
     cluster: Cluster,
+    guard: GuardClient,
     holdings: Arc<Mutex<BTreeMap<String, Holding>>>,
     group: PostgresGroup,
     member: PostgresMember,
@@ -274,12 +281,24 @@ async fn renew(
                 if holding.fenced.take().is_some() && !holding.released {
                     lift = true;
                 }
+                // Should this daemon die, the guard stops the primary a little after this
+                // daemon would have fenced it, and before the lease runs out.
+                if let Ok(ctl) = pg_ctl(&group, &member) {
+                    let guard_at = holding.valid_until - fence_margin(group.lease_duration) / 2;
+                    let valid_for_ms = guard_at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                    guard.send(GuardMessage::Arm {
+                        group: group.name.clone(),
+                        valid_for_ms,
+                        server: GuardedServer { bin_dir: ctl.bin_dir, data_dir: ctl.data_dir, run_as: ctl.run_as },
+                    });
+                }
             }
             // The cluster says this is not the primary of the current epoch: stay fenced.
             Ok(Ok(LeaderResponse::Done { response: CommandResponse::Refused { reason }, .. }))
                 if holding.fenced.is_none() =>
             {
                 holding.fenced = Some(group.fence_method);
+                guard.send(GuardMessage::Disarm { group: group.name.clone() });
                 warn!(group = %group.name, member = %member.name, %reason, "lease refused: fencing");
                 tokio::spawn(fence(group.clone(), member.clone(), group.fence_method));
             }

@@ -23,11 +23,11 @@ use tokio_util::task::TaskTracker;
 use vigil_consensus::Cluster;
 
 /// Starts the prober, the driver and the executor of this node.
-pub fn spawn(cluster: &Cluster, tasks: &TaskTracker, cancel: &CancellationToken) {
+pub fn spawn(cluster: &Cluster, guard: crate::guard::GuardClient, tasks: &TaskTracker, cancel: &CancellationToken) {
     let failpoints = failpoints::Failpoints::from_env();
     let leases = lease::LeaseClock::default();
     tasks.spawn(lease::watch(cluster.clone(), leases.clone(), cancel.child_token()));
-    tasks.spawn(lease::keep(cluster.clone(), cancel.child_token()));
+    tasks.spawn(lease::keep(cluster.clone(), guard, cancel.child_token()));
     tasks.spawn(prober::run(cluster.clone(), failpoints.clone(), cancel.child_token()));
     tasks.spawn(rejoin::run(cluster.clone(), cancel.child_token()));
     tasks.spawn(sync::run(cluster.clone(), cancel.child_token()));

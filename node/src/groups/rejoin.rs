@@ -38,6 +38,8 @@ enum Reason {
     StalePrimary,
     /// It is a replica, but it does not stream from the primary.
     NotStreaming,
+    /// It does not run (stopped by a fence, or crashed) and is not the primary.
+    Stopped,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
         match self {
             Reason::StalePrimary => "it ran as a primary, but the cluster's primary is another member",
             Reason::NotStreaming => "it did not stream from the primary",
+            Reason::Stopped => "it was not running",
         }
     }
 }
@@ -62,10 +65,11 @@ fn needs_rejoin(
     if report.observed_at_ms <= not_before_ms {
         return None;
     }
-    let facts = report.verdict.facts.as_ref()?;
     if report.verdict.health == Health::Down {
-        return None;
+        // Whether it really is stopped is checked on the host before anything is done.
+        return Some(Reason::Stopped);
     }
+    let facts = report.verdict.facts.as_ref()?;
     if !facts.in_recovery {
         return Some(Reason::StalePrimary);
     }
@@ -118,6 +122,17 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
             if why == Reason::NotStreaming {
                 let since = *not_streaming_since.entry(group.name.clone()).or_insert(now);
                 if now.duration_since(since) < NOT_STREAMING_GRACE {
+                    continue;
+                }
+            }
+            if why == Reason::Stopped {
+                // Down by the probe may be a network fault: act only on a server that is
+                // really not running here.
+                let running = match pg_ctl(&group, &member) {
+                    Ok(ctl) => vigil_actions::is_running(&ctl).await.unwrap_or(true),
+                    Err(_) => true,
+                };
+                if running {
                     continue;
                 }
             }

@@ -374,6 +374,13 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+        // The fence guards the nodes started, found by the pid files they write.
+        for id in self.nodes.keys() {
+            let pid_file = self.data_dir(*id).join("fence-guard.pid");
+            if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
     }
 }
 

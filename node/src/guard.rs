@@ -1,0 +1,215 @@
+//! The fence guard: a small process that outlives a crash of `vigil run` and stops the
+//! primary beside it when its lease runs out with nobody left to renew it.
+//!
+//! `vigil run` starts the guard (`vigil fence-guard --socket PATH`) once per data dir, in a
+//! process group of its own so it survives the daemon, and tells it over a Unix socket, at
+//! every lease renewal, until when the primary may take writes. If the daemon dies (or hangs
+//! and stops telling), the guard stops the primary (`pg_ctl stop -m immediate`) when that
+//! time comes. A daemon restarted in time connects to the same guard and renews: a quick
+//! restart does not cost the primary a restart. The guard only knows monotonic time of its
+//! own, so no clock is compared across processes either: the daemon sends a duration.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// The socket's file name in the data dir.
+pub const SOCKET_FILE: &str = "fence-guard.sock";
+/// How long the guard lingers with nothing armed and no daemon connected.
+const IDLE_EXIT: Duration = Duration::from_secs(30);
+
+/// Host-local control of one server, as the guard needs it (no secrets: it only stops).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardedServer {
+    /// `pg_ctl`'s directory.
+    pub bin_dir: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The OS user to run `pg_ctl` as, when the guard runs as root.
+    pub run_as: Option<String>,
+}
+
+/// What the daemon tells the guard, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GuardMessage {
+    /// The primary of `group` may take writes for `valid_for_ms` more, then must be stopped.
+    Arm {
+        /// The group.
+        group: String,
+        /// How long from now.
+        valid_for_ms: u64,
+        /// How to stop it.
+        server: GuardedServer,
+    },
+    /// Nothing to guard in `group` any more (not the primary, or already fenced).
+    Disarm {
+        /// The group.
+        group: String,
+    },
+}
+
+/// The daemon's side: a connection to the guard, made on demand and remade if it breaks.
+#[derive(Clone)]
+pub struct GuardClient {
+    sender: mpsc::UnboundedSender<GuardMessage>,
+}
+
+impl GuardClient {
+    /// Connects to the guard of `data_dir`, starting one if none runs.
+    pub fn start(data_dir: &Path) -> Self {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<GuardMessage>();
+        let socket = data_dir.join(SOCKET_FILE);
+        tokio::spawn(async move {
+            let mut stream: Option<UnixStream> = None;
+            while let Some(message) = receiver.recv().await {
+                let mut line = serde_json::to_vec(&message).expect("guard messages serialize");
+                line.push(b'\n');
+                for _ in 0..2 {
+                    if stream.is_none() {
+                        stream = connect_or_spawn(&socket).await;
+                    }
+                    let Some(connected) = stream.as_mut() else { break };
+                    if connected.write_all(&line).await.is_ok() {
+                        break;
+                    }
+                    stream = None;
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    /// Tells the guard about a renewal or a disarm; never blocks.
+    pub fn send(&self, message: GuardMessage) {
+        let _ = self.sender.send(message);
+    }
+}
+
+async fn connect_or_spawn(socket: &Path) -> Option<UnixStream> {
+    if let Ok(stream) = UnixStream::connect(socket).await {
+        return Some(stream);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let spawned = std::process::Command::new(exe)
+        .args(["fence-guard", "--socket"])
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        // A group of its own: the signals that end the daemon (Ctrl-C to its group) must
+        // not end the guard.
+        .process_group(0)
+        .spawn();
+    if let Err(error) = spawned {
+        error!(%error, "cannot start the fence guard: a crash of this daemon would leave its primary unfenced");
+        return None;
+    }
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(stream) = UnixStream::connect(socket).await {
+            info!(socket = %socket.display(), "fence guard started");
+            return Some(stream);
+        }
+    }
+    error!(socket = %socket.display(), "the fence guard did not come up");
+    None
+}
+
+/// The file holding the guard's process id, beside its socket.
+pub fn pid_file_of(socket: &Path) -> PathBuf {
+    socket.with_extension("pid")
+}
+
+struct Armed {
+    deadline: Instant,
+    server: GuardedServer,
+}
+
+/// Runs the guard until nothing is armed and no daemon has been connected for a while.
+pub async fn run(socket: &Path) -> anyhow::Result<()> {
+    // A socket left by a guard that died is removed; one a live guard listens on is kept.
+    if UnixStream::connect(socket).await.is_ok() {
+        anyhow::bail!("a fence guard already listens on {}", socket.display());
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    // Who runs the guard, so whoever started the daemon can find and end it too.
+    let pid_file = pid_file_of(socket);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    let (messages_tx, mut messages) = mpsc::unbounded_channel::<GuardMessage>();
+    let mut armed: BTreeMap<String, Armed> = BTreeMap::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut idle_since = Some(Instant::now());
+    info!(socket = %socket.display(), "fence guard listening");
+    loop {
+        let next_deadline = armed.values().map(|entry| entry.deadline).min();
+        let sleep_until = next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    idle_since = None;
+                    let tx = messages_tx.clone();
+                    let connected = connected.clone();
+                    connected.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut lines = BufReader::new(stream).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            match serde_json::from_str::<GuardMessage>(&line) {
+                                Ok(message) => { let _ = tx.send(message); }
+                                Err(error) => warn!(%error, "fence guard: unreadable message"),
+                            }
+                        }
+                        // The daemon went away: deadlines now run out unless another renews.
+                        connected.fetch_sub(1, Ordering::SeqCst);
+                        warn!("fence guard: the daemon disconnected; guarding until the leases run out");
+                    });
+                }
+            }
+            Some(message) = messages.recv() => match message {
+                GuardMessage::Arm { group, valid_for_ms, server } => {
+                    let deadline = Instant::now() + Duration::from_millis(valid_for_ms);
+                    armed.insert(group, Armed { deadline, server });
+                }
+                GuardMessage::Disarm { group } => {
+                    armed.remove(&group);
+                }
+            },
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
+        let now = Instant::now();
+        let due: Vec<String> =
+            armed.iter().filter(|(_, entry)| entry.deadline <= now).map(|(g, _)| g.clone()).collect();
+        for group in due {
+            let entry = armed.remove(&group).expect("due entries are armed");
+            warn!(group, data_dir = %entry.server.data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
+            let ctl = vigil_actions::PgCtl {
+                bin_dir: entry.server.bin_dir,
+                data_dir: entry.server.data_dir,
+                run_as: entry.server.run_as,
+            };
+            if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
+                error!(group, %error, "the fence guard could not stop the primary");
+            }
+        }
+        if armed.is_empty() && connected.load(Ordering::SeqCst) == 0 {
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) > IDLE_EXIT {
+                info!("fence guard: nothing to guard; exiting");
+                let _ = std::fs::remove_file(socket);
+                let _ = std::fs::remove_file(&pid_file);
+                return Ok(());
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+}
