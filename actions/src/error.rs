@@ -10,6 +10,10 @@ pub enum ActionError {
     /// The member answered with an error; retrying the same request rarely helps.
     #[error("sql failed: {0}")]
     Sql(String),
+    /// A Redis member answered a command with an error (`READONLY`, `NOREPLICAS`, a
+    /// refused script or configuration change); retrying the same request rarely helps.
+    #[error("redis command failed: {0}")]
+    Redis(String),
     /// A PostgreSQL tool (`pg_ctl`, `pg_controldata`) exited unsuccessfully.
     #[error("command `{command}` failed: {stderr}")]
     Command {

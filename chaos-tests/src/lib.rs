@@ -1,24 +1,27 @@
 //! Test harnesses for vigil: real servers and real networks on this machine, started and
 //! torn down by tests.
 //!
-//! Two harnesses: [`netns`], the lab — datacenters as network namespaces on a private
+//! Three harnesses: [`netns`], the lab — datacenters as network namespaces on a private
 //! bridge, with knobs to cut a host's link, partition two hosts, lose packets and kill
-//! everything a host runs; and [`postgres`], a throwaway PostgreSQL 15 cluster (one primary,
-//! streaming replicas) either on 127.0.0.1 or spread over the hosts of a lab, which the
-//! probe and action crates test against. Workload clients that record every write, fault
+//! everything a host runs; [`postgres`], a throwaway PostgreSQL 15 cluster (one primary,
+//! streaming replicas); and [`redis`], a throwaway Redis cluster (one master, replicas).
+//! Both clusters run either on 127.0.0.1 or spread over the hosts of a lab, and the probe
+//! and action crates test against them. Workload clients that record every write, fault
 //! schedules and checkers over the recorded histories arrive once vigil watches PostgreSQL
 //! and Redis groups.
 //!
 //! Invariants: the harnesses are synchronous and use only std and the OS, so they work
 //! from `#[test]` and `#[tokio::test]` alike; they only ever signal processes they started
-//! themselves (the postmasters named in their own `postmaster.pid` files, the children a lab
-//! spawned) or processes found inside a lab's own namespaces; network traffic stays on
-//! loopback or inside those namespaces, and the root namespace's interfaces, routes and
-//! firewall are never touched; dropping a cluster or a lab stops everything it started and
-//! removes its directory, nftables tables and namespaces.
+//! themselves (the postmasters named in their own `postmaster.pid` files, the
+//! `redis-server` children they spawned, the children a lab spawned) or processes found
+//! inside a lab's own namespaces; network traffic stays on loopback or inside those
+//! namespaces, and the root namespace's interfaces, routes and firewall are never touched;
+//! dropping a cluster or a lab stops everything it started and removes its directory,
+//! nftables tables and namespaces.
 
 mod error;
 pub mod netns;
 pub mod postgres;
+pub mod redis;
 
 pub use error::HarnessError;

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::group::{FailoverKind, GroupState, Health, Step, VerdictReport};
-use crate::spec::{PostgresGroup, SyncMode};
+use crate::spec::{GroupPolicy, SyncMode};
 use crate::types::{NodeId, NodeInfo};
 
 /// A verdict older than this (by the observer's clock against the leader's) no longer
@@ -21,7 +21,7 @@ pub const STALE_AFTER_MS: u64 = 15_000;
 #[derive(Clone, Copy, Debug)]
 pub struct Situation<'a> {
     /// The group's spec.
-    pub spec: &'a PostgresGroup,
+    pub spec: &'a GroupPolicy,
     /// The group's replicated state.
     pub state: &'a GroupState,
     /// The Raft voters now.
@@ -250,7 +250,7 @@ pub fn choose_candidate(
 /// The steps of an automatic failover: make sure the old primary takes no more writes (its
 /// lease has run out, or it was fenced), then promote, prove the new primary writable, and
 /// re-point the others.
-pub fn automatic_steps(spec: &PostgresGroup, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
+pub fn automatic_steps(spec: &GroupPolicy, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(old) = old_primary {
         steps.push(Step::FenceOldPrimary { member: old.to_string() });
@@ -262,7 +262,7 @@ pub fn automatic_steps(spec: &PostgresGroup, old_primary: Option<&str>, candidat
 
 /// The steps of a switchover: stop the old primary cleanly, let the candidate catch up,
 /// promote, re-point, and bring the old primary back as a replica.
-pub fn switchover_steps(spec: &PostgresGroup, old_primary: &str, candidate: &str) -> Vec<Step> {
+pub fn switchover_steps(spec: &GroupPolicy, old_primary: &str, candidate: &str) -> Vec<Step> {
     let mut steps = vec![
         Step::StopPrimary { member: old_primary.to_string() },
         Step::WaitForCatchUp,
@@ -274,7 +274,7 @@ pub fn switchover_steps(spec: &PostgresGroup, old_primary: &str, candidate: &str
     steps
 }
 
-fn repoints(spec: &PostgresGroup, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
+fn repoints(spec: &GroupPolicy, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
     spec.members
         .iter()
         .filter(|member| member.name != candidate && Some(member.name.as_str()) != old_primary)
@@ -383,7 +383,7 @@ pub fn plan_requested(situation: &Situation<'_>, to: Option<&str>, forced: bool)
             }
             // Rank the whole group, then insist on the named member, so the refusal says
             // exactly why it is not eligible.
-            let only: PostgresGroup = PostgresGroup {
+            let only = GroupPolicy {
                 members: spec
                     .members
                     .iter()
@@ -409,7 +409,7 @@ pub fn plan_requested(situation: &Situation<'_>, to: Option<&str>, forced: bool)
         automatic_steps(spec, Some(primary), &candidate.member)
     } else {
         let primary_spec = spec.member(primary).expect("the recorded primary is a member");
-        if primary_spec.data_dir.is_none() {
+        if !primary_spec.stoppable {
             return Err(format!("{primary} has no data_dir in the spec: stopping it cleanly needs host-local control"));
         }
         let mut steps = switchover_steps(spec, primary, &candidate.member);

@@ -36,10 +36,16 @@ impl fmt::Display for Health {
     }
 }
 
-/// What a probe learnt from a PostgreSQL member.
+/// What a probe learnt from a member, in one shape for every kind of group.
+///
+/// Positions are bytes in the group's replication stream: WAL LSNs for PostgreSQL,
+/// replication offsets for Redis (`master_repl_offset` on a master, `slave_repl_offset`
+/// on a replica, both counted in the same stream, so they compare like LSNs). For Redis,
+/// `receiver_status` is `streaming` when `master_link_status` is up, and `timeline` is
+/// unused.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PgFacts {
-    /// `pg_is_in_recovery()`.
+pub struct MemberFacts {
+    /// `pg_is_in_recovery()`; for Redis, the member runs as a replica.
     pub in_recovery: bool,
     /// The timeline of the last checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,7 +80,7 @@ pub struct Verdict {
     pub health: Health,
     /// What the probe saw, when the member answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub facts: Option<PgFacts>,
+    pub facts: Option<MemberFacts>,
     /// Why it is degraded or down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -19,6 +19,9 @@ pub struct ClusterSpec {
     /// PostgreSQL groups with streaming replication.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub postgres: Vec<PostgresGroup>,
+    /// Redis groups: a master and its replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis: Vec<RedisGroup>,
 }
 
 /// Where a secret comes from. Exactly one of the two is set.
@@ -120,6 +123,86 @@ pub struct PostgresMember {
     pub nofailover: bool,
 }
 
+/// A Redis group: one master and replicas (`REPLICAOF`), no Sentinel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisGroup {
+    /// The group's name, unique in the cluster (across every kind of group).
+    pub name: String,
+    /// The ACL user vigil authenticates as; without it, the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The password (`requirepass`, or the ACL user's), if the servers want one. Replicas
+    /// log in to their master with their own `masterauth`, which vigil leaves alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretSource>,
+    /// A replica further behind than this many bytes of replication offset is never promoted
+    /// automatically.
+    pub maximum_lag_on_failover: u64,
+    /// A member counts as down for a node only after it has failed every probe for this long.
+    #[serde(with = "humantime_serde", default = "default_down_after")]
+    pub down_after: Duration,
+    /// How often every node probes every member.
+    #[serde(with = "humantime_serde", default = "default_probe_interval")]
+    pub probe_interval: Duration,
+    /// Timeout of one probe.
+    #[serde(with = "humantime_serde", default = "default_probe_timeout")]
+    pub probe_timeout: Duration,
+    /// How long the master's lease lasts; as for PostgreSQL, the node beside the master
+    /// pauses its writes before it runs out unless it could renew it.
+    #[serde(with = "humantime_serde", default = "default_lease_duration")]
+    pub lease_duration: Duration,
+    /// How the node beside the master fences it when it loses its lease.
+    #[serde(default)]
+    pub fence_method: RedisFenceMethod,
+    /// Second line of defence: vigil sets `min-replicas-to-write` to this on every member, so
+    /// a master that has lost its replicas refuses writes by itself (0: not set by vigil).
+    #[serde(default)]
+    pub min_replicas_to_write: u32,
+    /// `min-replicas-max-lag` set with it, in seconds.
+    #[serde(default = "default_min_replicas_max_lag")]
+    pub min_replicas_max_lag: u32,
+    /// Datacenters in order of preference for a new master, after offset and priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenter_preference: Vec<String>,
+    /// The members.
+    pub members: Vec<RedisMember>,
+}
+
+/// One redis-server of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisMember {
+    /// The member's name, unique in its group.
+    pub name: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_redis_port")]
+    pub port: u16,
+    /// The name of the vigil node running beside it.
+    pub node: String,
+    /// Higher is preferred between candidates at the same offset.
+    #[serde(default)]
+    pub priority: i32,
+    /// Never promote this member automatically.
+    #[serde(default)]
+    pub nofailover: bool,
+}
+
+/// How a Redis master is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisFenceMethod {
+    /// `min-replicas-to-write` raised beyond any possible number of replicas: every write is
+    /// refused at once (`NOREPLICAS`), reads go on, and the fence holds even if vigil dies.
+    #[default]
+    RefuseWrites,
+    /// `CLIENT PAUSE WRITE`, renewed while fenced: writers wait instead of failing, but the
+    /// pause lapses some seconds after vigil dies.
+    PauseWrites,
+}
+
 /// How a primary is fenced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -150,6 +233,14 @@ fn default_database() -> String {
 
 fn default_pg_port() -> u16 {
     5432
+}
+
+fn default_redis_port() -> u16 {
+    6379
+}
+
+fn default_min_replicas_max_lag() -> u32 {
+    10
 }
 
 fn default_bin_dir() -> String {
@@ -214,6 +305,13 @@ impl ClusterSpec {
                 return Err(error(format!("{field}.name"), format!("group name {:?} is used twice", group.name)));
             }
         }
+        for (index, group) in self.redis.iter().enumerate() {
+            let field = format!("redis[{index}]");
+            group.validate(&field, &node_names)?;
+            if !group_names.insert(group.name.as_str()) {
+                return Err(error(format!("{field}.name"), format!("group name {:?} is used twice", group.name)));
+            }
+        }
         Ok(())
     }
 
@@ -221,6 +319,116 @@ impl ClusterSpec {
     pub fn postgres_group(&self, name: &str) -> Option<&PostgresGroup> {
         self.postgres.iter().find(|group| group.name == name)
     }
+
+    /// The Redis group named `name`.
+    pub fn redis_group(&self, name: &str) -> Option<&RedisGroup> {
+        self.redis.iter().find(|group| group.name == name)
+    }
+
+    /// The group named `name`, of whatever kind.
+    pub fn group(&self, name: &str) -> Option<GroupRef<'_>> {
+        self.postgres_group(name).map(GroupRef::Postgres).or_else(|| self.redis_group(name).map(GroupRef::Redis))
+    }
+
+    /// Every group, PostgreSQL first.
+    pub fn groups(&self) -> impl Iterator<Item = GroupRef<'_>> {
+        self.postgres.iter().map(GroupRef::Postgres).chain(self.redis.iter().map(GroupRef::Redis))
+    }
+}
+
+/// A group of either kind, borrowed from the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupRef<'a> {
+    /// A PostgreSQL group.
+    Postgres(&'a PostgresGroup),
+    /// A Redis group.
+    Redis(&'a RedisGroup),
+}
+
+impl GroupRef<'_> {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        match self {
+            GroupRef::Postgres(group) => &group.name,
+            GroupRef::Redis(group) => &group.name,
+        }
+    }
+
+    /// What the decision, the leases and the saga need to know, whatever the kind.
+    pub fn policy(&self) -> GroupPolicy {
+        match self {
+            GroupRef::Postgres(group) => group.policy(),
+            GroupRef::Redis(group) => group.policy(),
+        }
+    }
+}
+
+/// Which kind of server a group holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    /// PostgreSQL with streaming replication.
+    Postgres,
+    /// Redis with `REPLICAOF` replication.
+    Redis,
+}
+
+/// The part of a group's spec that the kind-independent machinery (the decision, leases,
+/// the saga's plan) reads. Positions and lags are bytes of the group's replication stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// PostgreSQL or Redis.
+    pub kind: GroupKind,
+    /// The group's name.
+    pub name: String,
+    /// See the group specs.
+    pub maximum_lag_on_failover: u64,
+    /// See the group specs.
+    pub down_after: Duration,
+    /// See the group specs.
+    pub probe_interval: Duration,
+    /// See the group specs.
+    pub lease_duration: Duration,
+    /// Strict synchronous mode (PostgreSQL only).
+    pub synchronous: SyncMode,
+    /// See the group specs.
+    pub datacenter_preference: Vec<String>,
+    /// The members.
+    pub members: Vec<MemberPolicy>,
+}
+
+/// A member as the kind-independent machinery sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPolicy {
+    /// The member's name.
+    pub name: String,
+    /// The vigil node beside it.
+    pub node: String,
+    /// Its "host:port".
+    pub address: String,
+    /// Higher is preferred between candidates at the same position.
+    pub priority: i32,
+    /// Never promote it automatically.
+    pub nofailover: bool,
+    /// Whether its writes can be stopped cleanly for a switchover: a PostgreSQL member needs
+    /// its `data_dir`; a Redis master's writes are paused with `CLIENT PAUSE`.
+    pub stoppable: bool,
+}
+
+impl GroupPolicy {
+    /// See [`PostgresGroup::lease_wait`]: the same bound for every kind.
+    pub fn lease_wait(&self) -> Duration {
+        lease_wait(self.lease_duration)
+    }
+
+    /// The member named `name`.
+    pub fn member(&self, name: &str) -> Option<&MemberPolicy> {
+        self.members.iter().find(|member| member.name == name)
+    }
+}
+
+fn lease_wait(lease_duration: Duration) -> Duration {
+    lease_duration.mul_f64(1.0 + CLOCK_DRIFT_BOUND) + LEASE_SAFETY_MARGIN
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
@@ -257,31 +465,7 @@ impl PostgresGroup {
         }
         check_secret(&format!("{field}.password"), &self.password)?;
         check_secret(&format!("{field}.replication_password"), &self.replication_password)?;
-        if self.probe_interval < Duration::from_millis(50) {
-            return Err(error(format!("{field}.probe_interval"), "must be at least 50ms"));
-        }
-        if self.probe_timeout.is_zero() {
-            return Err(error(format!("{field}.probe_timeout"), "must be longer than 0"));
-        }
-        if self.down_after < self.probe_interval {
-            return Err(error(
-                format!("{field}.down_after"),
-                format!(
-                    "must be at least probe_interval ({}), or one failed probe would count as down",
-                    humantime::format_duration(self.probe_interval)
-                ),
-            ));
-        }
-        if self.lease_duration < self.probe_interval * 3 {
-            return Err(error(
-                format!("{field}.lease_duration"),
-                format!(
-                    "must be at least three probe intervals ({}): the lease is renewed every quarter of it and a \
-                     shorter lease would fence a healthy primary",
-                    humantime::format_duration(self.probe_interval * 3)
-                ),
-            ));
-        }
+        check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
         if !self.bin_dir.starts_with('/') {
             return Err(error(
                 format!("{field}.bin_dir"),
@@ -302,32 +486,14 @@ impl PostgresGroup {
         let mut addresses = BTreeSet::new();
         for (index, member) in self.members.iter().enumerate() {
             let member_field = format!("{field}.members[{index}]");
-            check_name(&format!("{member_field}.name"), &member.name)?;
-            if !names.insert(member.name.as_str()) {
-                return Err(error(
-                    format!("{member_field}.name"),
-                    format!("member name {:?} is used twice in group {:?}", member.name, self.name),
-                ));
-            }
-            if member.host.is_empty() {
-                return Err(error(format!("{member_field}.host"), "must not be empty"));
-            }
-            if member.port == 0 {
-                return Err(error(format!("{member_field}.port"), "must be between 1 and 65535"));
-            }
-            if !addresses.insert((member.host.as_str(), member.port)) {
-                return Err(error(
-                    format!("{member_field}.port"),
-                    format!("{}:{} is already another member's address", member.host, member.port),
-                ));
-            }
-            if !node_names.contains(member.node.as_str()) {
-                let known: Vec<&str> = node_names.iter().copied().collect();
-                return Err(error(
-                    format!("{member_field}.node"),
-                    format!("no vigil node is named {:?} (nodes: {})", member.node, known.join(", ")),
-                ));
-            }
+            check_member(
+                &member_field,
+                &self.name,
+                (&member.name, &member.host, member.port, &member.node),
+                &mut names,
+                &mut addresses,
+                node_names,
+            )?;
             if let Some(data_dir) = &member.data_dir
                 && !data_dir.starts_with('/')
             {
@@ -345,11 +511,183 @@ impl PostgresGroup {
     /// applying the renewal late. The holder fences at `lease_duration` minus a margin by its
     /// own clock, counted from before it sent the renewal, so it has fenced by then.
     pub fn lease_wait(&self) -> Duration {
-        self.lease_duration.mul_f64(1.0 + CLOCK_DRIFT_BOUND) + LEASE_SAFETY_MARGIN
+        lease_wait(self.lease_duration)
     }
 
     /// The member named `name`.
     pub fn member(&self, name: &str) -> Option<&PostgresMember> {
         self.members.iter().find(|member| member.name == name)
+    }
+
+    /// The kind-independent view of this group.
+    pub fn policy(&self) -> GroupPolicy {
+        GroupPolicy {
+            kind: GroupKind::Postgres,
+            name: self.name.clone(),
+            maximum_lag_on_failover: self.maximum_lag_on_failover,
+            down_after: self.down_after,
+            probe_interval: self.probe_interval,
+            lease_duration: self.lease_duration,
+            synchronous: self.synchronous,
+            datacenter_preference: self.datacenter_preference.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|member| MemberPolicy {
+                    name: member.name.clone(),
+                    node: member.node.clone(),
+                    address: format!("{}:{}", member.host, member.port),
+                    priority: member.priority,
+                    nofailover: member.nofailover,
+                    stoppable: member.data_dir.is_some(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The checks every kind of group shares: timings and lease against the probe interval.
+fn check_timings(
+    field: &str,
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    down_after: Duration,
+    lease_duration: Duration,
+) -> Result<(), SpecError> {
+    if probe_interval < Duration::from_millis(50) {
+        return Err(error(format!("{field}.probe_interval"), "must be at least 50ms"));
+    }
+    if probe_timeout.is_zero() {
+        return Err(error(format!("{field}.probe_timeout"), "must be longer than 0"));
+    }
+    if down_after < probe_interval {
+        return Err(error(
+            format!("{field}.down_after"),
+            format!(
+                "must be at least probe_interval ({}), or one failed probe would count as down",
+                humantime::format_duration(probe_interval)
+            ),
+        ));
+    }
+    if lease_duration < probe_interval * 3 {
+        return Err(error(
+            format!("{field}.lease_duration"),
+            format!(
+                "must be at least three probe intervals ({}): the lease is renewed every quarter of it and a \
+                 shorter lease would fence a healthy primary",
+                humantime::format_duration(probe_interval * 3)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks on one member every kind shares: name, address, node.
+fn check_member(
+    field: &str,
+    group: &str,
+    (name, host, port, node): (&str, &str, u16, &str),
+    names: &mut BTreeSet<String>,
+    addresses: &mut BTreeSet<(String, u16)>,
+    node_names: &BTreeSet<&str>,
+) -> Result<(), SpecError> {
+    check_name(&format!("{field}.name"), name)?;
+    if !names.insert(name.to_string()) {
+        return Err(error(format!("{field}.name"), format!("member name {name:?} is used twice in group {group:?}")));
+    }
+    if host.is_empty() {
+        return Err(error(format!("{field}.host"), "must not be empty"));
+    }
+    if port == 0 {
+        return Err(error(format!("{field}.port"), "must be between 1 and 65535"));
+    }
+    if !addresses.insert((host.to_string(), port)) {
+        return Err(error(format!("{field}.port"), format!("{host}:{port} is already another member's address")));
+    }
+    if !node_names.contains(node) {
+        let known: Vec<&str> = node_names.iter().copied().collect();
+        return Err(error(
+            format!("{field}.node"),
+            format!("no vigil node is named {node:?} (nodes: {})", known.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+impl RedisGroup {
+    fn validate(&self, field: &str, node_names: &BTreeSet<&str>) -> Result<(), SpecError> {
+        check_name(&format!("{field}.name"), &self.name)?;
+        if self.user.as_deref() == Some("") {
+            return Err(error(format!("{field}.user"), "must not be empty (leave it out for the default user)"));
+        }
+        if let Some(password) = &self.password {
+            check_secret(&format!("{field}.password"), password)?;
+        }
+        check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
+        if self.members.is_empty() {
+            return Err(error(format!("{field}.members"), "a group needs at least one member"));
+        }
+        if self.min_replicas_to_write > 0 && self.min_replicas_max_lag == 0 {
+            return Err(error(format!("{field}.min_replicas_max_lag"), "must be at least 1 second"));
+        }
+        if self.min_replicas_to_write as usize >= self.members.len() {
+            return Err(error(
+                format!("{field}.min_replicas_to_write"),
+                format!(
+                    "must be less than the number of members ({}): a master can have at most that many replicas \
+                     minus itself, and would refuse every write",
+                    self.members.len()
+                ),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for (index, member) in self.members.iter().enumerate() {
+            check_member(
+                &format!("{field}.members[{index}]"),
+                &self.name,
+                (&member.name, &member.host, member.port, &member.node),
+                &mut names,
+                &mut addresses,
+                node_names,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The member named `name`.
+    pub fn member(&self, name: &str) -> Option<&RedisMember> {
+        self.members.iter().find(|member| member.name == name)
+    }
+
+    /// See [`PostgresGroup::lease_wait`].
+    pub fn lease_wait(&self) -> Duration {
+        lease_wait(self.lease_duration)
+    }
+
+    /// The kind-independent view of this group.
+    pub fn policy(&self) -> GroupPolicy {
+        GroupPolicy {
+            kind: GroupKind::Redis,
+            name: self.name.clone(),
+            maximum_lag_on_failover: self.maximum_lag_on_failover,
+            down_after: self.down_after,
+            probe_interval: self.probe_interval,
+            lease_duration: self.lease_duration,
+            synchronous: SyncMode::Off,
+            datacenter_preference: self.datacenter_preference.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|member| MemberPolicy {
+                    name: member.name.clone(),
+                    node: member.node.clone(),
+                    address: format!("{}:{}", member.host, member.port),
+                    priority: member.priority,
+                    nofailover: member.nofailover,
+                    stoppable: true,
+                })
+                .collect(),
+        }
     }
 }

@@ -552,7 +552,7 @@ impl ClusterState {
             return CommandResponse::Refused { reason: error.to_string() };
         }
         if let Some(group) = self.groups.iter().find_map(|(name, state)| {
-            let kept = spec.postgres_group(name).is_some();
+            let kept = spec.group(name).is_some();
             (state.running.is_some() && !kept).then(|| name.clone())
         }) {
             return CommandResponse::Refused {
@@ -560,9 +560,9 @@ impl ClusterState {
             };
         }
         self.spec = spec.clone();
-        let names: BTreeSet<String> = spec.postgres.iter().map(|group| group.name.clone()).collect();
+        let names: BTreeSet<String> = spec.groups().map(|group| group.name().to_string()).collect();
         self.groups.retain(|name, _| names.contains(name));
-        for group in &spec.postgres {
+        for group in spec.groups().map(|group| group.policy()) {
             let state = self.groups.entry(group.name.clone()).or_default();
             let members: BTreeSet<&str> = group.members.iter().map(|member| member.name.as_str()).collect();
             state.verdicts.retain(|member, _| members.contains(member.as_str()));
@@ -577,7 +577,7 @@ impl ClusterState {
     }
 
     fn report_verdict(&mut self, node: NodeId, group: &str, member: &str, report: &VerdictReport) -> CommandResponse {
-        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        let Some(spec) = self.spec.group(group).map(|group| group.policy()) else { return unknown_group(group) };
         if spec.member(member).is_none() {
             return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
         }
@@ -602,7 +602,7 @@ impl ClusterState {
         at: u64,
         proposer: NodeId,
     ) -> CommandResponse {
-        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        let Some(spec) = self.spec.group(group).map(|group| group.policy()) else { return unknown_group(group) };
         if spec.member(member).is_none() {
             return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
         }
@@ -626,7 +626,7 @@ impl ClusterState {
     }
 
     fn renew_lease(&mut self, group: &str, member: &str, holder: NodeId, epoch: u64) -> CommandResponse {
-        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        let Some(spec) = self.spec.group(group).map(|group| group.policy()) else { return unknown_group(group) };
         let Some(member_spec) = spec.member(member) else {
             return CommandResponse::Refused { reason: format!("group {group:?} has no member {member:?}") };
         };
@@ -700,7 +700,7 @@ impl ClusterState {
         else {
             unreachable!("begin_failover is called with BeginFailover only")
         };
-        let Some(spec) = self.spec.postgres_group(group) else { return unknown_group(group) };
+        let Some(spec) = self.spec.group(group).map(|group| group.policy()) else { return unknown_group(group) };
         if spec.member(candidate).is_none() {
             return CommandResponse::Refused { reason: format!("group {group:?} has no member {candidate:?}") };
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use vigil_consensus::decision::{Decision, STALE_AFTER_MS, Situation, choose_candidate, decide, plan_requested};
-use vigil_consensus::group::{FailoverKind, GroupState, Health, PgFacts, Step, Verdict, VerdictReport};
+use vigil_consensus::group::{FailoverKind, GroupState, Health, MemberFacts, Step, Verdict, VerdictReport};
 use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember, SecretSource, SyncMode};
 use vigil_consensus::{NodeId, NodeInfo};
 
@@ -57,21 +57,21 @@ fn spec() -> PostgresGroup {
     }
 }
 
-fn primary_facts(lsn: u64) -> PgFacts {
-    PgFacts { in_recovery: false, current_lsn: Some(lsn), epoch: Some(1), ..PgFacts::default() }
+fn primary_facts(lsn: u64) -> MemberFacts {
+    MemberFacts { in_recovery: false, current_lsn: Some(lsn), epoch: Some(1), ..MemberFacts::default() }
 }
 
-fn replica_facts(replay: u64) -> PgFacts {
-    PgFacts {
+fn replica_facts(replay: u64) -> MemberFacts {
+    MemberFacts {
         in_recovery: true,
         receive_lsn: Some(replay),
         replay_lsn: Some(replay),
         receiver_status: Some("streaming".into()),
-        ..PgFacts::default()
+        ..MemberFacts::default()
     }
 }
 
-fn report(health: Health, facts: Option<PgFacts>, age_ms: u64) -> VerdictReport {
+fn report(health: Health, facts: Option<MemberFacts>, age_ms: u64) -> VerdictReport {
     VerdictReport {
         verdict: Verdict { health, facts, reason: (health == Health::Down).then(|| "connection refused".into()) },
         observed_at_ms: NOW - age_ms,
@@ -112,7 +112,14 @@ fn down(state: &mut GroupState, nodes: &[NodeId], member: &str) {
 fn decide_for(spec: &PostgresGroup, state: &GroupState) -> Decision {
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
-    decide(&Situation { spec, state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false })
+    decide(&Situation {
+        spec: &spec.policy(),
+        state,
+        voters: &voters,
+        nodes: &nodes,
+        now_ms: NOW,
+        primary_lease_run_out: false,
+    })
 }
 
 fn begun(decision: Decision) -> vigil_consensus::decision::Plan {
@@ -232,11 +239,11 @@ fn fenced_primary_is_failed_over_only_after_its_lease_ran_out() {
         fenced.verdict.reason = Some("primary refuses writes: read-only".into());
         set(&mut state, node, "pg1", fenced);
     }
-    let spec = spec();
+    let policy = spec().policy();
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
     let held = Situation {
-        spec: &spec,
+        spec: &policy,
         state: &state,
         voters: &voters,
         nodes: &nodes,
@@ -269,11 +276,11 @@ fn the_primary_is_discovered_once_and_two_claimants_block() {
 #[test]
 fn switchover_refuses_a_lagging_candidate_and_a_paused_group() {
     let state = healthy(5_000, 9_950);
-    let spec = spec();
+    let policy = spec().policy();
     let voters = BTreeSet::from([1, 2, 3]);
     let nodes = nodes();
     let situation = Situation {
-        spec: &spec,
+        spec: &policy,
         state: &state,
         voters: &voters,
         nodes: &nodes,
@@ -395,7 +402,7 @@ proptest! {
     fn the_choice_is_independent_of_report_order(
         verdicts in proptest::collection::vec(generated_verdict(), 9),
     ) {
-        let spec = spec();
+        let policy = spec().policy();
         let state = build_state(&verdicts, false);
         let mut reversed = GroupState { primary: state.primary.clone(), ..GroupState::default() };
         for (member, reports) in state.verdicts.iter().rev() {
@@ -405,8 +412,8 @@ proptest! {
         }
         let voters = BTreeSet::from([1, 2, 3]);
         let nodes = nodes();
-        let a = choose_candidate(&Situation { spec: &spec, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
-        let b = choose_candidate(&Situation { spec: &spec, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
+        let a = choose_candidate(&Situation { spec: &policy, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
+        let b = choose_candidate(&Situation { spec: &policy, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
         prop_assert_eq!(a, b);
     }
 }

@@ -50,7 +50,7 @@ fn state_with_group() -> (ClusterState, u64) {
         datacenter_preference: vec![],
         members: (1..=3).map(member).collect(),
     };
-    let spec = ClusterSpec { postgres: vec![group] };
+    let spec = ClusterSpec { postgres: vec![group], ..ClusterSpec::default() };
     let mut index = 2;
     let mut apply = |state: &mut ClusterState, command: Command| {
         index += 1;

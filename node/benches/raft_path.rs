@@ -400,7 +400,7 @@ fn report(vigil: &Figures, peer: Option<&Figures>, failover_ms: &[f64]) -> Strin
     sorted.sort_by(f64::total_cmp);
     out.push_str(&format!(
         "\nRaft leader failover: the leader killed with SIGKILL {} times; time until both survivors' APIs name \
-         the same new leader (election timeout 500 ms to 1 s, heartbeat 100 ms): median {:.0} ms, max {:.0} ms \
+         the same new leader (default settings: election timeout 250 to 500 ms, heartbeat 50 ms): median {:.0} ms, max {:.0} ms \
          (each run: {} ms).\n",
         sorted.len(),
         median(&sorted),

@@ -33,6 +33,12 @@ pub fn validate(spec: &ClusterSpec, nodes: &BTreeMap<NodeId, NodeInfo>) -> Resul
                 .map_err(|message| SpecError { field: format!("postgres[{index}].{name}"), message })?;
         }
     }
+    for (index, group) in spec.redis.iter().enumerate() {
+        if let Some(source) = &group.password {
+            resolve_secret(source)
+                .map_err(|message| SpecError { field: format!("redis[{index}].password"), message })?;
+        }
+    }
     Ok(())
 }
 

@@ -161,7 +161,7 @@ pub fn record_raft_metrics(raft: &RaftMetrics<TypeConfig>) {
 /// Copies the replicated group state into the Prometheus gauges, as this node sees it.
 pub fn record_group_metrics(state: &vigil_consensus::ClusterState, node_id: u64) {
     use vigil_consensus::group::{FailoverKind, Health};
-    for spec in &state.spec.postgres {
+    for spec in state.spec.groups().map(|group| group.policy()) {
         let group = state.groups.get(&spec.name).cloned().unwrap_or_default();
         let name = spec.name.clone();
         metrics::gauge!("vigil_group_epoch", "group" => name.clone()).set(group.epoch as f64);

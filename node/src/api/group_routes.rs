@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::decision::{STALE_AFTER_MS, Situation, plan_requested};
 use vigil_consensus::group::{GroupState, Health};
-use vigil_consensus::spec::{ClusterSpec, PostgresGroup};
+use vigil_consensus::spec::{ClusterSpec, GroupKind, GroupPolicy};
 use vigil_consensus::state::CommandResponse;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{ClusterState, Command, SubmitError};
@@ -91,9 +91,10 @@ pub async fn resume(
 async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, forced: bool) -> Response {
     let plan = {
         let replicated = state.cluster.state.read().expect("state lock poisoned");
-        let Some(spec) = replicated.spec.postgres_group(group) else {
+        let Some(spec) = replicated.spec.group(group).map(|group| group.policy()) else {
             return error_response(StatusCode::NOT_FOUND, "not_found", format!("no group is named {group:?}"));
         };
+        let spec = &spec;
         let group_state = replicated.groups.get(group).cloned().unwrap_or_default();
         let voters = replicated.voter_ids();
         let nodes = replicated.nodes();
@@ -172,13 +173,16 @@ pub fn group_statuses(replicated: &ClusterState, now_ms: u64) -> Vec<GroupStatus
     let nodes = replicated.nodes();
     replicated
         .spec
-        .postgres
-        .iter()
+        .groups()
+        .map(|group| group.policy())
         .map(|spec| {
             let state = replicated.groups.get(&spec.name).cloned().unwrap_or_default();
             GroupStatus {
                 name: spec.name.clone(),
-                kind: "postgres".to_string(),
+                kind: match spec.kind {
+                    GroupKind::Postgres => "postgres".to_string(),
+                    GroupKind::Redis => "redis".to_string(),
+                },
                 primary: state.primary.clone(),
                 epoch: state.epoch,
                 paused: state.paused,
@@ -190,7 +194,7 @@ pub fn group_statuses(replicated: &ClusterState, now_ms: u64) -> Vec<GroupStatus
                 sync_standbys: state.sync_standbys.iter().cloned().collect(),
                 sync_note: state.sync_note.clone(),
                 lease_holder: state.lease.as_ref().filter(|lease| lease.released.is_none()).map(|lease| lease.holder),
-                members: member_statuses(spec, &state, &nodes, now_ms),
+                members: member_statuses(&spec, &state, &nodes, now_ms),
                 running: state.running.clone(),
                 last_run: state.finished.back().cloned(),
             }
@@ -199,7 +203,7 @@ pub fn group_statuses(replicated: &ClusterState, now_ms: u64) -> Vec<GroupStatus
 }
 
 fn member_statuses(
-    spec: &PostgresGroup,
+    spec: &GroupPolicy,
     state: &GroupState,
     nodes: &std::collections::BTreeMap<u64, vigil_consensus::NodeInfo>,
     now_ms: u64,
@@ -245,7 +249,7 @@ fn member_statuses(
             GroupMemberStatus {
                 name: member.name.clone(),
                 node: member.node.clone(),
-                address: format!("{}:{}", member.host, member.port),
+                address: member.address.clone(),
                 role: role.to_string(),
                 verdicts,
                 problem: problem.or_else(|| state.member_notes.get(&member.name).cloned()),
@@ -264,7 +268,7 @@ fn member_statuses(
 /// this node's latest verdict on it is "up" in that role.
 fn role_here(state: &ApiState, group: &str) -> Result<(String, bool, bool), String> {
     let replicated = state.cluster.state.read().expect("state lock poisoned");
-    let Some(spec) = replicated.spec.postgres_group(group) else {
+    let Some(spec) = replicated.spec.group(group).map(|group| group.policy()) else {
         return Err(format!("no group is named {group:?}"));
     };
     let node_name = replicated.nodes().get(&state.cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();

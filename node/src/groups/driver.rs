@@ -71,7 +71,8 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, c
             continue;
         }
         let snapshot = snapshot(&cluster);
-        for group in &snapshot.spec.postgres {
+        for group in snapshot.spec.groups().map(|group| group.policy()) {
+            let group = &group;
             let state = snapshot.groups.get(&group.name).cloned().unwrap_or_default();
             if let Some(run) = &state.running {
                 advance(&cluster, &snapshot, &group.name, run, &in_flight, &failpoints, &leases).await;
@@ -151,7 +152,7 @@ async fn propose(cluster: &Cluster, command: Command) -> bool {
 /// The node that runs `step` of a run: the member's node for host-local steps, else the leader.
 pub fn executor_of(
     step: &vigil_consensus::group::Step,
-    group: &vigil_consensus::spec::PostgresGroup,
+    group: &vigil_consensus::spec::GroupPolicy,
     nodes: &BTreeMap<NodeId, NodeInfo>,
     leader: NodeId,
 ) -> Option<NodeId> {
@@ -173,7 +174,7 @@ async fn advance(
     failpoints: &Failpoints,
     leases: &LeaseClock,
 ) {
-    let Some(group) = snapshot.spec.postgres_group(group_name) else { return };
+    let Some(group) = snapshot.spec.group(group_name).map(|group| group.policy()) else { return };
     let Some(index) = run.current_step() else {
         let skipped: Vec<String> = run
             .steps
@@ -204,7 +205,7 @@ async fn advance(
         return;
     };
     let step = &run.steps[index];
-    let Some(executor) = executor_of(&step.step, group, &snapshot.nodes, cluster.node_id) else {
+    let Some(executor) = executor_of(&step.step, &group, &snapshot.nodes, cluster.node_id) else {
         let outcome = format!("no vigil node runs beside the member of step \"{}\"", step.step);
         finish_failed(cluster, group_name, run, outcome).await;
         return;
@@ -262,8 +263,8 @@ async fn advance(
     }
     let key = (group_name.to_string(), run.id, index, attempt);
     in_flight.lock().expect("in-flight lock poisoned").insert(key.clone());
-    let (cluster, group, run, in_flight, failpoints, leases) =
-        (cluster.clone(), group.clone(), run.clone(), in_flight.clone(), failpoints.clone(), leases.clone());
+    let (cluster, spec, run, in_flight, failpoints, leases) =
+        (cluster.clone(), snapshot.spec.clone(), run.clone(), in_flight.clone(), failpoints.clone(), leases.clone());
     tokio::spawn(async move {
         let step = run.steps[index].step.clone();
         failpoints.before_step(step_name(&step), attempt).await;
@@ -274,7 +275,7 @@ async fn advance(
             return;
         }
         info!(group = %group.name, run = run.id, step = %step, attempt, "running step");
-        let result = execute(&group, &run, &step, &leases).await;
+        let result = execute(&spec, &group.name, &run, &step, &leases).await;
         if result.succeeded {
             info!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step succeeded");
         } else {

@@ -41,16 +41,16 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, c
                     step.step.host_local_member()?;
                     match step.status {
                         StepStatus::Started { by, attempt, .. } if by == cluster.node_id => {
-                            let group = state.spec.postgres_group(name)?.clone();
-                            Some((group, run.clone(), index, attempt))
+                            state.spec.group(name)?;
+                            Some((state.spec.clone(), name.clone(), run.clone(), index, attempt))
                         }
                         _ => None,
                     }
                 })
                 .collect()
         };
-        for (group, run, index, attempt) in work {
-            let key = (group.name.clone(), run.id, index, attempt);
+        for (spec, group, run, index, attempt) in work {
+            let key = (group.clone(), run.id, index, attempt);
             if !in_flight.lock().expect("in-flight lock poisoned").insert(key.clone()) {
                 continue;
             }
@@ -59,14 +59,14 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, c
             tokio::spawn(async move {
                 let step = run.steps[index].step.clone();
                 failpoints.before_step(step_name(&step), attempt).await;
-                info!(group = %group.name, run = run.id, step = %step, attempt, "running host-local step");
-                let result = execute(&group, &run, &step, &leases).await;
+                info!(%group, run = run.id, step = %step, attempt, "running host-local step");
+                let result = execute(&spec, &group, &run, &step, &leases).await;
                 if result.succeeded {
-                    info!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step succeeded");
+                    info!(%group, run = run.id, step = %step, detail = %result.detail, "step succeeded");
                 } else {
-                    error!(group = %group.name, run = run.id, step = %step, detail = %result.detail, "step failed");
+                    error!(%group, run = run.id, step = %step, detail = %result.detail, "step failed");
                 }
-                finish_step(&cluster, &group.name, run.id, index, result.succeeded, result.detail, result.facts).await;
+                finish_step(&cluster, &group, run.id, index, result.succeeded, result.detail, result.facts).await;
                 // The key stays: this attempt is done, and a retry is a new attempt.
                 let _ = in_flight;
             });

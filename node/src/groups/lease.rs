@@ -18,18 +18,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use vigil_consensus::group::{Health, PrimaryLease, Step};
-use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember};
+use vigil_consensus::spec::GroupPolicy;
 use vigil_consensus::state::{Command, CommandResponse};
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, ClusterState};
 
-use crate::groups::targets::{pg_ctl, pg_target};
-use crate::guard::{GuardClient, GuardMessage, GuardedServer};
+use crate::groups::local::{GroupMember, REDIS_PAUSE};
+use crate::guard::{GuardClient, GuardMessage};
 
 /// How often the keeper looks at its leases.
 const KEEPER_TICK: Duration = Duration::from_millis(25);
-/// How long stopping a server as a fence may take.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a node knows of a lease by its own clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,22 +63,23 @@ impl LeaseClock {
     pub fn observe(&self, state: &ClusterState) {
         let now = Instant::now();
         let mut seen = self.seen.lock().expect("lease clock poisoned");
-        for group in &state.spec.postgres {
-            let lease = state.groups.get(&group.name).and_then(|group_state| group_state.lease.clone());
-            match seen.get_mut(&group.name) {
+        for group in state.spec.groups() {
+            let name = group.name();
+            let lease = state.groups.get(name).and_then(|group_state| group_state.lease.clone());
+            match seen.get_mut(name) {
                 Some(entry) if entry.lease == lease => {}
                 Some(entry) => *entry = Seen { lease, at: now },
                 // A group seen for the first time counts as freshly leased: this node cannot
                 // know when it was last renewed, so it waits a whole lease from now.
                 None => {
-                    seen.insert(group.name.clone(), Seen { lease, at: now });
+                    seen.insert(name.to_string(), Seen { lease, at: now });
                 }
             }
         }
     }
 
     /// The lease on `member` of `group` as this node sees it, with the leader's wait.
-    pub fn view(&self, group: &PostgresGroup, member: &str) -> LeaseView {
+    pub fn view(&self, group: &GroupPolicy, member: &str) -> LeaseView {
         let seen = self.seen.lock().expect("lease clock poisoned");
         let Some(entry) = seen.get(&group.name) else {
             return LeaseView::Held { remaining: group.lease_wait() };
@@ -126,13 +125,27 @@ struct Holding {
     /// When the last renewal that was committed had been sent.
     renewal_in_flight: bool,
     next_renewal: Instant,
-    fenced: Option<FenceMethod>,
+    /// Since when the primary is fenced (by this node), if it is.
+    fenced: Option<Instant>,
     released: bool,
+    /// Whether the primary's write settings were brought to the spec's since it was taken.
+    configured: bool,
 }
 
-/// The member of `group` that runs beside the node named `node_name`.
-fn my_member<'a>(group: &'a PostgresGroup, node_name: &str) -> Option<&'a PostgresMember> {
-    group.members.iter().find(|member| member.node == node_name)
+impl Holding {
+    fn new(member: &str, now: Instant, lease: Duration) -> Self {
+        Holding {
+            member: member.to_string(),
+            // A keeper that just started counts its lease from now: if it cannot renew
+            // within one lease, it fences.
+            valid_until: now + lease,
+            renewal_in_flight: false,
+            next_renewal: now,
+            fenced: None,
+            released: false,
+            configured: false,
+        }
+    }
 }
 
 /// Renews the leases of the primaries beside this node, and fences them when it cannot.
@@ -151,33 +164,29 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
             let node_name = state.nodes().get(&cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();
             (state.spec.clone(), state.groups.clone(), node_name)
         };
-        for group in &spec.postgres {
-            let Some(member) = my_member(group, &node_name) else { continue };
-            let group_state = groups.get(&group.name).cloned().unwrap_or_default();
-            let is_primary = group_state.primary.as_deref() == Some(member.name.as_str());
+        for group in spec.groups() {
+            let Some(local) = GroupMember::beside(group, &node_name) else { continue };
+            let (group_name, member_name) = (local.group_name().to_string(), local.name().to_string());
+            let lease_duration = local.lease_duration();
+            let group_state = groups.get(&group_name).cloned().unwrap_or_default();
+            let is_primary = group_state.primary.as_deref() == Some(member_name.as_str());
             let replaced =
-                group_state.running.as_ref().is_some_and(|run| run.old_primary.as_deref() == Some(&member.name));
-            let my_verdict = group_state
-                .verdicts
-                .get(&member.name)
-                .and_then(|reports| reports.get(&cluster.node_id))
-                .map(|report| report.verdict.health);
+                group_state.running.as_ref().is_some_and(|run| run.old_primary.as_deref() == Some(&member_name));
+            let my_report = group_state.verdicts.get(&member_name).and_then(|reports| reports.get(&cluster.node_id));
+            let my_verdict = my_report.map(|report| report.verdict.health);
+            let my_facts = my_report.and_then(|report| report.verdict.facts.clone());
             let now = Instant::now();
             let mut all = holdings.lock().expect("holdings poisoned");
-            let my_facts = group_state
-                .verdicts
-                .get(&member.name)
-                .and_then(|reports| reports.get(&cluster.node_id))
-                .and_then(|report| report.verdict.facts.clone());
             if !is_primary && !replaced {
                 // An old primary that came back (restarted by hand, or by its host) must not
                 // take writes until the rejoiner has made it a replica.
                 let stale = my_facts.as_ref().is_some_and(|facts| !facts.in_recovery) && group_state.primary.is_some();
-                if stale && stale_fenced.insert(group.name.clone()) {
-                    warn!(group = %group.name, member = %member.name, "a stale primary runs beside this node: fencing it");
-                    tokio::spawn(fence(group.clone(), member.clone(), FenceMethod::ReadOnly));
+                if stale && stale_fenced.insert(group_name.clone()) {
+                    warn!(group = %group_name, member = %member_name, "a stale primary runs beside this node: fencing it");
+                    let local = local.clone();
+                    tokio::spawn(async move { local.fence(true).await });
                 } else if !stale {
-                    stale_fenced.remove(&group.name);
+                    stale_fenced.remove(&group_name);
                 }
             }
             if !is_primary || replaced {
@@ -185,66 +194,62 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
                 // that still took writes would be a second writer. A switchover stops it
                 // cleanly in its own step, so only other runs are fenced here.
                 let stopped_by_plan = group_state.running.as_ref().is_some_and(|run| {
-                    run.steps.iter().any(|step| step.step == Step::StopPrimary { member: member.name.clone() })
+                    run.steps.iter().any(|step| step.step == Step::StopPrimary { member: member_name.clone() })
                 });
-                if let Some(holding) = all.get_mut(&group.name)
+                if let Some(holding) = all.get_mut(&group_name)
                     && holding.fenced.is_none()
                     && !stopped_by_plan
                 {
-                    holding.fenced = Some(group.fence_method);
+                    holding.fenced = Some(now);
                     holding.released = true;
-                    guard.send(GuardMessage::Disarm { group: group.name.clone() });
-                    warn!(group = %group.name, member = %member.name, "no longer the primary: fencing");
-                    tokio::spawn(fence_and_release(cluster.clone(), group.clone(), member.clone()));
+                    guard.send(GuardMessage::Disarm { group: group_name.clone() });
+                    warn!(group = %group_name, member = %member_name, "no longer the primary: fencing");
+                    tokio::spawn(fence_and_release(cluster.clone(), local.clone()));
                 }
                 continue;
             }
-            let holding = all.entry(group.name.clone()).or_insert_with(|| Holding {
-                member: member.name.clone(),
-                // A keeper that just started counts its lease from now: if it cannot renew
-                // within one lease, it fences.
-                valid_until: now + group.lease_duration,
-                renewal_in_flight: false,
-                next_renewal: now,
-                fenced: None,
-                released: false,
-            });
-            if holding.member != member.name {
-                *holding = Holding {
-                    member: member.name.clone(),
-                    valid_until: now + group.lease_duration,
-                    renewal_in_flight: false,
-                    next_renewal: now,
-                    fenced: None,
-                    released: false,
-                };
+            let holding =
+                all.entry(group_name.clone()).or_insert_with(|| Holding::new(&member_name, now, lease_duration));
+            if holding.member != member_name {
+                *holding = Holding::new(&member_name, now, lease_duration);
             }
             if my_verdict == Some(Health::Down) {
-                if !holding.released {
+                if !holding.released && matches!(local, GroupMember::Postgres { .. }) {
+                    // A PostgreSQL server can be made sure of (stopped) before the lease is
+                    // given up; a Redis master that vigil cannot reach is left to its lease.
                     holding.released = true;
-                    guard.send(GuardMessage::Disarm { group: group.name.clone() });
-                    holding.fenced = Some(FenceMethod::Stop);
-                    tokio::spawn(release(cluster.clone(), group.clone(), member.clone()));
+                    guard.send(GuardMessage::Disarm { group: group_name.clone() });
+                    holding.fenced = Some(now);
+                    tokio::spawn(release(cluster.clone(), local.clone()));
                 }
                 continue;
             }
-            let margin = fence_margin(group.lease_duration);
+            let margin = fence_margin(lease_duration);
             if holding.fenced.is_none() && now + margin >= holding.valid_until {
-                holding.fenced = Some(group.fence_method);
+                holding.fenced = Some(now);
                 // This daemon fences it itself: the guard's harder fence is not needed.
-                guard.send(GuardMessage::Disarm { group: group.name.clone() });
-                warn!(group = %group.name, member = %member.name, "lease not renewed in time: fencing the primary");
-                tokio::spawn(fence(group.clone(), member.clone(), group.fence_method));
+                guard.send(GuardMessage::Disarm { group: group_name.clone() });
+                warn!(group = %group_name, member = %member_name, "lease not renewed in time: fencing the primary");
+                let local = local.clone();
+                tokio::spawn(async move { local.fence(false).await });
+            } else if let Some(since) = holding.fenced
+                && local.fence_expires()
+                && !holding.released
+                && now.duration_since(since) >= REDIS_PAUSE / 3
+            {
+                // A pause lapses by itself: renew it while the fence stands.
+                holding.fenced = Some(now);
+                let local = local.clone();
+                tokio::spawn(async move { local.fence(false).await });
             }
             if !holding.renewal_in_flight && now >= holding.next_renewal {
                 holding.renewal_in_flight = true;
-                holding.next_renewal = now + group.lease_duration / 4;
+                holding.next_renewal = now + lease_duration / 4;
                 tokio::spawn(renew(
                     cluster.clone(),
                     guard.clone(),
                     holdings.clone(),
-                    group.clone(),
-                    member.clone(),
+                    local.clone(),
                     group_state.epoch,
                     now,
                 ));
@@ -262,146 +267,95 @@ async fn renew(
     cluster: Cluster,
     guard: GuardClient,
     holdings: Arc<Mutex<BTreeMap<String, Holding>>>,
-    group: PostgresGroup,
-    member: PostgresMember,
+    local: GroupMember,
     epoch: u64,
     sent_at: Instant,
 ) {
-    let command =
-        Command::RenewLease { group: group.name.clone(), member: member.name.clone(), holder: cluster.node_id, epoch };
-    let outcome = tokio::time::timeout(group.lease_duration, cluster.submit(LeaderRequest::Write { command })).await;
+    let (group, member) = (local.group_name().to_string(), local.name().to_string());
+    let lease_duration = local.lease_duration();
+    let command = Command::RenewLease { group: group.clone(), member: member.clone(), holder: cluster.node_id, epoch };
+    let outcome = tokio::time::timeout(lease_duration, cluster.submit(LeaderRequest::Write { command })).await;
     let mut lift = false;
     {
         let mut all = holdings.lock().expect("holdings poisoned");
-        let Some(holding) = all.get_mut(&group.name) else { return };
+        let Some(holding) = all.get_mut(&group) else { return };
         holding.renewal_in_flight = false;
         match outcome {
             Ok(Ok(LeaderResponse::Done { response: CommandResponse::Applied, .. })) => {
-                holding.valid_until = holding.valid_until.max(sent_at + group.lease_duration);
-                if holding.fenced.take().is_some() && !holding.released {
+                holding.valid_until = holding.valid_until.max(sent_at + lease_duration);
+                // The first renewal of a primary this keeper took over also lifts a fence a
+                // previous run of vigil may have left, and sets the spec's write settings.
+                let first = !holding.configured && local.lift_on_takeover();
+                holding.configured = true;
+                if (holding.fenced.take().is_some() || first) && !holding.released {
                     lift = true;
                 }
                 // Should this daemon die, the guard stops the primary a little after this
                 // daemon would have fenced it, and before the lease runs out.
-                if let Ok(ctl) = pg_ctl(&group, &member) {
-                    let guard_at = holding.valid_until - fence_margin(group.lease_duration) / 2;
+                if let Some(server) = local.guarded() {
+                    let guard_at = holding.valid_until - fence_margin(lease_duration) / 2;
                     let valid_for_ms = guard_at.saturating_duration_since(Instant::now()).as_millis() as u64;
-                    guard.send(GuardMessage::Arm {
-                        group: group.name.clone(),
-                        valid_for_ms,
-                        server: GuardedServer { bin_dir: ctl.bin_dir, data_dir: ctl.data_dir, run_as: ctl.run_as },
-                    });
+                    guard.send(GuardMessage::Arm { group: group.clone(), valid_for_ms, server });
                 }
             }
             // The cluster says this is not the primary of the current epoch: stay fenced.
             Ok(Ok(LeaderResponse::Done { response: CommandResponse::Refused { reason }, .. }))
                 if holding.fenced.is_none() =>
             {
-                holding.fenced = Some(group.fence_method);
-                guard.send(GuardMessage::Disarm { group: group.name.clone() });
-                warn!(group = %group.name, member = %member.name, %reason, "lease refused: fencing");
-                tokio::spawn(fence(group.clone(), member.clone(), group.fence_method));
+                holding.fenced = Some(Instant::now());
+                guard.send(GuardMessage::Disarm { group: group.clone() });
+                warn!(%group, %member, %reason, "lease refused: fencing");
+                let local = local.clone();
+                tokio::spawn(async move { local.fence(false).await });
             }
             _ => {}
         }
     }
     if lift {
-        info!(group = %group.name, member = %member.name, "lease renewed: the cluster confirms the primary; lifting the fence");
-        lift_fence(&group, &member).await;
-    }
-}
-
-/// Fences the primary beside this node; falls back to stopping it when the chosen fence
-/// fails (the stop fence needs the member's data directory in the spec). Whether it worked.
-pub async fn fence(group: PostgresGroup, member: PostgresMember, method: FenceMethod) -> bool {
-    let result = match method {
-        FenceMethod::ReadOnly => match pg_target(&group, &member) {
-            Ok(target) => {
-                vigil_actions::fence_read_only(&target).await.map(|n| format!("read-only, {n} sessions ended"))
-            }
-            Err(reason) => Err(vigil_actions::ActionError::Unexpected(reason)),
-        },
-        FenceMethod::Stop => stop(&group, &member).await.map(|()| "stopped".to_string()),
-    };
-    match result {
-        Ok(how) => {
-            warn!(group = %group.name, member = %member.name, %how, "primary fenced");
-            true
-        }
-        Err(error) => {
-            error!(group = %group.name, member = %member.name, %error, "fencing failed; stopping the server instead");
-            match stop(&group, &member).await {
-                Ok(()) => true,
-                Err(error) => {
-                    error!(group = %group.name, member = %member.name, %error, "the server could not be stopped either");
-                    false
-                }
-            }
-        }
-    }
-}
-
-async fn stop(group: &PostgresGroup, member: &PostgresMember) -> Result<(), vigil_actions::ActionError> {
-    let ctl = pg_ctl(group, member).map_err(vigil_actions::ActionError::Unexpected)?;
-    vigil_actions::stop_immediately(&ctl, STOP_TIMEOUT).await
-}
-
-async fn lift_fence(group: &PostgresGroup, member: &PostgresMember) {
-    let result = match group.fence_method {
-        FenceMethod::ReadOnly => match pg_target(group, member) {
-            Ok(target) => vigil_actions::unfence(&target).await,
-            Err(reason) => Err(vigil_actions::ActionError::Unexpected(reason)),
-        },
-        FenceMethod::Stop => match pg_ctl(group, member) {
-            Ok(ctl) => vigil_actions::start_server(&ctl, STOP_TIMEOUT).await,
-            Err(reason) => Err(vigil_actions::ActionError::Unexpected(reason)),
-        },
-    };
-    if let Err(error) = result {
-        error!(group = %group.name, member = %member.name, %error, "could not lift the fence");
+        info!(%group, %member, "lease renewed: the cluster confirms the primary; lifting the fence");
+        local.lift().await;
     }
 }
 
 /// The primary beside this node is down by this node's own probes: make sure it stays down
 /// (a half-dead server must not come back writable), then give the lease up so the leader
 /// need not wait for it to run out.
-async fn release(cluster: Cluster, group: PostgresGroup, member: PostgresMember) {
-    let how = match stop(&group, &member).await {
-        Ok(()) => "stopped",
-        Err(error) => {
-            // Without a stop, the lease is left to run out: releasing it would let a replica be
-            // promoted while a server this node cannot see might still take writes.
-            error!(group = %group.name, member = %member.name, %error, "cannot stop the down primary; keeping the lease");
-            return;
-        }
-    };
-    let reason = format!("{} is down for node {} and {how}", member.name, cluster.node_id);
+async fn release(cluster: Cluster, local: GroupMember) {
+    let (group, member) = (local.group_name().to_string(), local.name().to_string());
+    if let Err(reason) = local.stop().await {
+        // Without a stop, the lease is left to run out: releasing it would let a replica be
+        // promoted while a server this node cannot see might still take writes.
+        error!(%group, %member, %reason, "cannot stop the down primary; keeping the lease");
+        return;
+    }
+    let reason = format!("{member} is down for node {} and stopped", cluster.node_id);
     let command = Command::ReleaseLease {
-        group: group.name.clone(),
-        member: member.name.clone(),
+        group: group.clone(),
+        member: member.clone(),
         holder: cluster.node_id,
         reason: reason.clone(),
     };
     match cluster.submit(LeaderRequest::Write { command }).await {
-        Ok(_) => warn!(group = %group.name, member = %member.name, %reason, "lease released"),
-        Err(error) => warn!(group = %group.name, member = %member.name, %error, "could not release the lease"),
+        Ok(_) => warn!(%group, %member, %reason, "lease released"),
+        Err(error) => warn!(%group, %member, %error, "could not release the lease"),
     }
 }
 
 /// Fences a primary that is being replaced and tells the leader, so the promotion need not
 /// wait for the lease to run out.
-async fn fence_and_release(cluster: Cluster, group: PostgresGroup, member: PostgresMember) {
-    if !fence(group.clone(), member.clone(), group.fence_method).await {
+async fn fence_and_release(cluster: Cluster, local: GroupMember) {
+    if !local.fence(false).await {
         // Not fenced: the lease must run out before anything is promoted.
         return;
     }
+    let (group, member) = (local.group_name().to_string(), local.name().to_string());
     let command = Command::ReleaseLease {
-        group: group.name.clone(),
-        member: member.name.clone(),
+        group: group.clone(),
+        member: member.clone(),
         holder: cluster.node_id,
-        reason: format!("{} fenced by node {} ({:?})", member.name, cluster.node_id, group.fence_method),
+        reason: format!("{member} fenced by node {} ({})", cluster.node_id, local.fence_words()),
     };
     if let Err(error) = cluster.submit(LeaderRequest::Write { command }).await {
-        warn!(group = %group.name, member = %member.name, %error, "could not release the lease");
+        warn!(%group, %member, %error, "could not release the lease");
     }
 }

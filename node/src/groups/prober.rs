@@ -14,14 +14,14 @@ use tracing::{debug, error, info, warn};
 use vigil_consensus::Cluster;
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::group::VerdictReport;
-use vigil_consensus::spec::{PostgresGroup, PostgresMember};
 use vigil_consensus::state::Command;
 use vigil_consensus::transport::rpc::LeaderRequest;
-use vigil_probes::{PgProbe, ProbeOutcome};
+use vigil_probes::{PgProbe, RedisProbe};
 
 use crate::groups::failpoints::Failpoints;
-use crate::groups::targets::pg_target;
-use crate::groups::verdicts::VerdictTracker;
+use crate::groups::local::GroupMember;
+use crate::groups::targets::{pg_target, redis_target};
+use crate::groups::verdicts::{Seen, VerdictTracker};
 
 /// How long one verdict report may take; a newer verdict replaces it after that.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,9 +30,34 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 const SPEC_POLL: Duration = Duration::from_secs(1);
 
 struct Running {
-    group: PostgresGroup,
-    member: PostgresMember,
+    member: GroupMember,
     cancel: CancellationToken,
+}
+
+/// A probe of either kind.
+enum Probe {
+    Postgres(PgProbe),
+    Redis(RedisProbe),
+}
+
+impl Probe {
+    fn new(member: &GroupMember, node_id: u64) -> Result<Self, String> {
+        Ok(match member {
+            GroupMember::Postgres { group, member } => {
+                Probe::Postgres(PgProbe::new(pg_target(group, member)?, group.name.clone(), node_id))
+            }
+            GroupMember::Redis { group, member } => {
+                Probe::Redis(RedisProbe::new(redis_target(group, member)?, node_id))
+            }
+        })
+    }
+
+    async fn check(&self) -> Seen {
+        match self {
+            Probe::Postgres(probe) => Seen::from(&probe.check().await),
+            Probe::Redis(probe) => Seen::from(&probe.check().await),
+        }
+    }
 }
 
 /// Runs until `cancel`: keeps one probing task per member of the spec in force.
@@ -46,27 +71,27 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationT
         }
         let spec = cluster.state.read().expect("state lock poisoned").spec.clone();
         let mut wanted = BTreeMap::new();
-        for group in &spec.postgres {
-            for member in &group.members {
-                wanted.insert((group.name.clone(), member.name.clone()), (group, member));
+        for group in spec.groups() {
+            for member in GroupMember::all(group) {
+                wanted.insert((member.group_name().to_string(), member.name().to_string()), member);
             }
         }
         running.retain(|key, task| {
             // Restart a member's task when its group or member spec changed.
-            let keep = wanted.get(key).is_some_and(|(group, member)| **group == task.group && **member == task.member);
+            let keep = wanted.get(key).is_some_and(|member| *member == task.member);
             if !keep {
                 task.cancel.cancel();
             }
             keep
         });
-        for (key, (group, member)) in wanted {
+        for (key, member) in wanted {
             if running.contains_key(&key) {
                 continue;
             }
             let task_cancel = cancel.child_token();
-            let cut = failpoints.probe_cut(&member.name);
-            tokio::spawn(probe_member(cluster.clone(), group.clone(), member.clone(), cut, task_cancel.clone()));
-            running.insert(key, Running { group: group.clone(), member: member.clone(), cancel: task_cancel });
+            let cut = failpoints.probe_cut(member.name());
+            tokio::spawn(probe_member(cluster.clone(), member.clone(), cut, task_cancel.clone()));
+            running.insert(key, Running { member, cancel: task_cancel });
         }
     }
     for task in running.values() {
@@ -74,20 +99,19 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, cancel: CancellationT
     }
 }
 
-async fn probe_member(
-    cluster: Cluster,
-    group: PostgresGroup,
-    member: PostgresMember,
-    cut: bool,
-    cancel: CancellationToken,
-) {
-    let target = loop {
-        match pg_target(&group, &member) {
-            Ok(target) => break target,
+async fn probe_member(cluster: Cluster, member: GroupMember, cut: bool, cancel: CancellationToken) {
+    let (group_name, member_name) = (member.group_name().to_string(), member.name().to_string());
+    let (down_after, probe_interval) = match &member {
+        GroupMember::Postgres { group, .. } => (group.down_after, group.probe_interval),
+        GroupMember::Redis { group, .. } => (group.down_after, group.probe_interval),
+    };
+    let probe = loop {
+        match Probe::new(&member, cluster.node_id) {
+            Ok(probe) => break probe,
             Err(reason) => {
                 // A node that cannot read the secret reports nothing rather than "down":
                 // its own misconfiguration must never count towards a failover.
-                error!(group = %group.name, member = %member.name, %reason, "cannot probe: no credentials");
+                error!(group = %group_name, member = %member_name, %reason, "cannot probe: no credentials");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
@@ -96,19 +120,18 @@ async fn probe_member(
         }
     };
     let (report_tx, report_rx) = watch::channel::<Option<VerdictReport>>(None);
-    tokio::spawn(report_verdicts(cluster.clone(), group.name.clone(), member.name.clone(), report_rx, cancel.clone()));
-    let probe = PgProbe::new(target, group.name.clone(), cluster.node_id);
-    let mut tracker = VerdictTracker::new(group.down_after);
-    let mut ticker = tokio::time::interval(group.probe_interval);
+    tokio::spawn(report_verdicts(cluster.clone(), group_name.clone(), member_name.clone(), report_rx, cancel.clone()));
+    let mut tracker = VerdictTracker::new(down_after);
+    let mut ticker = tokio::time::interval(probe_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    info!(group = %group.name, member = %member.name, "probing");
+    info!(group = %group_name, member = %member_name, "probing");
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let outcome = if cut {
-            ProbeOutcome::Failed { reason: "failpoint: this node's network to the member is cut".to_string() }
+            Seen::Failed { reason: "failpoint: this node's network to the member is cut".to_string() }
         } else {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -116,7 +139,7 @@ async fn probe_member(
             }
         };
         if let Some(report) = tracker.observe(&outcome, Instant::now(), unix_millis_now()) {
-            debug!(group = %group.name, member = %member.name, health = %report.verdict.health, "verdict");
+            debug!(group = %group_name, member = %member_name, health = %report.verdict.health, "verdict");
             report_tx.send_replace(Some(report));
         }
     }

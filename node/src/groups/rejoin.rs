@@ -2,10 +2,12 @@
 //! human: a stale primary (an old primary that came back, fenced), or a replica that has not
 //! streamed from the primary for a while (its WAL diverged, or it points elsewhere).
 //!
-//! The procedure: stop it, `pg_rewind` it onto the primary's timeline (a no-op when nothing
-//! diverged), start it with `standby.signal` and `primary_conninfo`, and wait until it streams
-//! the primary's timeline. When rewinding is impossible it stays stopped with its data as it
-//! was, and status and history say why.
+//! The procedure for PostgreSQL: stop it, `pg_rewind` it onto the primary's timeline (a
+//! no-op when nothing diverged), start it with `standby.signal` and `primary_conninfo`, and
+//! wait until it streams the primary's timeline. When rewinding is impossible it stays
+//! stopped with its data as it was, and status and history say why. For Redis: `REPLICAOF`
+//! the primary (its own writes since the fork are discarded by the resync, as they would be
+//! by any rejoin) and lift a pause. The how lives in `local`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,11 +18,10 @@ use tracing::{error, info, warn};
 use vigil_consensus::Cluster;
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::group::{GroupState, Health};
-use vigil_consensus::spec::{PostgresGroup, PostgresMember};
 use vigil_consensus::state::Command;
 use vigil_consensus::transport::rpc::LeaderRequest;
 
-use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
+use crate::groups::local::GroupMember;
 
 /// How often the rejoiner looks.
 const TICK: Duration = Duration::from_secs(1);
@@ -28,8 +29,6 @@ const TICK: Duration = Duration::from_secs(1);
 pub const NOT_STREAMING_GRACE: Duration = Duration::from_secs(15);
 /// How long after a failed rejoin the next attempt waits.
 pub const RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Bounds of the steps of a rejoin.
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a member must rejoin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +57,8 @@ fn needs_rejoin(
     state: &GroupState,
     member: &str,
     node_id: u64,
-    primary: &PostgresMember,
+    local: &GroupMember,
+    primary: &str,
     not_before_ms: u64,
 ) -> Option<Reason> {
     let report = state.verdicts.get(member)?.get(&node_id)?;
@@ -74,7 +74,7 @@ fn needs_rejoin(
         return Some(Reason::StalePrimary);
     }
     let streaming_from_primary = facts.receiver_status.as_deref() == Some("streaming")
-        && facts.upstream.as_deref().is_some_and(|upstream| upstream.ends_with(&format!(":{}", primary.port)));
+        && facts.upstream.as_deref().is_some_and(|upstream| local.streams_from(upstream, primary));
     (!streaming_from_primary).then_some(Reason::NotStreaming)
 }
 
@@ -90,37 +90,38 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let work: Vec<(PostgresGroup, PostgresMember, PostgresMember, Reason)> = {
+        let work: Vec<(GroupMember, String, Reason)> = {
             let state = cluster.state.read().expect("state lock poisoned");
             let node_name = state.nodes().get(&cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();
             state
                 .spec
-                .postgres
-                .iter()
+                .groups()
                 .filter_map(|group| {
-                    let member = group.members.iter().find(|member| member.node == node_name)?;
-                    let group_state = state.groups.get(&group.name)?;
-                    let primary = group.member(group_state.primary.as_deref()?)?;
-                    if primary.name == member.name || group_state.running.is_some() {
+                    let local = GroupMember::beside(group, &node_name)?;
+                    let group_state = state.groups.get(group.name())?;
+                    let primary = group_state.primary.clone()?;
+                    if primary == local.name() || group_state.running.is_some() {
                         return None;
                     }
-                    let not_before = last_attempt_ms.get(&group.name).copied().unwrap_or(0);
-                    let why = needs_rejoin(group_state, &member.name, cluster.node_id, primary, not_before)?;
-                    Some((group.clone(), member.clone(), primary.clone(), why))
+                    let not_before = last_attempt_ms.get(group.name()).copied().unwrap_or(0);
+                    let why = needs_rejoin(group_state, local.name(), cluster.node_id, &local, &primary, not_before)?;
+                    Some((local, primary, why))
                 })
                 .collect()
         };
         let now = Instant::now();
-        let wanted: Vec<String> = work.iter().map(|(group, ..)| group.name.clone()).collect();
+        let wanted: Vec<String> = work.iter().map(|(local, ..)| local.group_name().to_string()).collect();
         not_streaming_since.retain(|group, _| wanted.contains(group));
-        for (group, member, primary, why) in work {
-            if retry_at.get(&group.name).is_some_and(|at| now < *at) {
+        for (local, primary, why) in work {
+            let group = local.group_name().to_string();
+            let member = local.name().to_string();
+            if retry_at.get(&group).is_some_and(|at| now < *at) {
                 continue;
             }
             // A stale primary rejoins at once; a replica gets a grace period, since it may
             // just be reconnecting after a re-point.
             if why == Reason::NotStreaming {
-                let since = *not_streaming_since.entry(group.name.clone()).or_insert(now);
+                let since = *not_streaming_since.entry(group.clone()).or_insert(now);
                 if now.duration_since(since) < NOT_STREAMING_GRACE {
                     continue;
                 }
@@ -128,70 +129,38 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
             if why == Reason::Stopped {
                 // Down by the probe may be a network fault: act only on a server that is
                 // really not running here.
-                let running = match pg_ctl(&group, &member) {
-                    Ok(ctl) => vigil_actions::is_running(&ctl).await.unwrap_or(true),
-                    Err(_) => true,
-                };
-                if running {
+                if local.is_running().await {
                     continue;
                 }
             }
-            warn!(group = %group.name, member = %member.name, primary = %primary.name, why = why.words(), "rejoining as a replica");
-            let outcome = rejoin(&group, &member, &primary).await;
+            warn!(%group, %member, %primary, why = why.words(), "rejoining as a replica");
+            let outcome = local.rejoin(&primary).await;
             let (succeeded, detail) = match outcome {
                 Ok(detail) => {
-                    info!(group = %group.name, member = %member.name, %detail, "rejoined");
-                    retry_at.remove(&group.name);
+                    info!(%group, %member, %detail, "rejoined");
+                    retry_at.remove(&group);
                     (true, detail)
                 }
                 Err(detail) => {
-                    error!(group = %group.name, member = %member.name, %detail, "rejoin failed");
-                    retry_at.insert(group.name.clone(), Instant::now() + RETRY_AFTER);
+                    error!(%group, %member, %detail, "rejoin failed");
+                    retry_at.insert(group.clone(), Instant::now() + RETRY_AFTER);
                     (false, detail)
                 }
             };
-            not_streaming_since.remove(&group.name);
-            last_attempt_ms.insert(group.name.clone(), unix_millis_now());
+            not_streaming_since.remove(&group);
+            last_attempt_ms.insert(group.clone(), unix_millis_now());
             let command = Command::RecordRejoin {
-                group: group.name.clone(),
-                member: member.name.clone(),
-                primary: primary.name.clone(),
+                group: group.clone(),
+                member: member.clone(),
+                primary: primary.clone(),
                 succeeded,
                 detail: format!("{}; {detail}", why.words()),
                 at_unix_ms: unix_millis_now(),
                 proposer: cluster.node_id,
             };
             if let Err(error) = cluster.submit(LeaderRequest::Write { command }).await {
-                warn!(group = %group.name, member = %member.name, %error, "could not record the rejoin");
+                warn!(%group, %member, %error, "could not record the rejoin");
             }
         }
     }
-}
-
-/// Stops, rewinds and restarts `member` as a replica of `primary`; says what it did.
-async fn rejoin(group: &PostgresGroup, member: &PostgresMember, primary: &PostgresMember) -> Result<String, String> {
-    let ctl = pg_ctl(group, member)?;
-    let source = pg_target(group, primary)?;
-    // pg_rewind reads the primary as vigil's own role, which must be a superuser.
-    let source_conninfo =
-        vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil");
-    let source_conninfo = format!("{source_conninfo} dbname={}", source.database);
-    // A clean stop spares pg_rewind a crash recovery; a server that will not stop cleanly is
-    // stopped at once.
-    if vigil_actions::stop_server(&ctl, STEP_TIMEOUT).await.is_err() {
-        vigil_actions::stop_immediately(&ctl, STEP_TIMEOUT).await.map_err(|e| format!("stopping it: {e}"))?;
-    }
-    vigil_actions::checkpoint(&source, STEP_TIMEOUT)
-        .await
-        .map_err(|e| format!("checkpoint on {} before rewinding: {e}", primary.name))?;
-    let rewound = vigil_actions::rewind(&ctl, &source_conninfo, STEP_TIMEOUT)
-        .await
-        .map_err(|e| format!("pg_rewind failed, data left as it was (stopped): {e}"))?;
-    let conninfo = primary_conninfo(group, primary, &member.name)?;
-    vigil_actions::start_as_replica(&ctl, &conninfo, STEP_TIMEOUT).await.map_err(|e| format!("starting it: {e}"))?;
-    let replica = pg_target(group, member)?;
-    let timeline = vigil_actions::wait_for_upstream(&replica, &source, Duration::from_secs(30))
-        .await
-        .map_err(|e| format!("after restarting: {e}"))?;
-    Ok(format!("pg_rewind: {rewound}; streaming timeline {timeline} from {}", primary.name))
 }

@@ -1,10 +1,11 @@
 //! Runs one failover step against the real servers. Every step is idempotent: run again
-//! after a crash, it finds its work done and says so.
+//! after a crash, it finds its work done and says so. PostgreSQL's steps are here; Redis's
+//! are in `redis_steps`, behind the same `execute`.
 
 use std::time::Duration;
 
 use vigil_consensus::group::{FailoverRun, Step, StepFacts};
-use vigil_consensus::spec::{PostgresGroup, SyncMode};
+use vigil_consensus::spec::{ClusterSpec, GroupPolicy, GroupRef, PostgresGroup, SyncMode};
 
 use crate::groups::lease::{LeaseClock, LeaseView};
 use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
@@ -30,11 +31,13 @@ pub struct StepResult {
 }
 
 impl StepResult {
-    fn ok(detail: impl Into<String>) -> Self {
+    /// A success.
+    pub fn ok(detail: impl Into<String>) -> Self {
         Self { succeeded: true, detail: detail.into(), facts: StepFacts::default() }
     }
 
-    fn failed(detail: impl Into<String>) -> Self {
+    /// A failure.
+    pub fn failed(detail: impl Into<String>) -> Self {
         Self { succeeded: false, detail: detail.into(), facts: StepFacts::default() }
     }
 }
@@ -52,12 +55,21 @@ pub fn step_name(step: &Step) -> &'static str {
     }
 }
 
-/// Runs `step` of `run` in `group`; `leases` is this node's view of the primary's lease.
-pub async fn execute(group: &PostgresGroup, run: &FailoverRun, step: &Step, leases: &LeaseClock) -> StepResult {
-    match run_step(group, run, step, leases).await {
-        Ok(result) => result,
-        Err(reason) => StepResult::failed(reason),
-    }
+/// Runs `step` of `run` in the group named `group`; `leases` is this node's view of the
+/// primary's lease.
+pub async fn execute(
+    spec: &ClusterSpec,
+    group: &str,
+    run: &FailoverRun,
+    step: &Step,
+    leases: &LeaseClock,
+) -> StepResult {
+    let outcome = match spec.group(group) {
+        Some(GroupRef::Postgres(group)) => run_step(group, run, step, leases).await,
+        Some(GroupRef::Redis(group)) => crate::groups::redis_steps::run_step(group, run, step, leases).await,
+        None => Err(format!("the spec has no group {group}")),
+    };
+    outcome.unwrap_or_else(StepResult::failed)
 }
 
 fn member<'a>(group: &'a PostgresGroup, name: &str) -> Result<&'a vigil_consensus::spec::PostgresMember, String> {
@@ -148,8 +160,9 @@ async fn run_step(
     }
 }
 
-/// How long the leader tries to fence an old primary over SQL while it waits for the lease.
-const REMOTE_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the leader tries to fence an old primary over the network while it waits for
+/// the lease.
+pub const REMOTE_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits until the old primary takes no more writes: its lease released or run out, or the
 /// old primary fenced over SQL by the leader itself (when the primary answers but the node
@@ -159,25 +172,36 @@ async fn fence_old_primary(
     old: &vigil_consensus::spec::PostgresMember,
     leases: &LeaseClock,
 ) -> Result<StepResult, String> {
-    let remote = {
-        let target = pg_target(group, old)?;
-        tokio::spawn(async move {
-            let mut target = target;
-            target.timeout = REMOTE_FENCE_TIMEOUT.min(target.timeout);
-            vigil_actions::fence_read_only(&target).await
-        })
+    let mut target = pg_target(group, old)?;
+    target.timeout = REMOTE_FENCE_TIMEOUT.min(target.timeout);
+    let remote = async move {
+        vigil_actions::fence_read_only(&target)
+            .await
+            .map(|terminated| format!("read-only, {terminated} client sessions ended"))
+            .map_err(|e| e.to_string())
     };
+    wait_for_fence(&group.policy(), &old.name, leases, remote).await
+}
+
+/// Waits until the old primary `old` takes no more writes: its lease released or run out
+/// by this node's clock, or `remote` (the leader's own fence over the network) succeeded.
+pub async fn wait_for_fence(
+    policy: &GroupPolicy,
+    old: &str,
+    leases: &LeaseClock,
+    remote: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
+) -> Result<StepResult, String> {
+    let remote = tokio::spawn(remote);
     tokio::pin!(remote);
     let mut remote_done = false;
-    let deadline = tokio::time::Instant::now() + group.lease_wait() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + policy.lease_wait() + Duration::from_secs(30);
     loop {
-        match leases.view(group, &old.name) {
+        match leases.view(policy, old) {
             LeaseView::Released(reason) => return Ok(StepResult::ok(format!("lease released: {reason}"))),
             LeaseView::RunOut { since_renewal } => {
                 return Ok(StepResult::ok(format!(
-                    "lease ran out: last renewal seen {} ms ago, so node beside {} has fenced it",
+                    "lease ran out: last renewal seen {} ms ago, so node beside {old} has fenced it",
                     since_renewal.as_millis(),
-                    old.name
                 )));
             }
             LeaseView::Held { .. } => {}
@@ -186,10 +210,8 @@ async fn fence_old_primary(
             tokio::select! {
                 outcome = &mut remote => {
                     remote_done = true;
-                    if let Ok(Ok(terminated)) = outcome {
-                        return Ok(StepResult::ok(format!(
-                            "fenced remotely by the leader: read-only, {terminated} client sessions ended"
-                        )));
+                    if let Ok(Ok(how)) = outcome {
+                        return Ok(StepResult::ok(format!("fenced remotely by the leader: {how}")));
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}

@@ -1,11 +1,12 @@
 //! Turns the spec of a member into what probes and actions need: connection settings with
-//! the password read on this host, `pg_ctl` settings, and `primary_conninfo`.
+//! the password read on this host, `pg_ctl` settings, and `primary_conninfo`; for Redis,
+//! the connection settings with its password.
 
 use std::path::PathBuf;
 
 use vigil_actions::PgCtl;
-use vigil_consensus::spec::{PostgresGroup, PostgresMember};
-use vigil_probes::PgTarget;
+use vigil_consensus::spec::{PostgresGroup, PostgresMember, RedisGroup, RedisMember};
+use vigil_probes::{PgTarget, RedisTarget};
 
 use crate::spec_file::resolve_secret;
 
@@ -38,4 +39,19 @@ pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica
     let password = resolve_secret(&group.replication_password)
         .map_err(|e| format!("group {} replication_password: {e}", group.name))?;
     Ok(vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica))
+}
+
+/// Connection settings for vigil on the Redis `member`.
+pub fn redis_target(group: &RedisGroup, member: &RedisMember) -> Result<RedisTarget, String> {
+    let password = match &group.password {
+        Some(source) => Some(resolve_secret(source).map_err(|e| format!("group {} password: {e}", group.name))?),
+        None => None,
+    };
+    Ok(RedisTarget {
+        host: member.host.clone(),
+        port: member.port,
+        username: group.user.clone(),
+        password,
+        timeout: group.probe_timeout,
+    })
 }

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use vigil_consensus::group::{Health, PgFacts, Verdict, VerdictReport};
-use vigil_probes::{PgObservation, ProbeOutcome};
+use vigil_consensus::group::{Health, MemberFacts, Verdict, VerdictReport};
+use vigil_probes::{PgObservation, ProbeOutcome, RedisObservation, RedisOutcome};
 
 /// Changed facts (WAL positions) are reported at most this often.
 pub const FACT_REFRESH: Duration = Duration::from_secs(1);
@@ -28,9 +28,75 @@ pub struct VerdictTracker {
     last_report: Option<(Verdict, Instant)>,
 }
 
+/// One probe's outcome, whatever the kind: the verdict on a member that answered, or why
+/// it did not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It answered; this is what its answer means.
+    Answered(Verdict),
+    /// It did not answer.
+    Failed {
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+impl From<&ProbeOutcome> for Seen {
+    fn from(outcome: &ProbeOutcome) -> Self {
+        match outcome {
+            ProbeOutcome::Answered(observation) => Seen::Answered(classify(observation)),
+            ProbeOutcome::Failed { reason } => Seen::Failed { reason: reason.clone() },
+        }
+    }
+}
+
+impl From<&RedisOutcome> for Seen {
+    fn from(outcome: &RedisOutcome) -> Self {
+        match outcome {
+            RedisOutcome::Answered(observation) => Seen::Answered(classify_redis(observation)),
+            RedisOutcome::Failed { reason } => Seen::Failed { reason: reason.clone() },
+        }
+    }
+}
+
+/// The verdict on a Redis member that answered, its facts in the shared shape: offsets as
+/// positions, a replica with its link up counted as streaming.
+pub fn classify_redis(observation: &RedisObservation) -> Verdict {
+    let link_up = observation.link_status.as_deref() == Some("up");
+    let facts = MemberFacts {
+        in_recovery: !observation.is_master,
+        timeline: None,
+        current_lsn: observation.is_master.then_some(observation.master_repl_offset),
+        receive_lsn: observation.replica_offset,
+        replay_lsn: observation.replica_offset,
+        replay_delay_ms: None,
+        receiver_status: (!observation.is_master).then(|| {
+            if link_up {
+                "streaming".to_string()
+            } else {
+                format!("link {}", observation.link_status.as_deref().unwrap_or("unknown"))
+            }
+        }),
+        upstream: observation.upstream.clone(),
+        epoch: observation.epoch,
+    };
+    let (health, reason) = if observation.is_master {
+        match &observation.heartbeat {
+            Some(Err(error)) => (Health::Degraded, Some(format!("master refuses writes: {error}"))),
+            _ => (Health::Up, None),
+        }
+    } else if link_up {
+        (Health::Up, None)
+    } else {
+        let link = observation.link_status.as_deref().unwrap_or("unknown");
+        (Health::Degraded, Some(format!("replica's link to its master is {link}")))
+    };
+    Verdict { health, facts: Some(facts), reason }
+}
+
 /// The facts of an answered probe, in the replicated form.
-pub fn facts_of(observation: &PgObservation) -> PgFacts {
-    PgFacts {
+pub fn facts_of(observation: &PgObservation) -> MemberFacts {
+    MemberFacts {
         in_recovery: observation.in_recovery,
         timeline: observation.timeline,
         current_lsn: observation.current_lsn,
@@ -64,7 +130,13 @@ pub fn classify(observation: &PgObservation) -> Verdict {
 /// server is up, so that is never evidence that it is down.
 pub fn is_refusal_of_vigil(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
-    reason.contains("authentication") || reason.contains("password") || reason.contains("role \"")
+    // PostgreSQL says "password authentication failed" or names the role; Redis answers
+    // NOAUTH or WRONGPASS.
+    reason.contains("authentication")
+        || reason.contains("password")
+        || reason.contains("role \"")
+        || reason.contains("noauth")
+        || reason.contains("wrongpass")
 }
 
 impl VerdictTracker {
@@ -74,17 +146,17 @@ impl VerdictTracker {
     }
 
     /// Takes one probe outcome; returns a report when one is due.
-    pub fn observe(&mut self, outcome: &ProbeOutcome, now: Instant, now_wall_ms: u64) -> Option<VerdictReport> {
+    pub fn observe(&mut self, outcome: &Seen, now: Instant, now_wall_ms: u64) -> Option<VerdictReport> {
         let verdict = match outcome {
-            ProbeOutcome::Answered(observation) => {
+            Seen::Answered(verdict) => {
                 self.failing_since = None;
-                classify(observation)
+                verdict.clone()
             }
-            ProbeOutcome::Failed { reason } if is_refusal_of_vigil(reason) => {
+            Seen::Failed { reason } if is_refusal_of_vigil(reason) => {
                 self.failing_since = None;
                 Verdict { health: Health::Degraded, facts: None, reason: Some(format!("refuses vigil: {reason}")) }
             }
-            ProbeOutcome::Failed { reason } => {
+            Seen::Failed { reason } => {
                 let (since, since_wall) = *self.failing_since.get_or_insert((now, now_wall_ms));
                 if now.duration_since(since) < self.down_after {
                     // Not down yet: the previous verdict stands (nothing to report now).
@@ -134,8 +206,8 @@ impl VerdictTracker {
 mod tests {
     use super::*;
 
-    fn primary() -> ProbeOutcome {
-        ProbeOutcome::Answered(PgObservation {
+    fn primary() -> Seen {
+        Seen::from(&ProbeOutcome::Answered(PgObservation {
             in_recovery: false,
             timeline: Some(1),
             current_lsn: Some(100),
@@ -146,11 +218,11 @@ mod tests {
             upstream: None,
             epoch: None,
             heartbeat: Some(Ok(())),
-        })
+        }))
     }
 
-    fn refused() -> ProbeOutcome {
-        ProbeOutcome::Failed { reason: "connection refused".into() }
+    fn refused() -> Seen {
+        Seen::Failed { reason: "connection refused".into() }
     }
 
     /// One failed probe changes nothing; failing for `down_after` makes the member down,
@@ -196,7 +268,7 @@ mod tests {
     async fn authentication_failure_is_degraded_not_down() {
         let mut tracker = VerdictTracker::new(Duration::from_millis(100));
         let start = Instant::now();
-        let failure = ProbeOutcome::Failed { reason: "password authentication failed for user \"vigil\"".into() };
+        let failure = Seen::Failed { reason: "password authentication failed for user \"vigil\"".into() };
         for ms in [0u64, 200, 400, 800] {
             if let Some(report) = tracker.observe(&failure, start + Duration::from_millis(ms), ms) {
                 assert_eq!(report.verdict.health, Health::Degraded);
