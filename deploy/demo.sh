@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds vigil and starts the local demo on 127.0.0.1: three vigil nodes watching three
-# PostgreSQL 15 servers with streaming replication.
+# PostgreSQL 15 servers with streaming replication and three redis-servers.
 # Installs missing build packages with apt when run as root. Ctrl-C stops and cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential pkg-config ca-certificates postgresql-15 postgresql-client-15)
+packages=(build-essential pkg-config ca-certificates postgresql-15 postgresql-client-15 redis-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

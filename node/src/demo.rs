@@ -2,8 +2,9 @@
 //!
 //! It writes certificates and configurations into one directory, starts three `vigil run`
 //! processes and (unless `--no-postgres`) three PostgreSQL servers with streaming
-//! replication under their watch, prints every change of leader, primary and failover, and
-//! on Ctrl-C stops exactly the processes it started (by PID) and removes what it made.
+//! replication and (unless `--no-redis`) three redis-servers, a master and two replicas,
+//! under their watch, prints every change of leader, primary and failover, and on Ctrl-C
+//! stops exactly the processes it started (by PID) and removes what it made.
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use tokio::process::{Child, Command};
 use vigil_consensus::tls::{Identity, TlsPaths};
 
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+use vigil_chaos_tests::redis::{REDIS_PASSWORD, RedisCluster};
 
 use crate::api::client::ApiClient;
 use crate::api::model::{ApplySpecRequest, GroupStatus, StatusReport, WriteReceipt};
@@ -39,6 +41,9 @@ pub struct DemoArgs {
     /// Do not start the PostgreSQL group (three servers with streaming replication).
     #[arg(long)]
     pub no_postgres: bool,
+    /// Do not start the Redis group (a master and two replicas).
+    #[arg(long)]
+    pub no_redis: bool,
 }
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -75,10 +80,23 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     .map_err(|e| Failure::config(e.to_string()))?;
     let client = ApiClient::new(&identity, endpoints.clone())?;
     let postgres = if args.no_postgres { None } else { start_postgres(&dir).await };
+    let redis = if args.no_redis { None } else { start_redis(&dir).await };
+    let spec = [postgres.as_ref().map(|(_, spec)| spec.as_str()), redis.as_ref().map(|(_, spec)| spec.as_str())]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let servers = Servers { postgres: postgres.map(|(cluster, _)| cluster), redis: redis.map(|(cluster, _)| cluster) };
+    if !spec.is_empty()
+        && let Err(error) =
+            std::fs::write(dir.join("cluster.toml"), format!("# The demo's groups, written by `vigil demo`.\n{spec}"))
+    {
+        println!("[demo] no groups: cannot write their spec: {error}");
+    }
 
-    let outcome = watch(&client, &mut nodes, &dir, &endpoints, postgres.as_ref()).await;
+    let outcome = watch(&client, &mut nodes, &dir, &endpoints, &servers).await;
     stop(&mut nodes).await;
-    drop(postgres);
+    drop(servers);
     stop_guards(&dir);
     if args.keep {
         println!("kept {}", dir.display());
@@ -170,9 +188,50 @@ async fn start_node(id: u64, config: &Path, dir: &Path) -> anyhow::Result<DemoNo
     Ok(DemoNode { id, config: config.to_path_buf(), child: Some(child) })
 }
 
-/// Starts three PostgreSQL servers with streaming replication and writes the spec that
-/// puts them under the demo's watch. Without PostgreSQL installed, the demo runs without it.
-async fn start_postgres(dir: &Path) -> Option<PgCluster> {
+/// The servers the demo started for its groups.
+struct Servers {
+    postgres: Option<PgCluster>,
+    redis: Option<RedisCluster>,
+}
+
+/// Starts three redis-servers (a master, two replicas) and returns them with their part of
+/// the spec. Without redis-server installed, the demo runs without them.
+async fn start_redis(dir: &Path) -> Option<(RedisCluster, String)> {
+    println!("starting three redis-servers (a master and two replicas)...");
+    let cluster = match tokio::task::spawn_blocking(|| RedisCluster::start(3)).await {
+        Ok(Ok(cluster)) => cluster,
+        Ok(Err(error)) => {
+            println!("[demo] no Redis group: {error} (is redis-server installed?)");
+            return None;
+        }
+        Err(error) => {
+            println!("[demo] no Redis group: {error}");
+            return None;
+        }
+    };
+    let password = dir.join("redis.password");
+    if let Err(error) = std::fs::write(&password, REDIS_PASSWORD) {
+        println!("[demo] no Redis group: cannot write its password file: {error}");
+        return None;
+    }
+    let mut spec = format!(
+        "[[redis]]\nname = \"cache\"\npassword = {{ file = \"{}\" }}\nmaximum_lag_on_failover = 1048576\n",
+        password.display()
+    );
+    for (index, instance) in cluster.instances().iter().enumerate() {
+        let (host, port) = cluster.address(index);
+        spec.push_str(&format!(
+            "\n[[redis.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\n",
+            instance.name,
+            index + 1
+        ));
+    }
+    Some((cluster, spec))
+}
+
+/// Starts three PostgreSQL servers with streaming replication and returns them with their
+/// part of the spec. Without PostgreSQL installed, the demo runs without it.
+async fn start_postgres(dir: &Path) -> Option<(PgCluster, String)> {
     println!("starting three PostgreSQL servers with streaming replication...");
     let cluster = match tokio::task::spawn_blocking(|| PgCluster::start(3)).await {
         Ok(Ok(cluster)) => cluster,
@@ -187,20 +246,19 @@ async fn start_postgres(dir: &Path) -> Option<PgCluster> {
     };
     let password = dir.join("vigil.password");
     let replication = dir.join("replication.password");
-    let written = std::fs::write(&password, VIGIL_PASSWORD)
-        .and_then(|_| std::fs::write(&replication, REPLICATION_PASSWORD))
-        .and_then(|_| std::fs::write(dir.join("cluster.toml"), demo_spec(&cluster, &password, &replication)));
+    let written =
+        std::fs::write(&password, VIGIL_PASSWORD).and_then(|_| std::fs::write(&replication, REPLICATION_PASSWORD));
     if let Err(error) = written {
-        println!("[demo] no PostgreSQL group: cannot write its spec: {error}");
+        println!("[demo] no PostgreSQL group: cannot write its password files: {error}");
         return None;
     }
-    Some(cluster)
+    let spec = demo_spec(&cluster, &password, &replication);
+    Some((cluster, spec))
 }
 
 fn demo_spec(cluster: &PgCluster, password: &Path, replication: &Path) -> String {
     let mut spec = format!(
-        "# The demo's PostgreSQL group, written by `vigil demo`.\n\
-         [[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
+        "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
          replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
          maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\n",
         password.display(),
@@ -222,7 +280,7 @@ fn demo_spec(cluster: &PgCluster, password: &Path, replication: &Path) -> String
     spec
 }
 
-/// Prints what changed in the PostgreSQL group since the last look.
+/// Prints what changed in a group since the last look.
 fn report_group(group: &GroupStatus, last: &mut (Option<String>, Option<u64>, Option<u64>)) {
     if group.primary != last.0 {
         if let Some(primary) = &group.primary {
@@ -268,10 +326,10 @@ async fn watch(
     nodes: &mut [DemoNode],
     dir: &Path,
     endpoints: &[String],
-    postgres: Option<&PgCluster>,
+    servers: &Servers,
 ) -> Result<(), Failure> {
-    let mut spec_applied = postgres.is_none();
-    let mut group_seen = (None, None, None);
+    let mut spec_applied = servers.postgres.is_none() && servers.redis.is_none();
+    let mut groups_seen = std::collections::BTreeMap::new();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "vigil".to_string());
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
@@ -317,15 +375,17 @@ async fn watch(
             let applied: Result<WriteReceipt, _> = client.post("/spec", &request).await;
             match applied {
                 Ok(_) => spec_applied = true,
-                Err(error) => println!("[demo] applying the PostgreSQL spec failed, retrying: {error}"),
+                Err(error) => println!("[demo] applying the groups' spec failed, retrying: {error}"),
             }
         }
         if !announced && leader.is_some() && spec_applied {
             announced = true;
-            print_instructions(&exe, dir, endpoints, nodes, postgres);
+            print_instructions(&exe, dir, endpoints, nodes, servers);
         }
-        if announced && let Some(group) = status.groups.first() {
-            report_group(group, &mut group_seen);
+        if announced {
+            for group in &status.groups {
+                report_group(group, groups_seen.entry(group.name.clone()).or_insert((None, None, None)));
+            }
         }
         if announced && leader != last_leader {
             match &status.leader {
@@ -337,7 +397,7 @@ async fn watch(
     }
 }
 
-fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[DemoNode], postgres: Option<&PgCluster>) {
+fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[DemoNode], servers: &Servers) {
     let certs = dir.join("certs");
     println!("vigil demo: a 3-node cluster is running on 127.0.0.1 (files in {})", dir.display());
     println!();
@@ -355,8 +415,8 @@ fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[Demo
         nodes.iter().filter_map(|node| node.child.as_ref()?.id().map(|pid| format!("n{}={pid}", node.id))).collect();
     println!("  kill a node:   kill -9 <pid>   ({}); kill the leader and watch a new one elected", pids.join(" "));
     println!("  logs:          {}/n1.log n2.log n3.log", dir.display());
-    if let Some(cluster) = postgres {
-        let config = dir.join("n1.toml");
+    let config = dir.join("n1.toml");
+    if let Some(cluster) = &servers.postgres {
         println!();
         println!("  PostgreSQL group \"main\": pg1 (primary) beside n1, pg2 beside n2, pg3 beside n3");
         for instance in cluster.instances() {
@@ -371,6 +431,18 @@ fn print_instructions(exe: &str, dir: &Path, endpoints: &[String], nodes: &[Demo
         );
         println!("  switch over:   {exe} switchover main --to pg2 --config {}", config.display());
         println!("  failovers:     {exe} history main --config {}", config.display());
+    }
+    if let Some(cluster) = &servers.redis {
+        println!();
+        println!("  Redis group \"cache\": redis1 (master) beside n1, redis2 beside n2, redis3 beside n3");
+        for (index, instance) in cluster.instances().iter().enumerate() {
+            let (host, port) = cluster.address(index);
+            println!("    {}: redis-cli -h {host} -p {port} -a {REDIS_PASSWORD}", instance.name);
+        }
+        if let Some(pid) = cluster.pid(0) {
+            println!("  fail it over:  kill -9 {pid}   (redis1; watch a replica take over)");
+        }
+        println!("  switch over:   {exe} switchover cache --to redis2 --config {}", config.display());
     }
     println!();
     println!("Ctrl-C stops the cluster and removes {}.", dir.display());

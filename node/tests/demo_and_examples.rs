@@ -40,10 +40,14 @@ fn demo_runs_a_cluster_and_cleans_up_on_interrupt() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     let mut pids_line = String::new();
+    let mut redis_pid = None::<i32>;
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
         if line.contains("kill a node") {
             pids_line = line.clone();
+        }
+        if line.contains("(redis1;") {
+            redis_pid = line.split_whitespace().find_map(|word| word.parse().ok());
         }
         let leader_line = line.starts_with("[demo] leader is");
         seen.push(line);
@@ -56,6 +60,11 @@ fn demo_runs_a_cluster_and_cleans_up_on_interrupt() {
 
     let status = common::vigil(&["status", "--config", dir.join("n1.toml").to_str().unwrap()]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    // Both groups are under watch (the spec is applied before the instructions are printed).
+    let spec = common::vigil(&["spec", "--config", dir.join("n1.toml").to_str().unwrap()]);
+    let spec = String::from_utf8_lossy(&spec.stdout);
+    assert!(spec.contains("[[postgres]]") && spec.contains("[[redis]]"), "{spec}");
+    let redis_pid = redis_pid.unwrap_or_else(|| panic!("no Redis instructions printed: {seen:?}"));
 
     // The node PIDs the demo printed, to check they are gone afterwards.
     let node_pids: Vec<i32> = pids_line
@@ -72,6 +81,7 @@ fn demo_runs_a_cluster_and_cleans_up_on_interrupt() {
     for node_pid in node_pids {
         assert!(kill(Pid::from_raw(node_pid), None).is_err(), "node process {node_pid} still running");
     }
+    assert!(kill(Pid::from_raw(redis_pid), None).is_err(), "redis-server {redis_pid} still running");
 }
 
 /// deploy/examples/node.toml passes `vigil check-config` once its certificates exist.
