@@ -42,6 +42,11 @@ pub fn lsn(value: u64) -> String {
     format!("{:X}/{:X}", value >> 32, value & 0xFFFF_FFFF)
 }
 
+/// A position in a group's replication stream: an LSN for PostgreSQL, a byte offset for Redis.
+pub fn position(value: u64, redis: bool) -> String {
+    if redis { value.to_string() } else { lsn(value) }
+}
+
 /// One group's part of `vigil status`.
 pub fn group_status(group: &GroupStatus) -> String {
     let mut out = String::new();
@@ -67,7 +72,18 @@ pub fn group_status(group: &GroupStatus) -> String {
     if let Some(holder) = group.lease_holder {
         let _ = writeln!(out, "  lease held by node {holder}");
     }
-    let header = ["MEMBER", "NODE", "ADDRESS", "ROLE", "VERDICTS", "LSN", "LAG", "TL", "UPSTREAM"];
+    let redis = group.kind == "redis";
+    let header = [
+        "MEMBER",
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "VERDICTS",
+        if redis { "OFFSET" } else { "LSN" },
+        "LAG",
+        "TL",
+        "UPSTREAM",
+    ];
     let rows: Vec<[String; 9]> = group
         .members
         .iter()
@@ -89,7 +105,7 @@ pub fn group_status(group: &GroupStatus) -> String {
                 member.address.clone(),
                 role,
                 if verdicts.is_empty() { "none yet".to_string() } else { verdicts.join(" ") },
-                member.lsn.map_or_else(|| "-".to_string(), lsn),
+                member.lsn.map_or_else(|| "-".to_string(), |value| position(value, redis)),
                 lag,
                 member.timeline.map_or_else(|| "-".to_string(), |tl| tl.to_string()),
                 member.upstream.clone().unwrap_or_else(|| "-".to_string()),
@@ -152,7 +168,7 @@ fn after(start: u64, at: Option<u64>) -> String {
 }
 
 /// One failover in `vigil history`.
-pub fn run_summary(group: &str, run: &FailoverRun) -> String {
+pub fn run_summary(group: &str, run: &FailoverRun, redis: bool) -> String {
     let mut out = String::new();
     let status = match run.succeeded {
         Some(true) => "succeeded",
@@ -180,14 +196,15 @@ pub fn run_summary(group: &str, run: &FailoverRun) -> String {
         after(start, run.finished_at_ms),
     );
     let loss = match run.data_loss_bytes() {
+        Some(bytes) if redis => format!("{bytes} bytes of replication stream"),
         Some(bytes) => format!("{bytes} bytes of WAL"),
         None => "unknown (old primary's last position not known)".to_string(),
     };
     let _ = writeln!(
         out,
         "  old primary at {}, new primary at {}: data-loss estimate {loss}",
-        run.old_primary_lsn.map_or_else(|| "?".to_string(), lsn),
-        run.candidate_lsn.map_or_else(|| "?".to_string(), lsn),
+        run.old_primary_lsn.map_or_else(|| "?".to_string(), |value| position(value, redis)),
+        run.candidate_lsn.map_or_else(|| "?".to_string(), |value| position(value, redis)),
     );
     let _ = writeln!(out, "  reason: {}", run.reason);
     if let Some(outcome) = &run.outcome {
@@ -238,7 +255,8 @@ pub fn history(report: &HistoryReport) -> String {
             let _ = writeln!(out, "{group}: no failover yet");
         }
         for run in runs {
-            out.push_str(&run_summary(group, run));
+            let redis = report.kinds.get(group).is_some_and(|kind| kind == "redis");
+            out.push_str(&run_summary(group, run, redis));
         }
     }
     if !report.failovers.is_empty() && !report.events.is_empty() {

@@ -118,6 +118,9 @@ pub struct HistoryReport {
     /// Finished and running failovers by group, oldest first.
     #[serde(default)]
     pub failovers: BTreeMap<String, Vec<FailoverRun>>,
+    /// The kind of each group in `failovers` ("postgres", "redis"), for how positions read.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, String>,
 }
 
 /// Every error the API answers with.

@@ -240,5 +240,16 @@ async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery
             (name.clone(), runs)
         })
         .collect();
-    Json(HistoryReport { events: replicated.events_since(query.since).cloned().collect(), failovers })
+    let kinds = replicated
+        .spec
+        .groups()
+        .map(|group| {
+            let kind = match group {
+                vigil_consensus::spec::GroupRef::Postgres(_) => "postgres",
+                vigil_consensus::spec::GroupRef::Redis(_) => "redis",
+            };
+            (group.name().to_string(), kind.to_string())
+        })
+        .collect();
+    Json(HistoryReport { events: replicated.events_since(query.since).cloned().collect(), failovers, kinds })
 }
