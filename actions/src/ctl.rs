@@ -3,7 +3,7 @@
 //! owner when vigil runs as root (PostgreSQL refuses to run as root).
 
 use std::ffi::OsString;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr as _;
@@ -194,6 +194,73 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
         let last = text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or("").to_string();
         tracing::info!(data_dir = %ctl.data_dir.display(), outcome = %last, "pg_rewind finished");
         Ok(last)
+    })
+    .await
+}
+
+/// Replaces a stopped (or running, which is stopped first) server's data directory with a
+/// fresh copy of the primary's, taken with `pg_basebackup` over `replication_conninfo` (the
+/// replication role's connection, as in `primary_conninfo`). For when `pg_rewind` cannot
+/// bring the member back: nothing is deleted, the old directory is renamed beside the new
+/// one (`<data_dir>.vigil-replaced-<unix ms>`, reported) for the operator to inspect and
+/// remove. The member's own configuration files are kept, as across a rewind. The copy is
+/// left stopped; [`start_as_replica`] starts it.
+pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration) -> Result<PathBuf, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("re-cloning {}", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if server_running(ctl).await? {
+            stop_until(ctl, deadline).await?;
+        }
+        let kept: Vec<(String, Vec<u8>)> = KEPT_ACROSS_REWIND
+            .iter()
+            .filter_map(|name| std::fs::read(ctl.data_dir.join(name)).ok().map(|bytes| (name.to_string(), bytes)))
+            .collect();
+        let metadata =
+            std::fs::metadata(&ctl.data_dir).map_err(|error| file_error("reading", &ctl.data_dir, &error))?;
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis());
+        let mut aside = ctl.data_dir.clone().into_os_string();
+        aside.push(format!(".vigil-replaced-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(&ctl.data_dir, &aside).map_err(|error| file_error("moving aside", &ctl.data_dir, &error))?;
+        // An empty directory with the old one's owner and mode: the server's user must own it.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&ctl.data_dir)
+            .map_err(|error| file_error("creating", &ctl.data_dir, &error))?;
+        std::os::unix::fs::chown(&ctl.data_dir, Some(metadata.uid()), Some(metadata.gid()))
+            .map_err(|error| file_error("giving its owner back to", &ctl.data_dir, &error))?;
+        let args = [
+            os("--pgdata"),
+            ctl.data_dir.clone().into(),
+            os("--dbname"),
+            os(replication_conninfo),
+            os("--wal-method=stream"),
+            os("--checkpoint=fast"),
+            os("--no-password"),
+        ];
+        let (command, description) = tool(ctl, "pg_basebackup", &args);
+        let description = description.replace(replication_conninfo, "<replication conninfo>");
+        let output = output_of(command, &description).await?;
+        if !output.status.success() {
+            return Err(ActionError::Command {
+                command: description,
+                stderr: format!(
+                    "{} (the old data directory is kept in {})",
+                    String::from_utf8_lossy(&output.stderr).trim(),
+                    aside.display()
+                ),
+            });
+        }
+        for (name, bytes) in kept {
+            let path = ctl.data_dir.join(name);
+            std::fs::write(&path, bytes).map_err(|error| file_error("restoring", &path, &error))?;
+            std::os::unix::fs::chown(&path, Some(metadata.uid()), Some(metadata.gid()))
+                .map_err(|error| file_error("giving its owner back to", &path, &error))?;
+        }
+        tracing::warn!(data_dir = %ctl.data_dir.display(), old = %aside.display(), "re-cloned with pg_basebackup");
+        Ok(aside)
     })
     .await
 }

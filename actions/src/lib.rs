@@ -1,6 +1,7 @@
 //! Failover actions vigil performs on members. PostgreSQL: promote a replica, record the
-//! group's epoch on the new primary, re-point replicas, wait for replay, stop a server
-//! and restart it as a replica. Redis: promote a replica (`REPLICAOF NO ONE`), record the
+//! group's epoch on the new primary, re-point replicas, wait for replay, fence a primary
+//! read-only, stop a server and restart it as a replica, rewind it (`pg_rewind`) or
+//! re-clone it (`pg_basebackup`). Redis: promote a replica (`REPLICAOF NO ONE`), record the
 //! epoch, re-point a replica, wait for it to follow its master or reach an offset, pause
 //! and resume writes, require replicas for writes.
 //!
@@ -16,8 +17,7 @@
 //! epoch); it depends on `vigil-probes` only for the targets and their connection and
 //! parsing helpers; every LSN is parsed and printed through
 //! [`tokio_postgres::types::PgLsn`]; a stored epoch never goes down; no password is ever
-//! logged. Not yet here: fencing of Redis masters, VIP and DNS moves, pg_rewind, backups,
-//! notifications.
+//! logged. Not yet here: VIP and DNS moves, backups, notifications.
 
 mod conninfo;
 mod ctl;
@@ -30,7 +30,7 @@ pub use self::redis::{
     redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream, redis_write_epoch,
 };
 pub use conninfo::primary_conninfo;
-pub use ctl::{PgCtl, is_running, rewind, start_as_replica, start_server, stop_immediately, stop_server};
+pub use ctl::{PgCtl, is_running, reclone, rewind, start_as_replica, start_server, stop_immediately, stop_server};
 pub use error::ActionError;
 pub use sql::{
     Promoted, checkpoint, fence_read_only, promote, repoint, require_all, set_synchronous_standby_names,

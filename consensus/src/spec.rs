@@ -92,6 +92,11 @@ pub struct PostgresGroup {
     /// cluster has confirmed synchronous, and only such a standby may be promoted.
     #[serde(default)]
     pub synchronous: SyncMode,
+    /// When `pg_rewind` cannot bring a member back as a replica, re-clone it with
+    /// `pg_basebackup` (its old data directory is kept, renamed beside the new one).
+    /// Off: the member is left stopped with its data untouched, and status says why.
+    #[serde(default)]
+    pub allow_reclone: bool,
     /// Datacenters in order of preference for a new primary, after WAL position and priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datacenter_preference: Vec<String>,

@@ -52,6 +52,7 @@ fn spec() -> PostgresGroup {
         synchronous: SyncMode::Off,
         bin_dir: "/usr/lib/postgresql/15/bin".into(),
         run_as: None,
+        allow_reclone: false,
         datacenter_preference: vec![],
         members: (1..=3).map(member).collect(),
     }

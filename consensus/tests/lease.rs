@@ -47,6 +47,7 @@ fn state_with_group() -> (ClusterState, u64) {
         synchronous: SyncMode::Off,
         bin_dir: "/usr/bin".into(),
         run_as: None,
+        allow_reclone: false,
         datacenter_preference: vec![],
         members: (1..=3).map(member).collect(),
     };

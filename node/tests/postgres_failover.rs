@@ -399,3 +399,40 @@ fn primary_whose_vigil_dies_is_stopped_by_the_guard_before_another_is_promoted()
     assert!(!lab.pg.is_in_recovery(lab.index_of(&new_primary)).unwrap());
     eprintln!("failed over {:?} after the node died", killed_at.elapsed());
 }
+
+/// An old primary that `pg_rewind` cannot rewind (it now runs without `wal_log_hints` and
+/// without data checksums) is re-cloned with `pg_basebackup` when the spec allows it: it
+/// comes back as a replica of the new primary with the new timeline's data, its old data
+/// directory kept beside, and history says what happened.
+#[test]
+fn old_primary_that_cannot_be_rewound_is_recloned_when_allowed() {
+    let lab = Lab::start("allow_reclone = true\n", &[], &[]);
+    lab.pg.sql(0, "ALTER SYSTEM SET wal_log_hints = off").unwrap();
+    lab.pg.kill_postmaster(0).unwrap();
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "run: {run:#}");
+    let new_primary = run["candidate"].as_str().unwrap().to_string();
+    let new_index = lab.index_of(&new_primary);
+    lab.pg.sql(new_index, "CREATE TABLE after_reclone AS SELECT 7 AS answer").unwrap();
+    lab.wait_for("pg1 to stream from the new primary", |_| lab.streams_from("pg1", &new_primary));
+    let replicated = (0..100)
+        .find_map(|_| {
+            let answer = lab.pg.sql(0, "SELECT answer FROM after_reclone").ok();
+            if answer.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answer
+        })
+        .expect("pg1 never got the new primary's table");
+    assert_eq!(replicated, "7");
+    let history = lab.vigil.cli(lab.any_running_node(), &["history"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(text.contains("re-cloned with pg_basebackup"), "{text}");
+    let data_dir = &lab.pg.instances()[0].data_dir;
+    let name = data_dir.file_name().unwrap().to_string_lossy().to_string();
+    let kept = std::fs::read_dir(data_dir.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|entry| entry.file_name().to_string_lossy().starts_with(&format!("{name}.vigil-replaced-")));
+    assert!(kept, "the old data directory was not kept beside the new one");
+}

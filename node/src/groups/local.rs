@@ -300,16 +300,24 @@ async fn rejoin_postgres(
     vigil_actions::checkpoint(&source, STEP_TIMEOUT)
         .await
         .map_err(|e| format!("checkpoint on {} before rewinding: {e}", primary.name))?;
-    let rewound = vigil_actions::rewind(&ctl, &source_conninfo, STEP_TIMEOUT)
-        .await
-        .map_err(|e| format!("pg_rewind failed, data left as it was (stopped): {e}"))?;
     let conninfo = primary_conninfo(group, primary, &member.name)?;
+    let rewound = match vigil_actions::rewind(&ctl, &source_conninfo, STEP_TIMEOUT).await {
+        Ok(outcome) => format!("pg_rewind: {outcome}"),
+        Err(error) if group.allow_reclone => {
+            warn!(group = %group.name, member = %member.name, %error, "pg_rewind failed: re-cloning with pg_basebackup");
+            let aside = vigil_actions::reclone(&ctl, &conninfo, STEP_TIMEOUT)
+                .await
+                .map_err(|e| format!("pg_rewind failed ({error}), and so did pg_basebackup: {e}"))?;
+            format!("pg_rewind failed ({error}); re-cloned with pg_basebackup, old data kept in {}", aside.display())
+        }
+        Err(error) => return Err(format!("pg_rewind failed, data left as it was (stopped): {error}")),
+    };
     vigil_actions::start_as_replica(&ctl, &conninfo, STEP_TIMEOUT).await.map_err(|e| format!("starting it: {e}"))?;
     let replica = pg_target(group, member)?;
     let timeline = vigil_actions::wait_for_upstream(&replica, &source, Duration::from_secs(30))
         .await
         .map_err(|e| format!("after restarting: {e}"))?;
-    Ok(format!("pg_rewind: {rewound}; streaming timeline {timeline} from {}", primary.name))
+    Ok(format!("{rewound}; streaming timeline {timeline} from {}", primary.name))
 }
 
 /// Points `member` at `primary` with `REPLICAOF` and lifts any pause, so the writes that
