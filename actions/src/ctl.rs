@@ -27,6 +27,65 @@ pub struct PgCtl {
     /// The OS user to run the tools as (through `runuser`) when vigil runs as root;
     /// ignored otherwise, since only root can switch users.
     pub run_as: Option<String>,
+    /// Starts the server in place of `pg_ctl start` (`systemctl start postgresql@15-main`,
+    /// say), run with `/bin/sh -c` as vigil's own user; the server is then awaited with
+    /// `pg_ctl status`.
+    pub start_command: Option<String>,
+    /// Stops the server cleanly in place of `pg_ctl stop -m fast`, the same way. Stops
+    /// that fence (immediate ones) always use `pg_ctl stop -m immediate`: a fence must not
+    /// wait for a service manager.
+    pub stop_command: Option<String>,
+}
+
+impl PgCtl {
+    /// Control through `pg_ctl` only.
+    pub fn new(bin_dir: PathBuf, data_dir: PathBuf, run_as: Option<String>) -> Self {
+        PgCtl { bin_dir, data_dir, run_as, start_command: None, stop_command: None }
+    }
+}
+
+/// Runs an operator's start or stop command, then waits until `pg_ctl status` says the
+/// server runs (`running` true) or not.
+async fn run_command_until(
+    ctl: &PgCtl,
+    command_line: &str,
+    running: bool,
+    deadline: Instant,
+) -> Result<(), ActionError> {
+    // No pipes: a server started by the command inherits them and would hold them open,
+    // so reading its output to the end would wait for the server to exit.
+    let status = Command::new("/bin/sh")
+        .args(["-c", command_line])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|error| ActionError::Command {
+            command: command_line.to_string(),
+            stderr: format!("could not run it: {error}"),
+        })?;
+    if !status.success() {
+        return Err(ActionError::Command {
+            command: command_line.to_string(),
+            stderr: format!("it failed ({status}); its own logs say why"),
+        });
+    }
+    loop {
+        if server_running(ctl).await? == running {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ActionError::Unexpected(format!(
+                "`{command_line}` succeeded, but the server in {} is {} running",
+                ctl.data_dir.display(),
+                if running { "still not" } else { "still" }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Stops the server cleanly (`pg_ctl stop -m fast`, waiting up to `timeout`) and returns
@@ -62,6 +121,11 @@ pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Dura
         write_standby_signal(ctl)?;
         write_replica_auto_conf(ctl, primary_conninfo)?;
 
+        if let Some(command_line) = &ctl.start_command {
+            run_command_until(ctl, command_line, true, deadline).await?;
+            tracing::info!(data_dir = %ctl.data_dir.display(), "started as a replica");
+            return Ok(());
+        }
         let log_file = ctl.data_dir.join(START_LOG);
         let start = [
             os("start"),
@@ -131,6 +195,9 @@ pub async fn start_server(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionEr
     bounded(deadline, what, async {
         if server_running(ctl).await? {
             return Ok(());
+        }
+        if let Some(command_line) = &ctl.start_command {
+            return run_command_until(ctl, command_line, true, deadline).await;
         }
         let log_file = ctl.data_dir.join(START_LOG);
         let start = [
@@ -278,6 +345,12 @@ const COMMAND_SLACK: Duration = Duration::from_secs(2);
 
 /// Stops the server if it runs, then checks `pg_controldata`; the body of [`stop_server`].
 async fn stop_until(ctl: &PgCtl, deadline: Instant) -> Result<u64, ActionError> {
+    if let Some(command_line) = &ctl.stop_command
+        && server_running(ctl).await?
+    {
+        run_command_until(ctl, command_line, false, deadline).await?;
+        tracing::info!(data_dir = %ctl.data_dir.display(), "stopped the server");
+    }
     if server_running(ctl).await? {
         let stop = [
             os("stop"),
@@ -546,7 +619,7 @@ Latest checkpoint's REDO location:    0/3000028
 
     #[test]
     fn commands_run_as_the_owner_only_when_root() {
-        let ctl = PgCtl { bin_dir: "/pg/bin".into(), data_dir: "/pg/data".into(), run_as: Some("postgres".into()) };
+        let ctl = PgCtl::new("/pg/bin".into(), "/pg/data".into(), Some("postgres".into()));
         let (_, description) = tool(&ctl, "pg_ctl", &[os("status")]);
         if geteuid().is_root() {
             assert_eq!(description, "runuser -u postgres -- env LC_ALL=C /pg/bin/pg_ctl status");

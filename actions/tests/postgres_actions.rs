@@ -28,11 +28,11 @@ fn target(cluster: &PgCluster, index: usize) -> PgTarget {
 }
 
 fn ctl(cluster: &PgCluster, index: usize) -> PgCtl {
-    PgCtl {
-        bin_dir: cluster.bin_dir().to_path_buf(),
-        data_dir: cluster.instances()[index].data_dir.clone(),
-        run_as: cluster.run_as().map(String::from),
-    }
+    PgCtl::new(
+        cluster.bin_dir().to_path_buf(),
+        cluster.instances()[index].data_dir.clone(),
+        cluster.run_as().map(String::from),
+    )
 }
 
 /// The conninfo with which member `replica` streams from member `primary`.

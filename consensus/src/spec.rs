@@ -120,6 +120,14 @@ pub struct PostgresMember {
     /// Its data directory on that node's host, for host-local control.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
+    /// Starts the server in place of `pg_ctl start` (`systemctl start postgresql@15-main`),
+    /// run by `/bin/sh -c` as vigil's user on that node; vigil then waits for `pg_ctl status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_command: Option<String>,
+    /// Stops the server cleanly in place of `pg_ctl stop -m fast`, the same way. Fences
+    /// that stop the server still use `pg_ctl stop -m immediate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<String>,
     /// Higher is preferred between candidates with the same WAL position.
     #[serde(default)]
     pub priority: i32,
@@ -499,6 +507,17 @@ impl PostgresGroup {
                 &mut addresses,
                 node_names,
             )?;
+            for (name, command) in [("start_command", &member.start_command), ("stop_command", &member.stop_command)] {
+                if command.is_some() && member.data_dir.is_none() {
+                    return Err(error(
+                        format!("{member_field}.{name}"),
+                        "needs data_dir too: vigil watches the server through its data directory",
+                    ));
+                }
+                if command.as_deref().is_some_and(|command| command.trim().is_empty()) {
+                    return Err(error(format!("{member_field}.{name}"), "must not be empty"));
+                }
+            }
             if let Some(data_dir) = &member.data_dir
                 && !data_dir.starts_with('/')
             {

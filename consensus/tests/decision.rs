@@ -33,6 +33,8 @@ fn spec() -> PostgresGroup {
         port: 5430 + n as u16,
         node: format!("n{n}"),
         data_dir: Some(format!("/data/pg{n}")),
+        start_command: None,
+        stop_command: None,
         priority: 0,
         nofailover: false,
     };

@@ -28,6 +28,8 @@ fn state_with_group() -> (ClusterState, u64) {
         port: 5430 + n,
         node: format!("n{n}"),
         data_dir: None,
+        start_command: None,
+        stop_command: None,
         priority: 0,
         nofailover: false,
     };

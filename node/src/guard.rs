@@ -191,11 +191,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
         for group in due {
             let entry = armed.remove(&group).expect("due entries are armed");
             warn!(group, data_dir = %entry.server.data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
-            let ctl = vigil_actions::PgCtl {
-                bin_dir: entry.server.bin_dir,
-                data_dir: entry.server.data_dir,
-                run_as: entry.server.run_as,
-            };
+            let ctl = vigil_actions::PgCtl::new(entry.server.bin_dir, entry.server.data_dir, entry.server.run_as);
             if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
                 error!(group, %error, "the fence guard could not stop the primary");
             }

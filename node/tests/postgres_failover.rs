@@ -436,3 +436,32 @@ fn old_primary_that_cannot_be_rewound_is_recloned_when_allowed() {
         .any(|entry| entry.file_name().to_string_lossy().starts_with(&format!("{name}.vigil-replaced-")));
     assert!(kept, "the old data directory was not kept beside the new one");
 }
+
+/// Host-local control through the operator's own start and stop commands (a systemd unit,
+/// in production): a switchover stops the old primary and starts it again as a replica with
+/// the commands named in the spec, not with `pg_ctl` directly.
+#[test]
+fn switchover_uses_the_members_own_start_and_stop_commands() {
+    let lab = Lab::start("", &[], &[]);
+    let log = lab.vigil.dir.path().join("commands.log");
+    let data = &lab.pg.instances()[0].data_dir;
+    let pg_ctl = lab.pg.bin_dir().join("pg_ctl");
+    let as_owner = lab.pg.run_as().map(|user| format!("runuser -u {user} --")).unwrap_or_default();
+    let commands = format!(
+        "start_command = 'echo start >> {log} && {as_owner} {pg_ctl} start -D {data} -l {data}/commands-start.log'\n\
+         stop_command = 'echo stop >> {log} && {as_owner} {pg_ctl} stop -D {data} -m fast'\n",
+        log = log.display(),
+        pg_ctl = pg_ctl.display(),
+        data = data.display(),
+    );
+    let spec = common::pg_lab::spec_toml(lab.vigil.dir.path(), &lab.pg, "", &[&commands]);
+    std::fs::write(&lab.spec_path, spec).unwrap();
+    let applied = lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let output = lab.vigil.cli(1, &["switchover", "main", "--to", "pg2"]);
+    assert!(output.status.success(), "switchover failed: {}", String::from_utf8_lossy(&output.stderr));
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "{run:#}");
+    lab.wait_for("pg1 to stream from pg2", |_| lab.streams_from("pg1", "pg2"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\nstart\n");
+}

@@ -31,6 +31,8 @@ pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, S
         bin_dir: PathBuf::from(&group.bin_dir),
         data_dir: PathBuf::from(data_dir),
         run_as: group.run_as.clone(),
+        start_command: member.start_command.clone(),
+        stop_command: member.stop_command.clone(),
     })
 }
 

@@ -1,0 +1,66 @@
+//! PostgreSQL group settings for host-local control: start and stop commands need the data
+//! directory vigil watches the server through, and re-cloning is off unless asked for.
+
+use std::collections::BTreeMap;
+
+use vigil_consensus::spec::ClusterSpec;
+use vigil_consensus::{NodeId, NodeInfo};
+
+fn nodes() -> BTreeMap<NodeId, NodeInfo> {
+    (1..=2)
+        .map(|id| {
+            let info = NodeInfo {
+                name: format!("n{id}"),
+                datacenter: format!("dc{id}"),
+                raft_addr: String::new(),
+                api_addr: String::new(),
+            };
+            (id, info)
+        })
+        .collect()
+}
+
+fn spec(member_extra: &str) -> ClusterSpec {
+    toml::from_str(&format!(
+        r#"
+[[postgres]]
+name = "main"
+user = "vigil"
+password = {{ env = "PGPASSWORD" }}
+replication_user = "replicator"
+replication_password = {{ env = "REPLPASSWORD" }}
+maximum_lag_on_failover = 1000
+
+[[postgres.members]]
+name = "pg1"
+host = "10.0.0.1"
+node = "n1"
+{member_extra}
+
+[[postgres.members]]
+name = "pg2"
+host = "10.0.0.2"
+node = "n2"
+data_dir = "/var/lib/postgresql/15/main"
+"#
+    ))
+    .expect("the test spec parses")
+}
+
+#[test]
+fn start_and_stop_commands_need_a_data_dir_and_a_command() {
+    let with_dir = spec(
+        "data_dir = \"/var/lib/postgresql/15/main\"\nstart_command = \"systemctl start postgresql@15-main\"\n\
+         stop_command = \"systemctl stop postgresql@15-main\"",
+    );
+    with_dir.validate(&nodes()).unwrap();
+    assert!(!with_dir.postgres[0].allow_reclone, "re-cloning must be asked for");
+
+    let without_dir = spec("start_command = \"systemctl start postgresql@15-main\"");
+    let error = without_dir.validate(&nodes()).unwrap_err();
+    assert_eq!(error.field, "postgres[0].members[0].start_command");
+    assert!(error.message.contains("data_dir"), "{error}");
+
+    let empty = spec("data_dir = \"/var/lib/postgresql/15/main\"\nstop_command = \"  \"");
+    assert_eq!(empty.validate(&nodes()).unwrap_err().field, "postgres[0].members[0].stop_command");
+}
