@@ -32,8 +32,8 @@ const REFUSE_ALL_WRITES: u32 = 1_000_000;
 pub enum GroupMember {
     /// A PostgreSQL server.
     Postgres {
-        /// Its group.
-        group: PostgresGroup,
+        /// Its group (boxed: a PostgreSQL group's spec is much larger than a Redis one's).
+        group: Box<PostgresGroup>,
         /// The member.
         member: PostgresMember,
     },
@@ -54,7 +54,7 @@ impl GroupMember {
                 .members
                 .iter()
                 .find(|member| member.node == node_name)
-                .map(|member| GroupMember::Postgres { group: group.clone(), member: member.clone() }),
+                .map(|member| GroupMember::Postgres { group: Box::new(group.clone()), member: member.clone() }),
             GroupRef::Redis(group) => group
                 .members
                 .iter()
@@ -69,7 +69,7 @@ impl GroupMember {
             GroupRef::Postgres(group) => group
                 .members
                 .iter()
-                .map(|member| GroupMember::Postgres { group: group.clone(), member: member.clone() })
+                .map(|member| GroupMember::Postgres { group: Box::new(group.clone()), member: member.clone() })
                 .collect(),
             GroupRef::Redis(group) => group
                 .members
