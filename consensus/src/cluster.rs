@@ -2,7 +2,10 @@
 //! leader is.
 //!
 //! A request submitted on a follower is forwarded once to the leader over the Raft
-//! transport; the leader carries it out and answers after it is committed.
+//! transport; the leader carries it out and answers after it is committed. A node that
+//! cannot reach the leader itself (a partition between the two of them only) hands
+//! idempotent writes, such as lease renewals, to another voter to forward: one node's
+//! broken link to the leader must not cost its primary the lease.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,6 +33,10 @@ pub const NO_LEADER_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a forwarded request may take, including the commit on the leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// How long an idempotent write waits for the leader it was forwarded to before it is
+/// handed to other voters as well.
+pub const RELAY_AFTER: Duration = Duration::from_millis(300);
 
 /// Why a request could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +100,14 @@ impl Cluster {
         loop {
             let outcome = match self.execute_as_leader(request.clone()).await {
                 LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
-                    self.forward(leader, request.clone()).await
+                    if request.is_idempotent() {
+                        self.forward_or_relay(leader, request.clone()).await
+                    } else {
+                        self.forward(leader, request.clone()).await
+                    }
+                }
+                LeaderResponse::NotLeader { .. } if request.is_idempotent() => {
+                    self.relay_through_peers(None, request.clone()).await
                 }
                 LeaderResponse::NotLeader { .. } => Err(SubmitError::NoLeader),
                 LeaderResponse::Failed { reason } => Err(SubmitError::Refused(reason)),
@@ -105,6 +119,83 @@ impl Cluster {
                 }
                 outcome => return outcome,
             }
+        }
+    }
+
+    /// Forwards an idempotent write to the leader, and hands it to the other voters too if
+    /// the leader does not answer within [`RELAY_AFTER`]; the first answer wins.
+    async fn forward_or_relay(&self, leader: NodeId, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        let direct = self.forward(leader, request.clone());
+        tokio::pin!(direct);
+        tokio::select! {
+            outcome = &mut direct => {
+                match outcome {
+                    Err(SubmitError::LeaderUnreachable { .. }) => {}
+                    outcome => return outcome,
+                }
+                self.relay_through_peers(Some(leader), request).await
+            }
+            _ = tokio::time::sleep(RELAY_AFTER) => {
+                let relayed = self.relay_through_peers(Some(leader), request);
+                tokio::pin!(relayed);
+                tokio::select! {
+                    outcome = &mut direct => match outcome {
+                        Ok(done) => Ok(done),
+                        Err(_) => relayed.await,
+                    },
+                    outcome = &mut relayed => match outcome {
+                        Ok(done) => Ok(done),
+                        Err(_) => direct.await,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Hands `request` to every other voter but `leader`, one after the other, until one
+    /// gets it carried out.
+    async fn relay_through_peers(
+        &self,
+        leader: Option<NodeId>,
+        request: LeaderRequest,
+    ) -> Result<LeaderResponse, SubmitError> {
+        let peers: Vec<(NodeId, String)> = {
+            let state = self.state.read().expect("state lock poisoned");
+            let nodes = state.nodes();
+            state
+                .voter_ids()
+                .into_iter()
+                .filter(|id| *id != self.node_id && Some(*id) != leader)
+                .filter_map(|id| nodes.get(&id).map(|node| (id, node.raft_addr.clone())))
+                .collect()
+        };
+        let mut last = SubmitError::NoLeader;
+        for (peer, addr) in peers {
+            match self.transport.call(peer, &addr, &RaftRequest::Relay(request.clone()), FORWARD_TIMEOUT).await {
+                Ok(RaftResponse::Forward(LeaderResponse::NotLeader { .. })) => last = SubmitError::NoLeader,
+                Ok(RaftResponse::Forward(LeaderResponse::Failed { reason })) => {
+                    return Err(SubmitError::Refused(reason));
+                }
+                Ok(RaftResponse::Forward(done)) => return Ok(done),
+                Ok(other) => {
+                    last = SubmitError::Refused(format!("node {peer} could not relay the request: {other:?}"));
+                }
+                Err(error) => {
+                    last = SubmitError::LeaderUnreachable { leader: peer, reason: error.to_string() };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Carries out a request another node relayed: here if this node leads, else forwarded
+    /// to the leader it knows, never relayed again.
+    pub async fn relay(&self, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        match self.execute_as_leader(request.clone()).await {
+            LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
+                self.forward(leader, request).await
+            }
+            response => Ok(response),
         }
     }
 

@@ -34,6 +34,10 @@ pub enum RaftRequest {
     },
     /// A write that only the leader can do, forwarded by a follower.
     Forward(LeaderRequest),
+    /// A write a node could not get to the leader itself, handed to a peer that forwards it
+    /// once more (never relays it again): a node cut off from the leader alone still
+    /// reaches it through another node.
+    Relay(LeaderRequest),
 }
 
 /// A response to a [`RaftRequest`].
@@ -87,6 +91,21 @@ pub enum LeaderRequest {
         /// The node to remove.
         id: NodeId,
     },
+}
+
+impl LeaderRequest {
+    /// Whether committing the request twice does no harm, so that it may be sent again by
+    /// another path when the first one did not answer (it may still have been committed).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            LeaderRequest::Write {
+                command: crate::state::Command::RenewLease { .. }
+                    | crate::state::Command::ReportVerdict { .. }
+                    | crate::state::Command::ReleaseLease { .. }
+            }
+        )
+    }
 }
 
 /// What the leader answers to a [`LeaderRequest`].

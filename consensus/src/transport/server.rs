@@ -163,6 +163,10 @@ async fn handle(request: RaftRequest, peer: NodeId, cluster: &Cluster, cluster_n
                 .map_or_else(|e| failed(&e), RaftResponse::InstallSnapshot),
         },
         RaftRequest::Forward(request) => RaftResponse::Forward(cluster.execute_as_leader(request).await),
+        RaftRequest::Relay(request) => match cluster.relay(request).await {
+            Ok(response) => RaftResponse::Forward(response),
+            Err(error) => RaftResponse::Error { reason: error.to_string() },
+        },
     };
     Handled::Answer(response)
 }

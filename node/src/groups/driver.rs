@@ -267,7 +267,7 @@ async fn advance(
         (cluster.clone(), snapshot.spec.clone(), run.clone(), in_flight.clone(), failpoints.clone(), leases.clone());
     tokio::spawn(async move {
         let step = run.steps[index].step.clone();
-        failpoints.before_step(step_name(&step), attempt).await;
+        failpoints.before_step(step_name(&step), run.id, attempt).await;
         // An isolated old leader may still think it leads; only a quorum can confirm it.
         if let Err(error) = cluster.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             warn!(%error, step = %step, "not running the step: leadership not confirmed");

@@ -58,7 +58,7 @@ pub async fn run(cluster: Cluster, failpoints: Failpoints, leases: LeaseClock, c
                 (cluster.clone(), failpoints.clone(), in_flight.clone(), leases.clone());
             tokio::spawn(async move {
                 let step = run.steps[index].step.clone();
-                failpoints.before_step(step_name(&step), attempt).await;
+                failpoints.before_step(step_name(&step), run.id, attempt).await;
                 info!(%group, run = run.id, step = %step, attempt, "running host-local step");
                 let result = execute(&spec, &group, &run, &step, &leases).await;
                 if result.succeeded {

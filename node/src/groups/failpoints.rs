@@ -32,9 +32,10 @@ impl Failpoints {
         failpoints
     }
 
-    /// Stalls forever if armed for `step_name` and this is the step's first attempt.
-    pub async fn before_step(&self, step_name: &str, attempt: u32) {
-        if attempt == 1 && self.stall_before_step.as_deref() == Some(step_name) {
+    /// Stalls forever if armed for `step_name` and this is the step's first attempt in the
+    /// group's first run (a later failover, which the test did not plan, runs normally).
+    pub async fn before_step(&self, step_name: &str, run_id: u64, attempt: u32) {
+        if run_id == 0 && attempt == 1 && self.stall_before_step.as_deref() == Some(step_name) {
             tracing::warn!(step = step_name, "failpoint: stalling before the step");
             std::future::pending::<()>().await;
         }

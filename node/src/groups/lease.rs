@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use vigil_consensus::group::{Health, PrimaryLease, Step};
 use vigil_consensus::spec::GroupPolicy;
 use vigil_consensus::state::{Command, CommandResponse};
@@ -26,6 +26,8 @@ use vigil_consensus::{Cluster, ClusterState};
 use crate::groups::local::{GroupMember, REDIS_PAUSE};
 use crate::guard::{GuardClient, GuardMessage};
 
+/// How often a node retries making sure of its down primary before releasing its lease.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
 /// How often the keeper looks at its leases.
 const KEEPER_TICK: Duration = Duration::from_millis(25);
 
@@ -130,6 +132,8 @@ struct Holding {
     released: bool,
     /// Whether the primary's write settings were brought to the spec's since it was taken.
     configured: bool,
+    /// When this node last tried to release the lease on its down primary.
+    release_attempt_at: Option<Instant>,
 }
 
 impl Holding {
@@ -144,6 +148,7 @@ impl Holding {
             fenced: None,
             released: false,
             configured: false,
+            release_attempt_at: None,
         }
     }
 }
@@ -214,13 +219,13 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
                 *holding = Holding::new(&member_name, now, lease_duration);
             }
             if my_verdict == Some(Health::Down) {
-                if !holding.released && matches!(local, GroupMember::Postgres { .. }) {
-                    // A PostgreSQL server can be made sure of (stopped) before the lease is
-                    // given up; a Redis master that vigil cannot reach is left to its lease.
-                    holding.released = true;
-                    guard.send(GuardMessage::Disarm { group: group_name.clone() });
-                    holding.fenced = Some(now);
-                    tokio::spawn(release(cluster.clone(), local.clone()));
+                // No renewal while the primary is down for this node: if it cannot be made sure
+                // of, the lease runs out, and a primary that answers again finds itself fenced.
+                if !holding.released
+                    && holding.release_attempt_at.is_none_or(|at| now.duration_since(at) >= RELEASE_RETRY)
+                {
+                    holding.release_attempt_at = Some(now);
+                    tokio::spawn(release(cluster.clone(), guard.clone(), holdings.clone(), local.clone()));
                 }
                 continue;
             }
@@ -287,7 +292,10 @@ async fn renew(
                 // previous run of vigil may have left, and sets the spec's write settings.
                 let first = !holding.configured && local.lift_on_takeover();
                 holding.configured = true;
-                if (holding.fenced.take().is_some() || first) && !holding.released {
+                // A committed renewal confirms this member as the primary of the current
+                // epoch, whatever this node released or fenced before.
+                holding.released = false;
+                if holding.fenced.take().is_some() || first {
                     lift = true;
                 }
                 // Should this daemon die, the guard stops the primary a little after this
@@ -320,15 +328,27 @@ async fn renew(
 /// The primary beside this node is down by this node's own probes: make sure it stays down
 /// (a half-dead server must not come back writable), then give the lease up so the leader
 /// need not wait for it to run out.
-async fn release(cluster: Cluster, local: GroupMember) {
+async fn release(
+    cluster: Cluster,
+    guard: GuardClient,
+    holdings: Arc<Mutex<BTreeMap<String, Holding>>>,
+    local: GroupMember,
+) {
     let (group, member) = (local.group_name().to_string(), local.name().to_string());
-    if let Err(reason) = local.stop().await {
-        // Without a stop, the lease is left to run out: releasing it would let a replica be
-        // promoted while a server this node cannot see might still take writes.
-        error!(%group, %member, %reason, "cannot stop the down primary; keeping the lease");
-        return;
+    let how = match local.make_sure_down().await {
+        Ok(how) => how,
+        Err(reason) => {
+            // Not sure it is down: the lease is left to run out, since releasing it would let
+            // a replica be promoted while a server this node cannot see might take writes.
+            warn!(%group, %member, %reason, "cannot make sure the down primary stays down; the lease will run out");
+            return;
+        }
+    };
+    if let Some(holding) = holdings.lock().expect("holdings poisoned").get_mut(&group) {
+        holding.released = true;
     }
-    let reason = format!("{member} is down for node {} and stopped", cluster.node_id);
+    guard.send(GuardMessage::Disarm { group: group.clone() });
+    let reason = format!("{member} is down for node {} and {how}", cluster.node_id);
     let command = Command::ReleaseLease {
         group: group.clone(),
         member: member.clone(),

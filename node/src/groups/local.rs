@@ -204,6 +204,26 @@ impl GroupMember {
         }
     }
 
+    /// Makes sure a member this node sees down stays unable to take writes, and says how:
+    /// a PostgreSQL server is stopped; a Redis server must not be listening at all (the
+    /// connection is refused by this host), since vigil does not stop redis-server and a
+    /// server that hangs may come back.
+    pub async fn make_sure_down(&self) -> Result<&'static str, String> {
+        match self {
+            GroupMember::Postgres { .. } => self.stop().await.map(|()| "stopped"),
+            GroupMember::Redis { member, .. } => {
+                let address = format!("{}:{}", member.host, member.port);
+                let connect = tokio::net::TcpStream::connect(&address);
+                match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => Ok("not listening"),
+                    Ok(Err(error)) => Err(format!("{address} may still run: {error}")),
+                    Ok(Ok(_)) => Err(format!("{address} still accepts connections")),
+                    Err(_) => Err(format!("{address} may still run: no answer to a connection")),
+                }
+            }
+        }
+    }
+
     /// Whether lifting the fence is harmless on a primary that may not be fenced, so that a
     /// keeper taking over a primary can clear a fence a crashed vigil left behind.
     pub fn lift_on_takeover(&self) -> bool {

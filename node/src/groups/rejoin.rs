@@ -81,7 +81,9 @@ fn needs_rejoin(
 /// Runs until `cancel`.
 pub async fn run(cluster: Cluster, cancel: CancellationToken) {
     let mut not_streaming_since: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    // After a failed rejoin, when to try again, and against which primary: a new primary
+    // (the failure may have been the old one's) is tried at once.
+    let mut retry_at: BTreeMap<String, (Instant, String)> = BTreeMap::new();
     let mut last_attempt_ms: BTreeMap<String, u64> = BTreeMap::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,7 +117,7 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
         for (local, primary, why) in work {
             let group = local.group_name().to_string();
             let member = local.name().to_string();
-            if retry_at.get(&group).is_some_and(|at| now < *at) {
+            if retry_at.get(&group).is_some_and(|(at, against)| now < *at && *against == primary) {
                 continue;
             }
             // A stale primary rejoins at once; a replica gets a grace period, since it may
@@ -143,7 +145,7 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
                 }
                 Err(detail) => {
                     error!(%group, %member, %detail, "rejoin failed");
-                    retry_at.insert(group.clone(), Instant::now() + RETRY_AFTER);
+                    retry_at.insert(group.clone(), (Instant::now() + RETRY_AFTER, primary.clone()));
                     (false, detail)
                 }
             };

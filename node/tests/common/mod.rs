@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 
 pub mod dc_lab;
 pub mod pg_lab;
+pub mod redis_dc_lab;
 pub mod redis_lab;
 use nix::unistd::Pid;
 use serde_json::Value;
