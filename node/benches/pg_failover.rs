@@ -42,8 +42,9 @@ const PROFILES: [Profile; 2] = [
     },
     Profile {
         name: "fast",
-        group_toml: "down_after = \"300ms\"\nprobe_interval = \"100ms\"\nprobe_timeout = \"250ms\"\n",
-        raft_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"250ms\"\nelection_timeout_max = \"500ms\"\n",
+        group_toml: "down_after = \"300ms\"\nprobe_interval = \"100ms\"\nprobe_timeout = \"250ms\"\n\
+                     lease_duration = \"600ms\"\n",
+        raft_toml: "",
     },
 ];
 
@@ -183,7 +184,7 @@ fn main() {
         };
         let settings = profile.group_toml.trim().replace('\n', ", ").replace('"', "")
             + if profile.raft_toml.is_empty() {
-                ", raft defaults"
+                ", raft defaults (heartbeat 50 ms, election 250-500 ms)"
             } else {
                 ", raft heartbeat 50ms, election 250-500ms"
             };

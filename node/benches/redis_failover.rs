@@ -267,12 +267,11 @@ fn main() {
     section.push_str(&format!(
         "\nTargets, median client's first write: {}.\n\n\
          What bounds the time: the leader promotes a replica only once the old master's lease has run out by its own \
-         clock, lease × 1.01 (the clock-drift bound) + 100 ms after the last renewal it saw: {:.0} ms with the default \
-         1.5 s lease, {:.0} ms with the fast profile's 600 ms. The node beside a killed master keeps renewing (every \
-         quarter lease) until its own probes call the master down (`down_after`), and then leaves the lease to run out \
-         rather than release it: vigil does not stop redis-server, so that node cannot be sure the master is gone \
-         (a PostgreSQL primary's node stops the server and releases the lease at once). Detection and the decision \
-         are over well before; the promotion waits for the lease.\n\n\
+         clock (lease × 1.01 + 100 ms after the last renewal it saw: {:.0} ms with the default 1.5 s lease, {:.0} ms \
+         with the fast profile's 600 ms) or its holder released it. The node beside a killed master sees its own \
+         probes fail for `down_after`, finds the master's port refused on its own host (nothing listens: the \
+         master cannot take writes) and releases the lease, so the promotion follows the decision at once. A \
+         master that hangs instead (connections not refused) is waited out for its whole lease.\n\n\
          For comparison only, the figures given in the issue for Redis Sentinel 7.0 in a three-datacenter lab (not \
          measured here, and on a datacenter cut, not a process kill): 32 s with the defaults, about 3 s with \
          `down-after-milliseconds 1000`, about 2.1 s at 500.\n",

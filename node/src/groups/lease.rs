@@ -364,17 +364,23 @@ async fn release(
 /// Fences a primary that is being replaced and tells the leader, so the promotion need not
 /// wait for the lease to run out.
 async fn fence_and_release(cluster: Cluster, local: GroupMember) {
-    if !local.fence(false).await {
-        // Not fenced: the lease must run out before anything is promoted.
-        return;
-    }
     let (group, member) = (local.group_name().to_string(), local.name().to_string());
-    let command = Command::ReleaseLease {
-        group: group.clone(),
-        member: member.clone(),
-        holder: cluster.node_id,
-        reason: format!("{member} fenced by node {} ({})", cluster.node_id, local.fence_words()),
+    let reason = if local.fence(false).await {
+        format!("{member} fenced by node {} ({})", cluster.node_id, local.fence_words())
+    } else {
+        // A server that cannot be fenced because it is gone is as good as fenced, if this
+        // node can make sure it stays gone.
+        match local.make_sure_down().await {
+            Ok(how) => format!("{member} is down for node {} and {how}", cluster.node_id),
+            Err(reason) => {
+                // Not fenced: the lease must run out before anything is promoted.
+                warn!(%group, %member, %reason, "neither fenced nor sure to be down; the lease will run out");
+                return;
+            }
+        }
     };
+    let command =
+        Command::ReleaseLease { group: group.clone(), member: member.clone(), holder: cluster.node_id, reason };
     if let Err(error) = cluster.submit(LeaderRequest::Write { command }).await {
         warn!(%group, %member, %error, "could not release the lease");
     }
