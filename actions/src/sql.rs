@@ -277,7 +277,8 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
 
 /// Fences a primary over SQL: `default_transaction_read_only = on` for every new
 /// transaction, then every other client session terminated, so nothing that was writing
-/// keeps writing. Returns how many sessions were terminated. A client that explicitly sets
+/// keeps writing, except a `pg_rewind` of vigil's reading from it (application name
+/// `vigil-rewind`: it only reads). Returns how many sessions were terminated. A client that explicitly sets
 /// its transactions read-write can still write: the stop fence is the one that cannot be
 /// undone by a client.
 pub async fn fence_read_only(target: &PgTarget) -> Result<u64, ActionError> {
@@ -294,7 +295,8 @@ pub async fn fence_read_only(target: &PgTarget) -> Result<u64, ActionError> {
         let row = connection
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                 AND application_name IS DISTINCT FROM 'vigil-rewind'",
                 &[],
                 "terminating client sessions",
             )

@@ -308,9 +308,11 @@ async fn rejoin_postgres(
 ) -> Result<String, String> {
     let ctl = pg_ctl(group, member)?;
     let source = pg_target(group, primary)?;
-    // pg_rewind reads the primary as vigil's own role, which must be a superuser.
+    // pg_rewind reads the primary as vigil's own role, which must be a superuser. Its session
+    // is named so that a fence on the primary (which ends client sessions) spares it: a rewind
+    // cut off half-way leaves a data directory that cannot be rewound again.
     let source_conninfo =
-        vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil");
+        vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil-rewind");
     let source_conninfo = format!("{source_conninfo} dbname={}", source.database);
     // A clean stop spares pg_rewind a crash recovery; a server that will not stop cleanly is
     // stopped at once.
