@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn target(cluster: &RedisCluster, index: usize) -> RedisTarget {
     let (host, port) = cluster.address(index);
-    RedisTarget { host, port, username: None, password: Some(REDIS_PASSWORD.into()), timeout: TIMEOUT }
+    RedisTarget { host, port, username: None, password: Some(REDIS_PASSWORD.into()), timeout: TIMEOUT, tls: None }
 }
 
 /// Failover: with the master killed, a replica is promoted exactly once (a second promote

@@ -149,6 +149,9 @@ pub struct RedisGroup {
     /// log in to their master with their own `masterauth`, which vigil leaves alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<SecretSource>,
+    /// TLS to the members (their `tls-port`): files on every node. Without it, plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsFiles>,
     /// A replica further behind than this many bytes of replication offset is never promoted
     /// automatically.
     pub maximum_lag_on_failover: u64,
@@ -180,6 +183,20 @@ pub struct RedisGroup {
     pub datacenter_preference: Vec<String>,
     /// The members.
     pub members: Vec<RedisMember>,
+}
+
+/// TLS files for a Redis group, read on every node (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsFiles {
+    /// The CA that signed the servers' certificates; each names its member's host.
+    pub ca: String,
+    /// A client certificate, for servers that require one (`tls-auth-clients yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The client certificate's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// One redis-server of a group.
@@ -646,6 +663,21 @@ impl RedisGroup {
         }
         if let Some(password) = &self.password {
             check_secret(&format!("{field}.password"), password)?;
+        }
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
+                if let Some(path) = path
+                    && !path.starts_with('/')
+                {
+                    return Err(error(
+                        format!("{field}.tls.{name}"),
+                        format!("expected an absolute path, got {path:?}"),
+                    ));
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(error(format!("{field}.tls"), "give cert and key together, or neither"));
+            }
         }
         check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
         if self.members.is_empty() {

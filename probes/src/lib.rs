@@ -19,5 +19,5 @@ mod redis;
 pub use self::postgres::{PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error, session_options};
 pub use self::redis::{
     EPOCH_KEY, HEARTBEAT_KEY_PREFIX, RedisObservation, RedisOutcome, RedisProbe, RedisReplicaInfo, RedisTarget,
-    describe_redis_error, is_server_error, parse_info,
+    RedisTls, describe_redis_error, is_server_error, parse_info,
 };

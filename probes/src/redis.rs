@@ -10,7 +10,10 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+use ::redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, TlsCertificates,
+};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout_at};
 
@@ -39,6 +42,31 @@ pub struct RedisTarget {
     pub password: Option<String>,
     /// Bound on one check, and on connecting.
     pub timeout: Duration,
+    /// TLS to the member, when it takes TLS connections; `None` for plain TCP.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS settings of a Redis connection, the files already read (PEM).
+///
+/// The server's certificate must be signed by `ca` and name the member's host (a DNS name
+/// or an IP address); `Debug` never shows the client key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA certificates the server's certificate must chain to.
+    pub ca: Vec<u8>,
+    /// A client certificate and its key, for servers that require one
+    /// (`tls-auth-clients yes`, Redis's default).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RedisTls")
+            .field("ca", &format!("{} bytes", self.ca.len()))
+            .field("client", &self.client.as_ref().map(|_| "<certificate and key>"))
+            .finish()
+    }
 }
 
 impl RedisTarget {
@@ -59,9 +87,28 @@ impl RedisTarget {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
-        let info =
-            ConnectionAddr::Tcp(self.host.clone(), self.port).into_connection_info()?.set_redis_settings(settings);
-        let client = Client::open(info)?;
+        let client = match &self.tls {
+            None => {
+                let address = ConnectionAddr::Tcp(self.host.clone(), self.port);
+                Client::open(address.into_connection_info()?.set_redis_settings(settings))?
+            }
+            Some(tls) => {
+                let address = ConnectionAddr::TcpTls {
+                    host: self.host.clone(),
+                    port: self.port,
+                    insecure: false,
+                    tls_params: None,
+                };
+                let certificates = TlsCertificates {
+                    client_tls: tls
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+                    root_cert: Some(tls.ca.clone()),
+                };
+                Client::build_with_tls(address.into_connection_info()?.set_redis_settings(settings), certificates)?
+            }
+        };
         // A zero timeout would mean "no timeout" to the client, the opposite of the ask.
         let bound = timeout.max(Duration::from_millis(1));
         // Callers bound each command themselves; the client's own response timeout is the
@@ -423,6 +470,7 @@ mod tests {
             username: Some("vigil".into()),
             password: Some("hunter2".into()),
             timeout: Duration::from_millis(1500),
+            tls: None,
         }
     }
 

@@ -12,7 +12,7 @@ const SLACK: Duration = Duration::from_millis(500);
 
 fn target(cluster: &RedisCluster, index: usize) -> RedisTarget {
     let (host, port) = cluster.address(index);
-    RedisTarget { host, port, username: None, password: Some(REDIS_PASSWORD.into()), timeout: TIMEOUT }
+    RedisTarget { host, port, username: None, password: Some(REDIS_PASSWORD.into()), timeout: TIMEOUT, tls: None }
 }
 
 fn answered(outcome: RedisOutcome) -> RedisObservation {

@@ -32,7 +32,7 @@ const REFUSE_ALL_WRITES: u32 = 1_000_000;
 pub enum GroupMember {
     /// A PostgreSQL server.
     Postgres {
-        /// Its group (boxed: a PostgreSQL group's spec is much larger than a Redis one's).
+        /// Its group (boxed, as the Redis one: a group's spec is large and the variants differ).
         group: Box<PostgresGroup>,
         /// The member.
         member: PostgresMember,
@@ -40,7 +40,7 @@ pub enum GroupMember {
     /// A redis-server.
     Redis {
         /// Its group.
-        group: RedisGroup,
+        group: Box<RedisGroup>,
         /// The member.
         member: RedisMember,
     },
@@ -59,7 +59,7 @@ impl GroupMember {
                 .members
                 .iter()
                 .find(|member| member.node == node_name)
-                .map(|member| GroupMember::Redis { group: group.clone(), member: member.clone() }),
+                .map(|member| GroupMember::Redis { group: Box::new(group.clone()), member: member.clone() }),
         }
     }
 
@@ -74,7 +74,7 @@ impl GroupMember {
             GroupRef::Redis(group) => group
                 .members
                 .iter()
-                .map(|member| GroupMember::Redis { group: group.clone(), member: member.clone() })
+                .map(|member| GroupMember::Redis { group: Box::new(group.clone()), member: member.clone() })
                 .collect(),
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use vigil_actions::PgCtl;
 use vigil_consensus::spec::{PostgresGroup, PostgresMember, RedisGroup, RedisMember};
-use vigil_probes::{PgTarget, RedisTarget};
+use vigil_probes::{PgTarget, RedisTarget, RedisTls};
 
 use crate::spec_file::resolve_secret;
 
@@ -55,5 +55,18 @@ pub fn redis_target(group: &RedisGroup, member: &RedisMember) -> Result<RedisTar
         username: group.user.clone(),
         password,
         timeout: group.probe_timeout,
+        tls: redis_tls(group)?,
     })
+}
+
+/// The group's TLS files, read on this host.
+pub fn redis_tls(group: &RedisGroup) -> Result<Option<RedisTls>, String> {
+    let Some(files) = &group.tls else { return Ok(None) };
+    let read =
+        |path: &str| std::fs::read(path).map_err(|e| format!("group {} tls: cannot read {path}: {e}", group.name));
+    let client = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(RedisTls { ca: read(&files.ca)?, client }))
 }
