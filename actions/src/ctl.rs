@@ -396,6 +396,12 @@ fn cleanly_shut_down(control: &ControlData) -> bool {
 
 /// Whether `pg_ctl status` finds a running server (exit 0) or none (exit 3).
 async fn server_running(ctl: &PgCtl) -> Result<bool, ActionError> {
+    // A dead postmaster is told at once from its pid file, without spawning anything: this
+    // is on the path of every fence and lease release after a primary died. A live one (or
+    // a file vigil may not read) is left to `pg_ctl status`, the authority.
+    if postmaster_is_gone(&ctl.data_dir) {
+        return Ok(false);
+    }
     let args = [os("status"), os("-D"), ctl.data_dir.clone().into()];
     let (command, description) = tool(ctl, "pg_ctl", &args);
     let output = output_of(command, &description).await?;
@@ -403,6 +409,26 @@ async fn server_running(ctl: &PgCtl) -> Result<bool, ActionError> {
         Some(0) => Ok(true),
         Some(3) => Ok(false),
         _ => Err(command_error(description, &output)),
+    }
+}
+
+/// Whether the data directory's postmaster is certainly not running: no `postmaster.pid`,
+/// or its process gone or a zombie (killed, not yet reaped by its parent).
+fn postmaster_is_gone(data_dir: &Path) -> bool {
+    let pid_file = match std::fs::read_to_string(data_dir.join("postmaster.pid")) {
+        Ok(text) => text,
+        Err(error) => return error.kind() == std::io::ErrorKind::NotFound && data_dir.is_dir(),
+    };
+    let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -595,6 +621,24 @@ fn log_tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A missing pid file, or one naming a process that cannot exist, means no postmaster;
+    /// one naming a live process (this test) is left to `pg_ctl status`.
+    #[test]
+    fn a_dead_postmaster_is_told_from_its_pid_file() {
+        let dir = std::env::temp_dir().join(format!("vigil-pidfile-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(postmaster_is_gone(&dir), "no pid file");
+        // Above the kernel's largest possible pid (4194304): no such process.
+        std::fs::write(dir.join("postmaster.pid"), "4194305\n/data\n").unwrap();
+        assert!(postmaster_is_gone(&dir), "a pid that cannot exist");
+        std::fs::write(dir.join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
+        assert!(!postmaster_is_gone(&dir), "a live process");
+        std::fs::write(dir.join("postmaster.pid"), "garbage\n").unwrap();
+        assert!(!postmaster_is_gone(&dir), "an unreadable pid is left to pg_ctl");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!postmaster_is_gone(&dir), "a missing data directory is left to pg_ctl");
+    }
 
     const CONTROL_DATA: &str = "\
 pg_control version number:            1300

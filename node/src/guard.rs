@@ -71,7 +71,9 @@ impl GuardClient {
         let (sender, mut receiver) = mpsc::unbounded_channel::<GuardMessage>();
         let socket = data_dir.join(SOCKET_FILE);
         tokio::spawn(async move {
-            let mut stream: Option<UnixStream> = None;
+            // Up before the first lease renewal: a daemon that dies right after it took a
+            // lease must already have a guard to leave it to.
+            let mut stream: Option<UnixStream> = connect_or_spawn(&socket).await;
             while let Some(message) = receiver.recv().await {
                 let mut line = serde_json::to_vec(&message).expect("guard messages serialize");
                 line.push(b'\n');

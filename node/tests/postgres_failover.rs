@@ -406,6 +406,11 @@ fn killed_old_primary_is_brought_back_as_a_replica() {
 #[test]
 fn primary_whose_vigil_dies_is_stopped_by_the_guard_before_another_is_promoted() {
     let mut lab = Lab::start("", &[], &[]);
+    // The guard is up and has been armed by a few lease renewals (every 375 ms).
+    lab.vigil.wait_until("node 1's fence guard to be up", Duration::from_secs(30), || {
+        lab.vigil.log_of(1).contains("fence guard started")
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let killed_at = Instant::now();
     lab.vigil.kill(1);
     lab.wait_for("a failover away from pg1", |group| {

@@ -232,13 +232,19 @@ impl DcLab {
 
 impl Drop for DcLab {
     fn drop(&mut self) {
-        // The nodes first, so none of them acts on the servers while they are taken down.
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        stop_nodes(&mut self.nodes, self.dir.path());
+    }
+}
+
+/// Kills the lab's nodes and the fence guards they started (data in `dir/data/nN`): first of
+/// all, so none of them acts on the servers while they are taken down.
+pub fn stop_nodes(nodes: &mut BTreeMap<u64, DcNode>, dir: &std::path::Path) {
+    for (id, node) in nodes.iter_mut() {
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        super::kill_fence_guard(&dir.join(format!("data/n{id}")));
     }
 }
 

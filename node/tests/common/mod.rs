@@ -376,13 +376,18 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
-        // The fence guards the nodes started, found by the pid files they write.
         for id in self.nodes.keys() {
-            let pid_file = self.data_dir(*id).join("fence-guard.pid");
-            if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            kill_fence_guard(&self.data_dir(*id));
         }
+    }
+}
+
+/// Ends the fence guard a node started in `data_dir`, found by the pid file it writes (the
+/// guard outlives its node on purpose, so a test must end it itself).
+pub fn kill_fence_guard(data_dir: &Path) {
+    let pid_file = data_dir.join("fence-guard.pid");
+    if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

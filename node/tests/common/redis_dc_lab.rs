@@ -175,13 +175,7 @@ impl RedisDcLab {
 
 impl Drop for RedisDcLab {
     fn drop(&mut self) {
-        // The nodes first, so none of them acts on the servers while they are taken down.
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        super::dc_lab::stop_nodes(&mut self.nodes, self.dir.path());
     }
 }
 
