@@ -162,6 +162,12 @@ pub enum Command {
         /// The Unix socket to listen on.
         #[arg(long)]
         socket: PathBuf,
+        /// The node it guards for, on every log line.
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// Log line format, as the node's.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
 }
 

@@ -18,7 +18,7 @@ use crate::telemetry;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the node described by `config` until a termination signal arrives.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> anyhow::Result<()> {
     let prometheus = telemetry::init_metrics()?;
     let listener = crate::api::server::bind(config.api_addr)
         .await
@@ -47,7 +47,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
-    let guard = crate::guard::GuardClient::start(&config.data_dir);
+    let guard = crate::guard::GuardClient::start(&config.data_dir, config.id, log_format);
     crate::groups::spawn(&raft_node.cluster, guard, &tasks, &cancel);
     tasks.close();
 

@@ -66,20 +66,21 @@ pub struct GuardClient {
 }
 
 impl GuardClient {
-    /// Connects to the guard of `data_dir`, starting one if none runs.
-    pub fn start(data_dir: &Path) -> Self {
+    /// Connects to the guard of `data_dir`, starting one if none runs; a guard it starts logs
+    /// like the node (`node` on every line, in `log_format`).
+    pub fn start(data_dir: &Path, node: u64, log_format: crate::config::LogFormat) -> Self {
         let (sender, mut receiver) = mpsc::unbounded_channel::<GuardMessage>();
         let socket = data_dir.join(SOCKET_FILE);
         tokio::spawn(async move {
             // Up before the first lease renewal: a daemon that dies right after it took a
             // lease must already have a guard to leave it to.
-            let mut stream: Option<UnixStream> = connect_or_spawn(&socket).await;
+            let mut stream: Option<UnixStream> = connect_or_spawn(&socket, node, log_format).await;
             while let Some(message) = receiver.recv().await {
                 let mut line = serde_json::to_vec(&message).expect("guard messages serialize");
                 line.push(b'\n');
                 for _ in 0..2 {
                     if stream.is_none() {
-                        stream = connect_or_spawn(&socket).await;
+                        stream = connect_or_spawn(&socket, node, log_format).await;
                     }
                     let Some(connected) = stream.as_mut() else { break };
                     if connected.write_all(&line).await.is_ok() {
@@ -98,7 +99,7 @@ impl GuardClient {
     }
 }
 
-async fn connect_or_spawn(socket: &Path) -> Option<UnixStream> {
+async fn connect_or_spawn(socket: &Path, node: u64, log_format: crate::config::LogFormat) -> Option<UnixStream> {
     if let Ok(stream) = UnixStream::connect(socket).await {
         return Some(stream);
     }
@@ -106,6 +107,11 @@ async fn connect_or_spawn(socket: &Path) -> Option<UnixStream> {
     let spawned = std::process::Command::new(exe)
         .args(["fence-guard", "--socket"])
         .arg(socket)
+        .args(["--node-id", &node.to_string(), "--log-format"])
+        .arg(match log_format {
+            crate::config::LogFormat::Text => "text",
+            crate::config::LogFormat::Json => "json",
+        })
         .stdin(std::process::Stdio::null())
         // A group of its own: the signals that end the daemon (Ctrl-C to its group) must
         // not end the guard.

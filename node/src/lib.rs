@@ -51,7 +51,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             let config = NodeConfig::load(&config).map_err(|e| Failure::config(e.to_string()))?;
             let format = log_format.unwrap_or(config.log.format);
             telemetry::init_logging(format, &config.log.level, Some(config.id));
-            daemon::run(config).await.map_err(|error| {
+            daemon::run(config, format).await.map_err(|error| {
                 tracing::error!(error = format!("{error:#}"), "node failed");
                 Failure::from(error)
             })
@@ -108,8 +108,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             cli::start_run(&target, &group, Some(&to), true, !no_wait).await
         }
         Command::Demo(args) => demo::run(args).await,
-        Command::FenceGuard { socket } => {
-            telemetry::init_logging(config::LogFormat::Text, config::DEFAULT_LOG_FILTER, None);
+        Command::FenceGuard { socket, node_id, log_format } => {
+            telemetry::init_logging(log_format, config::DEFAULT_LOG_FILTER, node_id);
             guard::run(&socket).await.map_err(Failure::from)
         }
     }
