@@ -185,7 +185,12 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
             if !is_primary && !replaced {
                 // An old primary that came back (restarted by hand, or by its host) must not
                 // take writes until the rejoiner has made it a replica.
-                let stale = my_facts.as_ref().is_some_and(|facts| !facts.in_recovery) && group_state.primary.is_some();
+                // The candidate of a running failover answers as a primary before the run
+                // records it as one: that is the promotion, not a stale primary.
+                let promoting = group_state.running.as_ref().is_some_and(|run| run.candidate == member_name);
+                let stale = my_facts.as_ref().is_some_and(|facts| !facts.in_recovery)
+                    && group_state.primary.is_some()
+                    && !promoting;
                 if stale && stale_fenced.insert(group_name.clone()) {
                     warn!(group = %group_name, member = %member_name, "a stale primary runs beside this node: fencing it");
                     let local = local.clone();

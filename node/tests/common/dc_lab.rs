@@ -54,35 +54,7 @@ impl DcLab {
         let net = Arc::new(NetLab::create(&["dc1", "dc2", "dc3", CLIENT]).expect("network lab"));
         let pg = PgCluster::start_in(&net, &DATACENTERS).expect("postgres in the lab");
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        assert!(vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
-        let members: String = (1..=3u64)
-            .map(|id| {
-                let ip = net.ip(DATACENTERS[id as usize - 1]);
-                format!(
-                    "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
-                     raft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n"
-                )
-            })
-            .collect();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3u64 {
-            let host = DATACENTERS[id as usize - 1];
-            let ip = net.ip(host);
-            let config = dir.path().join(format!("n{id}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "cluster_name = \"lab\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
-                     datacenter = \"dc{id}\"\nraft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n\
-                     [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
-                     [log]\nlevel = \"info,openraft=warn\"\n\n{raft_toml}\n{members}"
-                ),
-            )
-            .unwrap();
-            let log = dir.path().join(format!("n{id}.log"));
-            nodes.insert(id, DcNode { host: host.to_string(), config, log, child: None });
-        }
+        let nodes = node_configs(&net, &dir, raft_toml);
         let mut lab = DcLab { nodes, pg, net, dir };
         for id in 1..=3 {
             lab.start_node(id);
@@ -132,15 +104,7 @@ impl DcLab {
 
     /// Starts node `id` inside its datacenter.
     pub fn start_node(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
-        let mut command = self.net.command(&node.host, vigil_bin());
-        command
-            .args(["run", "--config", node.config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        node.child = Some(self.net.spawn(&node.host, command).expect("start vigil in its datacenter"));
+        start_node(&self.net, self.nodes.get_mut(&id).unwrap());
     }
 
     /// Kills node `id` with SIGKILL.
@@ -153,10 +117,7 @@ impl DcLab {
 
     /// Runs a vigil CLI command inside `host` against node `id`'s API.
     pub fn cli(&self, host: &str, id: u64, args: &[&str]) -> Output {
-        let config = self.nodes[&id].config.to_str().unwrap().to_string();
-        let mut command = self.net.command(host, vigil_bin());
-        command.args(args).args(["--config", &config]);
-        command.output().expect("run the vigil CLI in the lab")
+        cli(&self.net, &self.nodes[&id], host, args)
     }
 
     /// The group as seen by the node that has applied the most of the log (a cut-off node
@@ -228,6 +189,62 @@ impl DcLab {
             ports.join(",")
         )
     }
+}
+
+/// Certificates and a configuration for nodes 1 to 3, node N in `DATACENTERS[N-1]` with its
+/// data in `dir/data/nN`, `raft_toml` added to each; nothing started. Shared by the
+/// PostgreSQL and Redis labs.
+pub fn node_configs(net: &NetLab, dir: &tempfile::TempDir, raft_toml: &str) -> BTreeMap<u64, DcNode> {
+    let certs = dir.path().join("certs");
+    assert!(vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
+    let members: String = (1..=3u64)
+        .map(|id| {
+            let ip = net.ip(DATACENTERS[id as usize - 1]);
+            format!(
+                "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
+                 raft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n"
+            )
+        })
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        let host = DATACENTERS[id as usize - 1];
+        let ip = net.ip(host);
+        let config = dir.path().join(format!("n{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "cluster_name = \"lab\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
+                 datacenter = \"dc{id}\"\nraft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n\
+                 [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
+                 [log]\nlevel = \"info,openraft=warn\"\n\n{raft_toml}\n{members}"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("n{id}.log"));
+        nodes.insert(id, DcNode { host: host.to_string(), config, log, child: None });
+    }
+    nodes
+}
+
+/// Starts `node` inside its datacenter, its output appended to its log.
+pub fn start_node(net: &NetLab, node: &mut DcNode) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+    let mut command = net.command(&node.host, vigil_bin());
+    command
+        .args(["run", "--config", node.config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    node.child = Some(net.spawn(&node.host, command).expect("start vigil in its datacenter"));
+}
+
+/// Runs a vigil CLI command inside `host` against `node`'s API.
+pub fn cli(net: &NetLab, node: &DcNode, host: &str, args: &[&str]) -> Output {
+    let config = node.config.to_str().unwrap().to_string();
+    let mut command = net.command(host, vigil_bin());
+    command.args(args).args(["--config", &config]);
+    command.output().expect("run the vigil CLI in the lab")
 }
 
 impl Drop for DcLab {

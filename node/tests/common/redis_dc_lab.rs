@@ -2,13 +2,13 @@
 //! `vigil` node and a redis-server (redis1, the master, in dc1), group "cache" applied: the
 //! Redis counterpart of `dc_lab`. Everything runs inside the lab's own namespaces.
 //!
-//! `DcLab` cannot be reused as it is, since building one starts PostgreSQL; its constants,
-//! `DcNode` and the spec of `redis_lab` are, and only the node plumbing is repeated here.
+//! The node plumbing (configurations, starting nodes, the CLI) is `dc_lab`'s, and the spec
+//! is `redis_lab`'s.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,7 +19,6 @@ use vigil_chaos_tests::netns::NetLab;
 use vigil_chaos_tests::redis::{REDIS_PASSWORD, RedisCluster};
 
 use super::dc_lab::{CLIENT, DATACENTERS, DcNode, TIMEOUT};
-use super::{vigil, vigil_bin};
 
 /// How long a writer waits to connect, and for each reply: a write not answered by then is
 /// not acknowledged, and the writer moves on to the next member.
@@ -45,7 +44,7 @@ impl RedisDcLab {
         let net = Arc::new(NetLab::create(&["dc1", "dc2", "dc3", CLIENT]).expect("network lab"));
         let redis = RedisCluster::start_in(&net, &DATACENTERS).expect("redis in the lab");
         let dir = tempfile::tempdir().unwrap();
-        let nodes = node_configs(&net, &dir);
+        let nodes = super::dc_lab::node_configs(&net, &dir, "");
         let mut lab = RedisDcLab { nodes, redis, net, dir };
         for id in 1..=3 {
             lab.start_node(id);
@@ -69,23 +68,12 @@ impl RedisDcLab {
 
     /// Starts node `id` inside its datacenter.
     pub fn start_node(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
-        let mut command = self.net.command(&node.host, vigil_bin());
-        command
-            .args(["run", "--config", node.config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        node.child = Some(self.net.spawn(&node.host, command).expect("start vigil in its datacenter"));
+        super::dc_lab::start_node(&self.net, self.nodes.get_mut(&id).unwrap());
     }
 
     /// Runs a vigil CLI command inside `host` against node `id`'s API.
     pub fn cli(&self, host: &str, id: u64, args: &[&str]) -> Output {
-        let config = self.nodes[&id].config.to_str().unwrap().to_string();
-        let mut command = self.net.command(host, vigil_bin());
-        command.args(args).args(["--config", &config]);
-        command.output().expect("run the vigil CLI in the lab")
+        super::dc_lab::cli(&self.net, &self.nodes[&id], host, args)
     }
 
     /// Node `id`'s `vigil status --json`, asked from inside its own datacenter.
@@ -177,41 +165,6 @@ impl Drop for RedisDcLab {
     fn drop(&mut self) {
         super::dc_lab::stop_nodes(&mut self.nodes, self.dir.path());
     }
-}
-
-/// Certificates and a configuration for nodes 1 to 3, node N in `DATACENTERS[N-1]`, as
-/// `DcLab` writes them; nothing started.
-fn node_configs(net: &NetLab, dir: &tempfile::TempDir) -> BTreeMap<u64, DcNode> {
-    let certs = dir.path().join("certs");
-    assert!(vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
-    let members: String = (1..=3u64)
-        .map(|id| {
-            let ip = net.ip(DATACENTERS[id as usize - 1]);
-            format!(
-                "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
-                 raft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n"
-            )
-        })
-        .collect();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        let host = DATACENTERS[id as usize - 1];
-        let ip = net.ip(host);
-        let config = dir.path().join(format!("n{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "cluster_name = \"lab\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
-                 datacenter = \"dc{id}\"\nraft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n\
-                 [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
-                 [log]\nlevel = \"info,openraft=warn\"\n\n{members}"
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join(format!("n{id}.log"));
-        nodes.insert(id, DcNode { host: host.to_string(), config, log, child: None });
-    }
-    nodes
 }
 
 /// A client writing `SET <prefix>:N N` every 10 ms from inside a host, to the first of its
