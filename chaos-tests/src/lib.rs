@@ -6,9 +6,9 @@
 //! everything a host runs; [`postgres`], a throwaway PostgreSQL 15 cluster (one primary,
 //! streaming replicas); and [`redis`], a throwaway Redis cluster (one master, replicas).
 //! Both clusters run either on 127.0.0.1 or spread over the hosts of a lab, and the probe
-//! and action crates test against them. Workload clients that record every write, fault
-//! schedules and checkers over the recorded histories arrive once vigil watches PostgreSQL
-//! and Redis groups.
+//! and action crates test against them. [`history`] holds the first checkers over recorded
+//! write histories (dual primaries, lost acknowledged writes); the scenario runner, fault
+//! schedules and reports are still to come.
 //!
 //! Invariants: the harnesses are synchronous and use only std and the OS, so they work
 //! from `#[test]` and `#[tokio::test]` alike; they only ever signal processes they started
@@ -20,6 +20,7 @@
 //! nftables tables and namespaces.
 
 mod error;
+pub mod history;
 pub mod netns;
 pub mod postgres;
 pub mod redis;
