@@ -232,8 +232,10 @@ fn paused_group_refuses_switchover_and_says_so() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("paused"));
     let output = lab.vigil.cli(1, &["failover", "main", "--to", "pg2"]);
     assert_eq!(output.status.code(), Some(2), "a forced failover without --yes must be refused");
-    let status = lab.vigil.cli(1, &["status"]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains("PAUSED"));
+    // Node 1 shows it once it has applied the pause (the refusals above came from the leader).
+    lab.vigil.wait_until("vigil status to say PAUSED", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&lab.vigil.cli(1, &["status"]).stdout).contains("PAUSED")
+    });
     // Paused means no automatic failover either.
     lab.pg.kill_postmaster(0).unwrap();
     lab.wait_for("the block to be recorded", |group| {
