@@ -121,31 +121,7 @@ pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Dura
         write_standby_signal(ctl)?;
         write_replica_auto_conf(ctl, primary_conninfo)?;
 
-        if let Some(command_line) = &ctl.start_command {
-            run_command_until(ctl, command_line, true, deadline).await?;
-            tracing::info!(data_dir = %ctl.data_dir.display(), "started as a replica");
-            return Ok(());
-        }
-        let log_file = ctl.data_dir.join(START_LOG);
-        let start = [
-            os("start"),
-            os("-D"),
-            ctl.data_dir.clone().into(),
-            os("-w"),
-            os("-t"),
-            os(&wait_seconds(deadline).to_string()),
-            os("-l"),
-            log_file.clone().into(),
-        ];
-        if let Err(error) = run(ctl, "pg_ctl", &start).await {
-            return Err(match error {
-                ActionError::Command { command, stderr } => ActionError::Command {
-                    command,
-                    stderr: format!("{stderr}\nserver log tail:\n{}", log_tail(&log_file)),
-                },
-                other => other,
-            });
-        }
+        start_until(ctl, deadline).await?;
         tracing::info!(data_dir = %ctl.data_dir.display(), "started as a replica");
         Ok(())
     })
@@ -196,21 +172,7 @@ pub async fn start_server(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionEr
         if server_running(ctl).await? {
             return Ok(());
         }
-        if let Some(command_line) = &ctl.start_command {
-            return run_command_until(ctl, command_line, true, deadline).await;
-        }
-        let log_file = ctl.data_dir.join(START_LOG);
-        let start = [
-            os("start"),
-            os("-D"),
-            ctl.data_dir.clone().into(),
-            os("-w"),
-            os("-t"),
-            os(&wait_seconds(deadline).to_string()),
-            os("-l"),
-            log_file.into(),
-        ];
-        run(ctl, "pg_ctl", &start).await.map(|_| ())
+        start_until(ctl, deadline).await
     })
     .await
 }
@@ -541,6 +503,33 @@ async fn bounded<T>(
 }
 
 /// Whole seconds left until `deadline`, at least one, for `pg_ctl -t`.
+/// Starts a stopped server with the member's start command, or `pg_ctl start -w` logging to
+/// [`START_LOG`] (whose tail a failure reports), within `deadline`.
+async fn start_until(ctl: &PgCtl, deadline: Instant) -> Result<(), ActionError> {
+    if let Some(command_line) = &ctl.start_command {
+        return run_command_until(ctl, command_line, true, deadline).await;
+    }
+    let log_file = ctl.data_dir.join(START_LOG);
+    let start = [
+        os("start"),
+        os("-D"),
+        ctl.data_dir.clone().into(),
+        os("-w"),
+        os("-t"),
+        os(&wait_seconds(deadline).to_string()),
+        os("-l"),
+        log_file.clone().into(),
+    ];
+    match run(ctl, "pg_ctl", &start).await {
+        Ok(_) => Ok(()),
+        Err(ActionError::Command { command, stderr }) => Err(ActionError::Command {
+            command,
+            stderr: format!("{stderr}\nserver log tail:\n{}", log_tail(&log_file)),
+        }),
+        Err(other) => Err(other),
+    }
+}
+
 fn wait_seconds(deadline: Instant) -> u64 {
     let left = deadline.saturating_duration_since(Instant::now());
     left.as_secs_f64().ceil().max(1.0) as u64

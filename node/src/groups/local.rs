@@ -24,7 +24,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REDIS_PAUSE: Duration = Duration::from_secs(10);
 /// `min-replicas-to-write` while fenced: more replicas than any group has, so every write is
 /// refused (`NOREPLICAS`) until the fence is lifted, whether or not vigil still runs.
-const REFUSE_ALL_WRITES: u32 = 1_000_000;
+pub const REFUSE_ALL_WRITES: u32 = 1_000_000;
 
 /// A member with its group's spec: the member beside this node for the keeper and the
 /// rejoiner, any member for the prober.

@@ -19,14 +19,13 @@ use vigil_consensus::group::{FailoverRun, Step, StepFacts};
 use vigil_consensus::spec::{RedisGroup, RedisMember};
 
 use crate::groups::lease::LeaseClock;
+use crate::groups::local::REFUSE_ALL_WRITES;
 use crate::groups::steps::{CATCH_UP_TIMEOUT, REMOTE_FENCE_TIMEOUT, STREAM_TIMEOUT, StepResult, wait_for_fence};
 use crate::groups::targets::redis_target;
 
 /// How long a switchover keeps the old master's writes paused at most: it is made a replica
 /// well before; should the switchover be abandoned, the old master takes writes again.
 const SWITCHOVER_PAUSE: Duration = Duration::from_secs(60);
-/// `min-replicas-to-write` that no group can satisfy: the old master refuses every write.
-const REFUSE_ALL_WRITES: u32 = 1_000_000;
 
 fn member<'a>(group: &'a RedisGroup, name: &str) -> Result<&'a RedisMember, String> {
     group.member(name).ok_or_else(|| format!("group {} has no member {name}", group.name))

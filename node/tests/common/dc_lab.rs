@@ -275,15 +275,23 @@ pub struct LabWriter {
 impl LabWriter {
     /// Starts writing ids from `first_id` into table `writes` through `conninfo`.
     pub fn start(net: &Arc<NetLab>, host: &str, conninfo: String, first_id: i64) -> LabWriter {
+        Self::spawn(net, host, move |stopping| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(write_until(conninfo, first_id, stopping))
+        })
+    }
+
+    /// Runs `write` inside `host` on a thread of its own until told to stop (the flag it is
+    /// given), collecting what it acknowledged: any kind of writer.
+    pub fn spawn(
+        net: &Arc<NetLab>,
+        host: &str,
+        write: impl FnOnce(Arc<AtomicBool>) -> Vec<(Instant, String, i64)> + Send + 'static,
+    ) -> LabWriter {
         let stop = Arc::new(AtomicBool::new(false));
         let (net, host, stopping) = (net.clone(), host.to_string(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            net.run_in(&host, move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(write_until(conninfo, first_id, stopping))
-            })
-            .expect("writer in its namespace")
-        });
+        let handle =
+            std::thread::spawn(move || net.run_in(&host, move || write(stopping)).expect("writer in its namespace"));
         LabWriter { stop, handle: Some(handle) }
     }
 

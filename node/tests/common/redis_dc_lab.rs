@@ -11,14 +11,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_chaos_tests::netns::NetLab;
 use vigil_chaos_tests::redis::{REDIS_PASSWORD, RedisCluster};
 
-use super::dc_lab::{CLIENT, DATACENTERS, DcNode, TIMEOUT};
+use super::dc_lab::{CLIENT, DATACENTERS, DcNode, LabWriter, TIMEOUT};
 
 /// How long a writer waits to connect, and for each reply: a write not answered by then is
 /// not acknowledged, and the writer moves on to the next member.
@@ -169,41 +168,16 @@ impl Drop for RedisDcLab {
 
 /// A client writing `SET <prefix>:N N` every 10 ms from inside a host, to the first of its
 /// members that takes writes, recording the instant of every acknowledged write and the
-/// server ("ip:port") that acknowledged it.
-pub struct RedisWriter {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<(Instant, String, i64)>>>,
-}
+/// server ("ip:port") that acknowledged it; it runs as a [`LabWriter`].
+pub struct RedisWriter;
 
 impl RedisWriter {
     /// Starts writing N from `first` inside `host`, to `servers` in turn: a member that
     /// refuses a write (a replica, a fenced master) or does not answer within
     /// [`WRITE_TIMEOUT`] is left for the next.
-    pub fn start(net: &Arc<NetLab>, host: &str, servers: Vec<SocketAddr>, prefix: &str, first: i64) -> RedisWriter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (net, host, prefix, stopping) = (net.clone(), host.to_string(), prefix.to_string(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            net.run_in(&host, move || write_until(&servers, &prefix, first, &stopping))
-                .expect("writer in its namespace")
-        });
-        RedisWriter { stop, handle: Some(handle) }
-    }
-
-    /// Stops and returns every acknowledged write: when, which server, which N.
-    pub fn finish(mut self) -> Vec<(Instant, String, i64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().map(|handle| handle.join().unwrap()).unwrap_or_default()
-    }
-}
-
-impl Drop for RedisWriter {
-    fn drop(&mut self) {
-        // A test that fails before `finish` must still stop the writer: it holds the lab's
-        // namespaces, which are only removed once nothing uses them.
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    pub fn start(net: &Arc<NetLab>, host: &str, servers: Vec<SocketAddr>, prefix: &str, first: i64) -> LabWriter {
+        let prefix = prefix.to_string();
+        LabWriter::spawn(net, host, move |stopping| write_until(&servers, &prefix, first, &stopping))
     }
 }
 
