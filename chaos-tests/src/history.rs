@@ -2,27 +2,35 @@
 //!
 //! A writer records every write it attempted: when it was answered (microseconds on the
 //! one monotonic clock of the machine that runs the lab, so no clock offset between hosts
-//! can blur an overlap), which server answered, and whether the write was acknowledged.
-//! The checkers are pure functions of such a history and of what the servers hold at the
-//! end; the doctored histories in the tests below show that they fail when they must.
+//! can blur an overlap), which member answered, whether it acknowledged, and the epoch it
+//! held. The checkers are pure functions of such a history and of what the servers hold at
+//! the end; the doctored histories in the tests below show that they fail when they must.
 //!
-//! Scope of this first version: a history covers one change of primary per group (the
-//! shape of a single fault); a server that becomes primary again later needs the run's
-//! promotion times to split its writes into eras, which the scenario runner will provide.
+//! A member is known to be writable from one acknowledged write to the next one the same
+//! writer got from it with nothing refused or unanswered in between: an *acknowledged
+//! span*. Two members whose spans overlap were both writable at once. A member that stops
+//! and later becomes primary again simply starts a new span.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One write as a client saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriteRecord {
-    /// When the answer came, in microseconds on the lab machine's monotonic clock.
+    /// The client that made it ("dc1" for the one beside member 1, "client" for the
+    /// application's, which goes wherever the writable member is).
+    pub writer: String,
+    /// When the answer came (or the client gave up), in microseconds on the lab machine's
+    /// monotonic clock.
     pub at_us: u64,
-    /// The server that answered ("host:port").
+    /// The member that answered, or was asked.
     pub server: String,
     /// The value written; unique per write in a history.
     pub value: i64,
     /// Whether the server acknowledged it (committed, or `OK`).
     pub acknowledged: bool,
+    /// The group's epoch as the acknowledging server held it, read atomically with the
+    /// write.
+    pub epoch: Option<u64>,
 }
 
 /// What a checker found wrong.
@@ -42,89 +50,207 @@ pub enum Violation {
         /// The values lost, in order.
         values: Vec<i64>,
     },
+    /// Acknowledged writes that the final state does not hold and that were acknowledged
+    /// earlier than the asynchronous bound allows: more than `bound_us` before their member
+    /// stopped acknowledging.
+    LossBeyondBound {
+        /// The values, in order.
+        values: Vec<i64>,
+        /// The bound, in microseconds.
+        bound_us: u64,
+    },
+    /// Writes acknowledged at an epoch lower than one acknowledged before them.
+    StaleEpoch {
+        /// The values, in order.
+        values: Vec<i64>,
+    },
 }
 
-/// The span from each server's first acknowledged write to its last.
-pub fn acknowledged_spans(history: &[WriteRecord]) -> BTreeMap<String, (u64, u64)> {
-    let mut spans: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for record in history.iter().filter(|record| record.acknowledged) {
-        let span = spans.entry(record.server.clone()).or_insert((record.at_us, record.at_us));
-        span.0 = span.0.min(record.at_us);
-        span.1 = span.1.max(record.at_us);
+/// A stretch of time over which one writer saw one member acknowledge every write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// The writer.
+    pub writer: String,
+    /// The member.
+    pub server: String,
+    /// Its first acknowledgement.
+    pub from_us: u64,
+    /// Its last.
+    pub to_us: u64,
+}
+
+/// Every acknowledged span in the history: per writer, in time order, a run of consecutive
+/// acknowledged writes from one member.
+pub fn acknowledged_spans(history: &[WriteRecord]) -> Vec<Span> {
+    let mut by_writer: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
+    for record in history {
+        by_writer.entry(record.writer.as_str()).or_default().push(record);
+    }
+    let mut spans = Vec::new();
+    for (writer, mut records) in by_writer {
+        records.sort_by_key(|record| record.at_us);
+        let mut open: Option<Span> = None;
+        for record in records {
+            match &mut open {
+                Some(span) if record.acknowledged && span.server == record.server => span.to_us = record.at_us,
+                _ => {
+                    spans.extend(open.take());
+                    if record.acknowledged {
+                        open = Some(Span {
+                            writer: writer.to_string(),
+                            server: record.server.clone(),
+                            from_us: record.at_us,
+                            to_us: record.at_us,
+                        });
+                    }
+                }
+            }
+        }
+        spans.extend(open);
     }
     spans
 }
 
-/// Every pair of servers whose acknowledged spans overlap: two writable primaries at once.
+/// Every pair of members whose acknowledged spans overlap: two writable primaries at once.
+/// One violation per pair of members, with the largest overlap found.
 pub fn dual_primaries(history: &[WriteRecord]) -> Vec<Violation> {
-    let spans: Vec<(String, (u64, u64))> = acknowledged_spans(history).into_iter().collect();
-    let mut violations = Vec::new();
-    for (index, (a, (a_first, a_last))) in spans.iter().enumerate() {
-        for (b, (b_first, b_last)) in &spans[index + 1..] {
-            let start = (*a_first).max(*b_first);
-            let end = (*a_last).min(*b_last);
+    let spans = acknowledged_spans(history);
+    let mut worst: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (index, a) in spans.iter().enumerate() {
+        for b in &spans[index + 1..] {
+            if a.server == b.server {
+                continue;
+            }
+            let start = a.from_us.max(b.from_us);
+            let end = a.to_us.min(b.to_us);
             if start <= end {
-                let (first, second) = if a_first <= b_first { (a, b) } else { (b, a) };
-                violations.push(Violation::DualPrimary {
-                    first: first.clone(),
-                    second: second.clone(),
-                    overlap_us: end - start,
-                });
+                let (first, second) = if (a.from_us, &a.server) <= (b.from_us, &b.server) { (a, b) } else { (b, a) };
+                let overlap = worst.entry((first.server.clone(), second.server.clone())).or_insert(0);
+                *overlap = (*overlap).max(end - start);
             }
         }
     }
-    violations
+    worst
+        .into_iter()
+        .map(|((first, second), overlap_us)| Violation::DualPrimary { first, second, overlap_us })
+        .collect()
 }
 
-/// Acknowledged writes missing from `held`, what the group's primary holds at the end.
+/// Acknowledged writes made at a lower epoch than one already acknowledged earlier by any
+/// member: a primary the cluster had replaced still took writes.
+pub fn stale_epoch_writes(history: &[WriteRecord]) -> Option<Violation> {
+    let mut acknowledged: Vec<&WriteRecord> =
+        history.iter().filter(|record| record.acknowledged && record.epoch.is_some()).collect();
+    acknowledged.sort_by_key(|record| record.at_us);
+    let mut highest = 0u64;
+    let mut values = Vec::new();
+    for record in acknowledged {
+        let epoch = record.epoch.unwrap_or(0);
+        if epoch < highest {
+            values.push(record.value);
+        }
+        highest = highest.max(epoch);
+    }
+    (!values.is_empty()).then_some(Violation::StaleEpoch { values })
+}
+
+/// Acknowledged writes missing from `held`, what the group's primary holds at the end:
+/// none may be missing in synchronous mode.
 pub fn lost_writes(history: &[WriteRecord], held: &BTreeSet<i64>) -> Option<Violation> {
-    let values: Vec<i64> = history
-        .iter()
-        .filter(|record| record.acknowledged && !held.contains(&record.value))
+    let values: Vec<i64> = lost(history, held).map(|record| record.value).collect();
+    (!values.is_empty()).then_some(Violation::LostWrites { values })
+}
+
+/// The asynchronous bound: a write may be lost only if it was acknowledged at most
+/// `bound_us` before the member that acknowledged it stopped acknowledging (the end of its
+/// span), that is, in the window where an old primary, cut off, still held its lease. Any
+/// other lost write is a violation.
+pub fn loss_beyond_bound(history: &[WriteRecord], held: &BTreeSet<i64>, bound_us: u64) -> Option<Violation> {
+    let spans = acknowledged_spans(history);
+    let values: Vec<i64> = lost(history, held)
+        .filter(|record| {
+            let end = spans
+                .iter()
+                .filter(|span| {
+                    span.writer == record.writer
+                        && span.server == record.server
+                        && (span.from_us..=span.to_us).contains(&record.at_us)
+                })
+                .map(|span| span.to_us)
+                .max()
+                .unwrap_or(record.at_us);
+            end - record.at_us > bound_us
+        })
         .map(|record| record.value)
         .collect();
-    (!values.is_empty()).then_some(Violation::LostWrites { values })
+    (!values.is_empty()).then_some(Violation::LossBeyondBound { values, bound_us })
+}
+
+fn lost<'a>(history: &'a [WriteRecord], held: &'a BTreeSet<i64>) -> impl Iterator<Item = &'a WriteRecord> {
+    history.iter().filter(|record| record.acknowledged && !held.contains(&record.value))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(at_ms: u64, server: &str, value: i64, acknowledged: bool) -> WriteRecord {
-        WriteRecord { at_us: at_ms * 1000, server: server.to_string(), value, acknowledged }
+    fn write(writer: &str, at_ms: u64, server: &str, value: i64, epoch: Option<u64>) -> WriteRecord {
+        WriteRecord {
+            writer: writer.to_string(),
+            at_us: at_ms * 1000,
+            server: server.to_string(),
+            value,
+            acknowledged: epoch.is_some(),
+            epoch,
+        }
     }
 
-    /// A clean failover: the old primary's last acknowledgement comes before the new one's
-    /// first, and refused writes in between count for nothing.
+    /// A clean failover seen by a writer beside each member: the old primary's last
+    /// acknowledgement comes before the new one's first; refusals count for nothing.
     fn clean() -> Vec<WriteRecord> {
         vec![
-            write(0, "old", 1, true),
-            write(10, "old", 2, true),
-            write(20, "old", 3, false),
-            write(900, "new", 4, false),
-            write(1000, "new", 5, true),
-            write(1010, "new", 6, true),
+            write("dc1", 0, "old", 1, Some(1)),
+            write("dc1", 10, "old", 2, Some(1)),
+            write("dc1", 20, "old", 3, None),
+            write("dc2", 900, "new", 4, None),
+            write("dc2", 1000, "new", 5, Some(2)),
+            write("dc2", 1010, "new", 6, Some(2)),
         ]
     }
 
     #[test]
-    fn a_clean_history_passes_both_checkers() {
+    fn a_clean_history_passes_every_checker() {
         let history = clean();
         assert!(dual_primaries(&history).is_empty());
+        assert_eq!(stale_epoch_writes(&history), None);
         let held: BTreeSet<i64> = [1, 2, 5, 6].into();
         assert_eq!(lost_writes(&history, &held), None);
+        assert_eq!(loss_beyond_bound(&history, &held, 0), None);
     }
 
-    /// The doctored history: the old primary acknowledged one more write after the new one
-    /// took its first. The checker must bite, and say by how much.
+    /// The doctored history: the old primary acknowledged one more write while the new one
+    /// was taking writes. The checkers must bite, and say by how much.
     #[test]
     fn two_overlapping_primaries_are_caught() {
         let mut history = clean();
-        history.push(write(1005, "old", 7, true));
+        history.push(write("dc1", 1005, "old", 7, Some(1)));
+        history.push(write("dc1", 1008, "old", 8, Some(1)));
         assert_eq!(
             dual_primaries(&history),
-            vec![Violation::DualPrimary { first: "old".into(), second: "new".into(), overlap_us: 5_000 }]
+            vec![Violation::DualPrimary { first: "new".into(), second: "old".into(), overlap_us: 3_000 }]
         );
+        assert_eq!(stale_epoch_writes(&history), Some(Violation::StaleEpoch { values: vec![7, 8] }));
+    }
+
+    /// A member that is primary twice, with another in between, is not a dual primary.
+    #[test]
+    fn a_member_primary_again_later_starts_a_new_span() {
+        let mut history = clean();
+        history.push(write("dc2", 1100, "new", 9, None));
+        history.push(write("dc1", 2000, "old", 10, Some(3)));
+        history.push(write("dc1", 2010, "old", 11, Some(3)));
+        assert!(dual_primaries(&history).is_empty(), "{:?}", dual_primaries(&history));
+        assert_eq!(stale_epoch_writes(&history), None);
     }
 
     /// The doctored state: an acknowledged write is missing at the end.
@@ -132,5 +258,22 @@ mod tests {
     fn a_lost_acknowledged_write_is_caught() {
         let held: BTreeSet<i64> = [1, 5, 6].into();
         assert_eq!(lost_writes(&clean(), &held), Some(Violation::LostWrites { values: vec![2] }));
+    }
+
+    /// Asynchronous mode: losing the last acknowledgements before the old primary stopped
+    /// is within the bound; losing one acknowledged long before it stopped is not.
+    #[test]
+    fn asynchronous_loss_is_judged_against_the_bound() {
+        let mut history = vec![write("dc1", 0, "old", 1, Some(1))];
+        history.extend((1..=100).map(|index| write("dc1", index * 10, "old", index as i64 + 1, Some(1))));
+        history.push(write("dc2", 2000, "new", 500, Some(2)));
+        let all: BTreeSet<i64> = (1..=101).chain([500]).collect();
+        let without_last: BTreeSet<i64> = all.iter().copied().filter(|value| *value < 95).collect();
+        assert_eq!(loss_beyond_bound(&history, &without_last, 100_000), None);
+        let without_early: BTreeSet<i64> = all.iter().copied().filter(|value| *value != 3).collect();
+        assert_eq!(
+            loss_beyond_bound(&history, &without_early, 100_000),
+            Some(Violation::LossBeyondBound { values: vec![3], bound_us: 100_000 })
+        );
     }
 }

@@ -21,8 +21,15 @@
 
 mod error;
 pub mod history;
+pub mod lab;
 pub mod netns;
+pub mod observe;
 pub mod postgres;
+pub mod record;
 pub mod redis;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod workload;
 
 pub use error::HarnessError;

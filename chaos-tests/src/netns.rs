@@ -119,6 +119,8 @@ struct Filters {
     partitions: BTreeSet<(usize, usize)>,
     /// Inbound loss in percent, only for hosts with a loss above zero.
     loss: BTreeMap<usize, u8>,
+    /// Ports (TCP and UDP, either end) blocked on the lab network, by host.
+    blocked_ports: BTreeMap<usize, BTreeSet<u16>>,
     /// Hosts whose namespace holds the lab's nftables table.
     tables: BTreeSet<usize>,
 }
@@ -328,6 +330,27 @@ impl NetLab {
         self.apply_filters(&mut filters, index)
     }
 
+    /// Drops every packet arriving at the host over the lab network from or to `port` (TCP
+    /// or UDP): one service on the host is cut off while the others still talk, like a
+    /// firewall change gone wrong. Loopback traffic is spared.
+    pub fn block_port(&self, host: &str, port: u16) -> Result<(), HarnessError> {
+        let index = self.index(host)?;
+        let mut filters = lock(&self.filters);
+        filters.blocked_ports.entry(index).or_default().insert(port);
+        self.apply_filters(&mut filters, index)
+    }
+
+    /// Lifts a [`NetLab::block_port`]; a no-op if the port is not blocked.
+    pub fn unblock_port(&self, host: &str, port: u16) -> Result<(), HarnessError> {
+        let index = self.index(host)?;
+        let mut filters = lock(&self.filters);
+        let removed = filters.blocked_ports.get_mut(&index).is_some_and(|ports| ports.remove(&port));
+        if removed {
+            self.apply_filters(&mut filters, index)?;
+        }
+        Ok(())
+    }
+
     /// Sends SIGKILL to every process inside the host's namespace (`ip netns pids`) and
     /// waits until none is left, like a datacenter losing power. The lab's own interfaces
     /// and rules stay.
@@ -421,6 +444,13 @@ impl NetLab {
                 continue;
             };
             script.push_str(&format!("add rule inet {NFT_TABLE} input ip saddr {} drop\n", self.hosts[peer].ip));
+        }
+        for port in filters.blocked_ports.get(&index).into_iter().flatten() {
+            for end in ["sport", "dport"] {
+                script.push_str(&format!(
+                    "add rule inet {NFT_TABLE} input iifname \"{LAB_INTERFACE}\" meta l4proto {{ tcp, udp }} th {end} {port} drop\n"
+                ));
+            }
         }
         match filters.loss.get(&index) {
             // `numgen random mod 100` yields 0 to 99, and nft refuses the comparison `< 100`.

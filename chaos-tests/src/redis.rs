@@ -320,7 +320,22 @@ impl RedisCluster {
                 return Err(HarnessError::Invalid(format!("{} is already running", instance.name)));
             }
         }
-        self.start_server(index, None).map_err(StartFailure::into_error)
+        self.start_server(index, None, None).map_err(StartFailure::into_error)
+    }
+
+    /// Starts the member again as a replica of member `master` (`--replicaof` on the command
+    /// line, over its configuration file): how an operator brings back a server whose
+    /// master may have moved, so it never comes back as a second writable master.
+    pub fn start_instance_replica_of(&self, index: usize, master: usize) -> Result<(), HarnessError> {
+        let instance = self.instance(index)?;
+        {
+            let mut servers = lock(&self.servers);
+            if running(&mut servers[index]).is_some() {
+                return Err(HarnessError::Invalid(format!("{} is already running", instance.name)));
+            }
+        }
+        let master = self.address(master);
+        self.start_server(index, None, Some(master)).map_err(StartFailure::into_error)
     }
 
     /// Stops (SIGSTOP) the member's server, like a server that hangs: connections are
@@ -494,7 +509,7 @@ impl RedisCluster {
         let mut attempt = 1;
         loop {
             self.write_config(index)?;
-            let failure = match self.start_server(index, lab) {
+            let failure = match self.start_server(index, lab, None) {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure,
             };
@@ -548,7 +563,12 @@ impl RedisCluster {
     /// Spawns member `index`'s server (through the lab when one is given, for a lab member)
     /// and waits until it answers as itself: `INFO server` must name the spawned PID, so a
     /// stranger that took the port never passes for our server.
-    fn start_server(&self, index: usize, lab: Option<&NetLab>) -> Result<(), StartFailure> {
+    fn start_server(
+        &self,
+        index: usize,
+        lab: Option<&NetLab>,
+        replica_of: Option<(String, u16)>,
+    ) -> Result<(), StartFailure> {
         let instance = &self.instances[index];
         let config = instance.config_file();
         let mut command = match (&self.placements[index], lab) {
@@ -563,6 +583,9 @@ impl RedisCluster {
             }
         };
         command.arg(&config).current_dir(&instance.dir).stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some((host, port)) = &replica_of {
+            command.args(["--replicaof", host, &port.to_string()]);
+        }
         // Configuration errors go to stderr before the log file is open; once it is, the
         // server writes nothing there, so an unread pipe never fills up.
         command.stderr(Stdio::piped());
