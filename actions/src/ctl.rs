@@ -234,6 +234,11 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
 /// one (`<data_dir>.vigil-replaced-<unix ms>`, reported) for the operator to inspect and
 /// remove. The member's own configuration files are kept, as across a rewind. The copy is
 /// left stopped; [`start_as_replica`] starts it.
+///
+/// The copy is made beside the data directory (`<data_dir>.vigil-clone-<unix ms>`) and only
+/// swapped in once complete: a copy that fails or is cut short (the primary unreachable
+/// half-way) leaves the data directory exactly as it was, so a later attempt never mistakes
+/// a partial copy, with the primary's configuration in it, for the member's own.
 pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration) -> Result<PathBuf, ActionError> {
     let deadline = Instant::now() + timeout;
     let what = format!("re-cloning {}", ctl.data_dir.display());
@@ -241,6 +246,7 @@ pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration)
         if server_running(ctl).await? {
             stop_until(ctl, deadline).await?;
         }
+        remove_abandoned_clones(&ctl.data_dir);
         let kept: Vec<(String, Vec<u8>)> = KEPT_ACROSS_REWIND
             .iter()
             .filter_map(|name| std::fs::read(ctl.data_dir.join(name)).ok().map(|bytes| (name.to_string(), bytes)))
@@ -249,20 +255,23 @@ pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration)
             std::fs::metadata(&ctl.data_dir).map_err(|error| file_error("reading", &ctl.data_dir, &error))?;
         let stamp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis());
-        let mut aside = ctl.data_dir.clone().into_os_string();
-        aside.push(format!(".vigil-replaced-{stamp}"));
-        let aside = PathBuf::from(aside);
-        std::fs::rename(&ctl.data_dir, &aside).map_err(|error| file_error("moving aside", &ctl.data_dir, &error))?;
-        // An empty directory with the old one's owner and mode: the server's user must own it.
+        let beside = |suffix: &str| {
+            let mut path = ctl.data_dir.clone().into_os_string();
+            path.push(format!(".{suffix}-{stamp}"));
+            PathBuf::from(path)
+        };
+        let (clone, aside) = (beside(CLONE_SUFFIX), beside("vigil-replaced"));
+        // An empty directory with the data directory's owner and mode: the server's user
+        // must own it.
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&ctl.data_dir)
-            .map_err(|error| file_error("creating", &ctl.data_dir, &error))?;
-        std::os::unix::fs::chown(&ctl.data_dir, Some(metadata.uid()), Some(metadata.gid()))
-            .map_err(|error| file_error("giving its owner back to", &ctl.data_dir, &error))?;
+            .create(&clone)
+            .map_err(|error| file_error("creating", &clone, &error))?;
+        std::os::unix::fs::chown(&clone, Some(metadata.uid()), Some(metadata.gid()))
+            .map_err(|error| file_error("giving its owner back to", &clone, &error))?;
         let args = [
             os("--pgdata"),
-            ctl.data_dir.clone().into(),
+            clone.clone().into(),
             os("--dbname"),
             os(replication_conninfo),
             os("--wal-method=stream"),
@@ -273,25 +282,44 @@ pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration)
         let description = description.replace(replication_conninfo, "<replication conninfo>");
         let output = output_of(command, &description).await?;
         if !output.status.success() {
+            let _ = std::fs::remove_dir_all(&clone);
             return Err(ActionError::Command {
                 command: description,
                 stderr: format!(
-                    "{} (the old data directory is kept in {})",
-                    String::from_utf8_lossy(&output.stderr).trim(),
-                    aside.display()
+                    "{} (the data directory is left as it was)",
+                    String::from_utf8_lossy(&output.stderr).trim()
                 ),
             });
         }
         for (name, bytes) in kept {
-            let path = ctl.data_dir.join(name);
+            let path = clone.join(name);
             std::fs::write(&path, bytes).map_err(|error| file_error("restoring", &path, &error))?;
             std::os::unix::fs::chown(&path, Some(metadata.uid()), Some(metadata.gid()))
                 .map_err(|error| file_error("giving its owner back to", &path, &error))?;
         }
+        std::fs::rename(&ctl.data_dir, &aside).map_err(|error| file_error("moving aside", &ctl.data_dir, &error))?;
+        std::fs::rename(&clone, &ctl.data_dir).map_err(|error| file_error("moving into place", &clone, &error))?;
         tracing::warn!(data_dir = %ctl.data_dir.display(), old = %aside.display(), "re-cloned with pg_basebackup");
         Ok(aside)
     })
     .await
+}
+
+/// The suffix of a copy in progress beside a data directory.
+const CLONE_SUFFIX: &str = "vigil-clone";
+
+/// Removes copies an earlier, interrupted [`reclone`] left beside `data_dir`: they are
+/// vigil's own scratch space, never a server's data.
+fn remove_abandoned_clones(data_dir: &Path) {
+    let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else { return };
+    let prefix = format!("{}.{CLONE_SUFFIX}-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::info!(path = %entry.path().display(), "removing an interrupted re-clone");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Configuration files in the data directory that must survive `pg_rewind` unchanged.

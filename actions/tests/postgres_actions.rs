@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, PgCtl, primary_conninfo, promote, repoint, start_as_replica, stop_server, wait_for_replay, write_epoch,
+    ActionError, PgCtl, primary_conninfo, promote, reclone, repoint, start_as_replica, stop_server, wait_for_replay,
+    write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -208,4 +209,34 @@ async fn stop_server_recovers_a_crashed_data_directory_before_reporting() {
     cluster.kill_postmaster(0).unwrap();
     let stopped = stop_server(&ctl(&cluster, 0), TIMEOUT).await.expect("recovered and stopped cleanly");
     assert!(stopped >= committed, "reported {stopped}, but rows were committed up to {committed}");
+}
+
+/// A re-clone whose copy fails (here: the primary refuses the replication login) leaves the
+/// data directory exactly as it was, with nothing half-copied beside it; the next attempt
+/// would start from the member's own files, configuration included. Once the primary
+/// answers, the re-clone swaps a complete copy in and keeps the member's configuration.
+#[tokio::test]
+async fn a_failed_reclone_leaves_the_data_directory_as_it_was() {
+    let cluster = PgCluster::start(2).expect("cluster starts");
+    let replica = ctl(&cluster, 1);
+    let data_dir = cluster.instances()[1].data_dir.clone();
+    let own_conf = std::fs::read(data_dir.join("postgresql.conf")).unwrap();
+    let wrong = primary_conninfo("127.0.0.1", cluster.instances()[0].port, REPLICATION_USER, "wrong", "pg2");
+    let error = reclone(&replica, &wrong, Duration::from_secs(30)).await.expect_err("the copy must fail");
+    assert!(error.to_string().contains("left as it was"), "{error}");
+    assert_eq!(std::fs::read(data_dir.join("postgresql.conf")).unwrap(), own_conf);
+    assert!(data_dir.join("PG_VERSION").exists(), "the data directory is still a data directory");
+    let parent = data_dir.parent().unwrap();
+    let beside: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("vigil-"))
+        .collect();
+    assert!(beside.is_empty(), "left beside the data directory: {beside:?}");
+
+    let aside = reclone(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("re-cloned");
+    assert!(aside.join("PG_VERSION").exists(), "the old directory is kept aside");
+    assert_eq!(std::fs::read(data_dir.join("postgresql.conf")).unwrap(), own_conf, "own configuration kept");
+    start_as_replica(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("starts");
+    cluster.wait_streaming(1, Duration::from_secs(30)).expect("streams from the primary");
 }

@@ -19,8 +19,9 @@ pub struct WriteRecord {
     /// The client that made it ("dc1" for the one beside member 1, "client" for the
     /// application's, which goes wherever the writable member is).
     pub writer: String,
-    /// When the answer came (or the client gave up), in microseconds on the lab machine's
-    /// monotonic clock.
+    /// When the write was sent, in microseconds on the lab machine's monotonic clock.
+    pub sent_us: u64,
+    /// When the answer came (or the client gave up), on the same clock.
     pub at_us: u64,
     /// The member that answered, or was asked.
     pub server: String,
@@ -136,21 +137,26 @@ pub fn dual_primaries(history: &[WriteRecord]) -> Vec<Violation> {
         .collect()
 }
 
-/// Acknowledged writes made at a lower epoch than one already acknowledged earlier by any
-/// member: a primary the cluster had replaced still took writes.
+/// Acknowledged writes made at a lower epoch than one already acknowledged, by any member,
+/// before they were even sent: a primary the cluster had replaced still took writes. (A
+/// write in flight while another member's first write at a higher epoch is acknowledged
+/// read its epoch before that, and proves nothing.)
 pub fn stale_epoch_writes(history: &[WriteRecord]) -> Option<Violation> {
     let mut acknowledged: Vec<&WriteRecord> =
         history.iter().filter(|record| record.acknowledged && record.epoch.is_some()).collect();
     acknowledged.sort_by_key(|record| record.at_us);
-    let mut highest = 0u64;
     let mut values = Vec::new();
-    for record in acknowledged {
+    for record in &acknowledged {
         let epoch = record.epoch.unwrap_or(0);
-        if epoch < highest {
+        let newer_before = acknowledged
+            .iter()
+            .take_while(|earlier| earlier.at_us < record.sent_us)
+            .any(|earlier| earlier.epoch.unwrap_or(0) > epoch);
+        if newer_before {
             values.push(record.value);
         }
-        highest = highest.max(epoch);
     }
+    values.sort_unstable();
     (!values.is_empty()).then_some(Violation::StaleEpoch { values })
 }
 
@@ -197,6 +203,7 @@ mod tests {
     fn write(writer: &str, at_ms: u64, server: &str, value: i64, epoch: Option<u64>) -> WriteRecord {
         WriteRecord {
             writer: writer.to_string(),
+            sent_us: (at_ms * 1000).saturating_sub(1),
             at_us: at_ms * 1000,
             server: server.to_string(),
             value,
@@ -240,6 +247,17 @@ mod tests {
             vec![Violation::DualPrimary { first: "new".into(), second: "old".into(), overlap_us: 3_000 }]
         );
         assert_eq!(stale_epoch_writes(&history), Some(Violation::StaleEpoch { values: vec![7, 8] }));
+    }
+
+    /// A write sent before another member's first acknowledgement at a higher epoch, and
+    /// answered after it, read its epoch first: no violation.
+    #[test]
+    fn a_write_in_flight_across_a_promotion_is_not_stale() {
+        let mut history = clean();
+        let mut in_flight = write("dc1", 1003, "old", 7, Some(1));
+        in_flight.sent_us = 995_000;
+        history.push(in_flight);
+        assert_eq!(stale_epoch_writes(&history), None);
     }
 
     /// A member that is primary twice, with another in between, is not a dual primary.

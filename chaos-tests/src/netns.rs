@@ -330,14 +330,15 @@ impl NetLab {
         self.apply_filters(&mut filters, index)
     }
 
-    /// Drops every packet arriving at the host over the lab network from or to `port` (TCP
-    /// or UDP): one service on the host is cut off while the others still talk, like a
-    /// firewall change gone wrong. Loopback traffic is spared.
+    /// Cuts one service of the host off from every other host, both ways: packets from or
+    /// to `port` (TCP or UDP) are dropped on arrival at the host, and packets from the host
+    /// from or to that port are dropped on arrival everywhere else. The host's other
+    /// services still talk, like a firewall change gone wrong. Loopback traffic is spared.
     pub fn block_port(&self, host: &str, port: u16) -> Result<(), HarnessError> {
         let index = self.index(host)?;
         let mut filters = lock(&self.filters);
         filters.blocked_ports.entry(index).or_default().insert(port);
-        self.apply_filters(&mut filters, index)
+        self.apply_all_filters(&mut filters)
     }
 
     /// Lifts a [`NetLab::block_port`]; a no-op if the port is not blocked.
@@ -346,7 +347,14 @@ impl NetLab {
         let mut filters = lock(&self.filters);
         let removed = filters.blocked_ports.get_mut(&index).is_some_and(|ports| ports.remove(&port));
         if removed {
-            self.apply_filters(&mut filters, index)?;
+            self.apply_all_filters(&mut filters)?;
+        }
+        Ok(())
+    }
+
+    fn apply_all_filters(&self, filters: &mut MutexGuard<'_, Filters>) -> Result<(), HarnessError> {
+        for index in 0..self.hosts.len() {
+            self.apply_filters(filters, index)?;
         }
         Ok(())
     }
@@ -445,11 +453,15 @@ impl NetLab {
             };
             script.push_str(&format!("add rule inet {NFT_TABLE} input ip saddr {} drop\n", self.hosts[peer].ip));
         }
-        for port in filters.blocked_ports.get(&index).into_iter().flatten() {
-            for end in ["sport", "dport"] {
-                script.push_str(&format!(
-                    "add rule inet {NFT_TABLE} input iifname \"{LAB_INTERFACE}\" meta l4proto {{ tcp, udp }} th {end} {port} drop\n"
-                ));
+        for (blocked, ports) in &filters.blocked_ports {
+            // On the blocked host itself, from anyone; elsewhere, only from the blocked host.
+            let from = if *blocked == index { String::new() } else { format!("ip saddr {} ", self.hosts[*blocked].ip) };
+            for port in ports {
+                for end in ["sport", "dport"] {
+                    script.push_str(&format!(
+                        "add rule inet {NFT_TABLE} input iifname \"{LAB_INTERFACE}\" {from}meta l4proto {{ tcp, udp }} th {end} {port} drop\n"
+                    ));
+                }
             }
         }
         match filters.loss.get(&index) {

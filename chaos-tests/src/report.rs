@@ -786,6 +786,7 @@ mod tests {
     fn write(at_ms: u64, server: &str, acknowledged: bool) -> WriteRecord {
         WriteRecord {
             writer: "client".to_string(),
+            sent_us: at_ms * 1000,
             at_us: at_ms * 1000,
             server: server.to_string(),
             value: i64::try_from(at_ms).unwrap(),

@@ -135,6 +135,7 @@ async fn write_until(spec: WriterSpec, origin: Instant, stop: Arc<AtomicBool>) -
                 continue;
             }
         }
+        let sent_us = origin.elapsed().as_micros() as u64;
         let attempt = write(connection.as_mut().expect("connected above"), &spec.group, value);
         let answer = tokio::time::timeout(WRITE_TIMEOUT, attempt).await;
         let at_us = origin.elapsed().as_micros() as u64;
@@ -148,6 +149,7 @@ async fn write_until(spec: WriterSpec, origin: Instant, stop: Arc<AtomicBool>) -
         };
         history.push(WriteRecord {
             writer: spec.name.clone(),
+            sent_us,
             at_us,
             server: endpoint.member.clone(),
             value,

@@ -203,6 +203,29 @@ fn partition_blocks_one_pair_and_nothing_else() {
     assert!(lab.partition("a", "a").is_err());
 }
 
+/// A blocked port cuts one service of a host off from the other hosts, both ways, while its
+/// other services and its own loopback traffic to that service still work.
+#[test]
+fn block_port_cuts_one_service_and_nothing_else() {
+    let lab = NetLab::create(&["a", "b"]).expect("lab is created");
+    let blocked = echo_server(&lab, "a");
+    let open = echo_server(&lab, "a");
+    lab.block_port("a", blocked.port()).expect("block the port");
+    assert_times_out(&lab, "b", blocked);
+    assert_echoes(&lab, "b", open);
+    assert_echoes(&lab, "a", blocked);
+    // The other direction too: the blocked host's traffic from that port is dropped where it
+    // arrives, so an asymmetric half-link never forms.
+    let rules = output_of(lab.command("b", "nft").args(["list", "table", "inet", NFT_TABLE]));
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains(&format!("ip saddr {}", lab.ip("a"))) && rules.contains(&blocked.port().to_string()),
+        "{rules}"
+    );
+    lab.unblock_port("a", blocked.port()).expect("unblock the port");
+    assert_echoes(&lab, "b", blocked);
+}
+
 /// Loss of 100% on a host drops everything arriving over the lab network, so neither side
 /// can open a connection (the replies vanish too), while the host's loopback still works;
 /// 0% restores it.

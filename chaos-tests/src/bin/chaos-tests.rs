@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use vigil_chaos_tests::record::RunRecord;
+use vigil_chaos_tests::record::{CheckResult, RunRecord};
 use vigil_chaos_tests::report;
 use vigil_chaos_tests::runner::{self, RunOptions};
 use vigil_chaos_tests::schedule::Schedule;
@@ -52,21 +52,28 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Episodes in a generated schedule.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         episodes: usize,
     },
     /// `runs` generated schedules, seeds `seed`, `seed + 1`, ...; a summary in `out`.
     Soak {
         /// How many schedules.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
         runs: u64,
         /// The first seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Episodes per schedule.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         episodes: usize,
     },
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!("`{text}`: expected a whole number of at least 1")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -153,8 +160,23 @@ fn dir_name(schedule: &Schedule) -> String {
 fn run_one(schedule: &Schedule, options: &RunOptions, out: &Path) -> anyhow::Result<RunRecord> {
     let dir = out.join(dir_name(schedule));
     eprintln!("chaos-tests: running {} ({} episodes)", schedule.name, schedule.episodes.len());
-    let record =
-        runner::run(schedule, options, Some(&dir.join("logs"))).with_context(|| format!("run {}", schedule.name))?;
+    let record = match runner::run(schedule, options, Some(&dir.join("logs"))) {
+        Ok(record) => record,
+        // The lab broke (a server would not start, a fault could not be injected): a soak
+        // goes on with the next schedule, and the run is reported as failed, with why.
+        Err(error) => RunRecord {
+            name: schedule.name.clone(),
+            seed: schedule.seed,
+            reproduce: options.reproduce.clone(),
+            checks: vec![CheckResult {
+                name: "the run itself".into(),
+                group: None,
+                passed: false,
+                detail: format!("{error:#}"),
+            }],
+            ..RunRecord::default()
+        },
+    };
     let path = report::write_run(&record, &dir)?;
     let failed: Vec<&str> =
         record.checks.iter().filter(|check| !check.passed).map(|check| check.name.as_str()).collect();
