@@ -14,7 +14,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_postgres::types::PgLsn;
 
-use crate::conninfo::{conf_setting, replica_auto_conf};
+use crate::conninfo::{conf_setting, fenced_auto_conf, replica_auto_conf};
 use crate::error::ActionError;
 
 /// How to control one PostgreSQL server on this machine.
@@ -172,6 +172,25 @@ pub async fn start_server(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionEr
         if server_running(ctl).await? {
             return Ok(());
         }
+        start_until(ctl, deadline).await
+    })
+    .await
+}
+
+/// Starts a stopped primary fenced: `default_transaction_read_only` is set in its
+/// `postgresql.auto.conf` first, so it refuses writes from its first moment until the
+/// fence is lifted (`unfence`). For a primary that was stopped (its node died, its guard
+/// stopped it) and that nothing could replace: its own node brings it back this way and
+/// lifts the fence only once the cluster confirms its lease again. A server that already
+/// runs is left alone.
+pub async fn start_fenced(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let what = format!("starting the server in {} fenced", ctl.data_dir.display());
+    bounded(deadline, what, async {
+        if server_running(ctl).await? {
+            return Ok(());
+        }
+        write_auto_conf(ctl, &fenced_auto_conf(&read_auto_conf(ctl)?))?;
         start_until(ctl, deadline).await
     })
     .await
@@ -485,9 +504,13 @@ fn read_auto_conf(ctl: &PgCtl) -> Result<String, ActionError> {
 /// Rewrites `postgresql.auto.conf` through a temporary file and a rename, as
 /// `ALTER SYSTEM` does, so a crash never leaves half a file.
 fn write_replica_auto_conf(ctl: &PgCtl, primary_conninfo: &str) -> Result<(), ActionError> {
+    write_auto_conf(ctl, &replica_auto_conf(&read_auto_conf(ctl)?, primary_conninfo))
+}
+
+/// Replaces `postgresql.auto.conf` with `text`, through a temporary file and a rename.
+fn write_auto_conf(ctl: &PgCtl, text: &str) -> Result<(), ActionError> {
     let path = ctl.data_dir.join("postgresql.auto.conf");
     let temporary = ctl.data_dir.join("postgresql.auto.conf.vigil-tmp");
-    let text = replica_auto_conf(&read_auto_conf(ctl)?, primary_conninfo);
     {
         use std::io::Write as _;
         let mut file = std::fs::OpenOptions::new()

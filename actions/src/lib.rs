@@ -30,7 +30,9 @@ pub use self::redis::{
     redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream, redis_write_epoch,
 };
 pub use conninfo::primary_conninfo;
-pub use ctl::{PgCtl, is_running, reclone, rewind, start_as_replica, start_server, stop_immediately, stop_server};
+pub use ctl::{
+    PgCtl, is_running, reclone, rewind, start_as_replica, start_fenced, start_server, stop_immediately, stop_server,
+};
 pub use error::ActionError;
 pub use sql::{
     Promoted, checkpoint, fence_read_only, promote, repoint, require_all, set_synchronous_standby_names,

@@ -83,7 +83,7 @@ impl ChaosLab {
         let pg = PgCluster::start_in(&net, &DATACENTERS).context("PostgreSQL in the lab")?;
         let redis = RedisCluster::start_in(&net, &DATACENTERS).context("Redis in the lab")?;
         let dir = tempfile::Builder::new().prefix("vigil-chaos-").tempdir().context("lab directory")?;
-        let nodes = write_node_configs(vigil, &net, dir.path())?;
+        let nodes = write_node_configs(vigil, &net, dir.path(), "")?;
         let mut lab = ChaosLab { nodes, pg, redis, net, dir, vigil: vigil.to_path_buf() };
         for id in 1..=3 {
             lab.start_node(id)?;
@@ -147,11 +147,7 @@ impl ChaosLab {
     /// Starts node `id`'s daemon inside its datacenter.
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(&id).with_context(|| format!("no node {id}"))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let mut command = self.net.command(&node.host, &self.vigil);
-        command.args(["run", "--config"]).arg(&node.config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        node.child = Some(self.net.spawn(&node.host, command)?);
-        Ok(())
+        start_vigil(&self.net, &self.vigil, node)
     }
 
     /// SIGKILLs node `id`'s daemon (not its fence guard, which outlives it by design).
@@ -261,7 +257,18 @@ pub fn all_up(status: &Value) -> bool {
         })
 }
 
-fn cli_command(net: &NetLab, vigil: &Path, node: &VigilNode, args: &[&str]) -> Command {
+/// Starts `node`'s daemon inside its datacenter, its output appended to its log.
+pub fn start_vigil(net: &NetLab, vigil: &Path, node: &mut VigilNode) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+    let mut command = net.command(&node.host, vigil);
+    command.args(["run", "--config"]).arg(&node.config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    node.child = Some(net.spawn(&node.host, command)?);
+    Ok(())
+}
+
+/// A command that runs the vigil CLI with `args` against `node`'s API, from inside its
+/// datacenter.
+pub fn cli_command(net: &NetLab, vigil: &Path, node: &VigilNode, args: &[&str]) -> Command {
     let mut command = net.command(&node.host, vigil);
     command.args(args).arg("--config").arg(&node.config).stdin(Stdio::null());
     command
@@ -272,8 +279,15 @@ fn failed_status() -> std::process::ExitStatus {
     std::process::ExitStatus::from_raw(1 << 8)
 }
 
-/// Certificates (`vigil certs init`) and a configuration per node; nothing started.
-fn write_node_configs(vigil: &Path, net: &NetLab, dir: &Path) -> anyhow::Result<BTreeMap<u64, VigilNode>> {
+/// Certificates (`vigil certs init`) and a configuration per node in `dir`, node N in
+/// `DATACENTERS[N-1]` with its data in `dir/data/nN` and `extra` (TOML) added to each;
+/// nothing started. Also the plumbing of vigil's own namespace tests.
+pub fn write_node_configs(
+    vigil: &Path,
+    net: &NetLab,
+    dir: &Path,
+    extra: &str,
+) -> anyhow::Result<BTreeMap<u64, VigilNode>> {
     let certs = dir.join("certs");
     let made = Command::new(vigil)
         .args(["certs", "init", "--out"])
@@ -304,7 +318,7 @@ fn write_node_configs(vigil: &Path, net: &NetLab, dir: &Path) -> anyhow::Result<
                 "cluster_name = \"chaos\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
                  datacenter = \"dc{id}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\napi_addr = \"{ip}:{API_PORT}\"\n\n\
                  [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
-                 [log]\nlevel = \"info,openraft=warn\"\n\n{members}"
+                 [log]\nlevel = \"info,openraft=warn\"\n\n{extra}\n{members}"
             ),
         )?;
         nodes.insert(

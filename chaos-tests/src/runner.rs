@@ -24,6 +24,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -47,6 +49,26 @@ pub struct RunOptions {
     pub converge_within: Duration,
     /// The command that reproduces the run, for the report.
     pub reproduce: String,
+    /// Set (by a signal handler, say) to end the run early: the run stops at its next wait
+    /// and returns an error, and everything it started is torn down on the way out.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+impl RunOptions {
+    /// Sleeps for `duration`, waking every 100 ms to see whether the run was interrupted.
+    fn pause(&self, duration: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + duration;
+        loop {
+            if self.interrupted.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
 }
 
 /// The lease an old asynchronous primary may hold after it is cut off (vigil's default),
@@ -110,12 +132,15 @@ pub fn run(schedule: &Schedule, options: &RunOptions, logs_dir: Option<&std::pat
     let now_us = || origin.elapsed().as_micros() as u64;
     let observer = Observer::start(&lab, options.vigil.clone(), origin);
     let writers = start_writers(&lab, origin);
-    std::thread::sleep(WARM_UP);
+    options.pause(WARM_UP)?;
 
     let mut played = Vec::new();
     let mut down = Down::default();
     for episode in &schedule.episodes {
         let view = wait_for_view(&observer)?;
+        // The fault starts when its first action does: a kill in the middle of a failover
+        // starts by killing the primary, well before the leader goes.
+        let at_us = now_us();
         let (mut description, mut expect) = inject(&mut lab, &episode.fault, &view, &mut down)?;
         // A group still recovering from the last episode (a member rejoining, a failover
         // running) may have no candidate to promote: nothing is required of it then, though
@@ -131,23 +156,22 @@ pub fn run(schedule: &Schedule, options: &RunOptions, logs_dir: Option<&std::pat
             let names: Vec<&str> = unsettled.iter().map(|name| name.as_str()).collect();
             description.push_str(&format!(" [not yet settled at injection: {}]", names.join(", ")));
         }
-        let at_us = now_us();
         if let Fault::Flap { host, period } = &episode.fault {
             let host = resolve(host, &view)?;
             let until = Instant::now() + episode.hold;
             while Instant::now() + *period <= until {
-                std::thread::sleep(*period / 2);
+                options.pause(*period / 2)?;
                 lab.net.heal(&host)?;
-                std::thread::sleep(*period / 2);
+                options.pause(*period / 2)?;
                 lab.net.cut(&host)?;
             }
-            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            options.pause(until.saturating_duration_since(Instant::now()))?;
         } else {
-            std::thread::sleep(episode.hold);
+            options.pause(episode.hold)?;
         }
         heal(&mut lab, &episode.fault, &view, &mut down, &observer)?;
         let healed_at_us = now_us();
-        std::thread::sleep(episode.settle);
+        options.pause(episode.settle)?;
         played.push(Played {
             event: FaultEvent {
                 at_us,
@@ -161,9 +185,9 @@ pub fn run(schedule: &Schedule, options: &RunOptions, logs_dir: Option<&std::pat
     }
 
     let converge_started = Instant::now();
-    let converged = converge(&lab, &observer, options.converge_within);
+    let converged = converge(&lab, &observer, options);
     let converge_ms = converge_started.elapsed().as_millis();
-    std::thread::sleep(COOL_DOWN);
+    options.pause(COOL_DOWN)?;
     let mut histories: BTreeMap<String, Vec<WriteRecord>> = BTreeMap::new();
     for (group, writer) in writers {
         histories.entry(group).or_default().extend(writer.finish());
@@ -494,8 +518,8 @@ fn heal(lab: &mut ChaosLab, fault: &Fault, view: &Sample, down: &mut Down, obser
 /// no failover running and every member up for every node, the servers agree (that
 /// member is the only writable one and both others replicate from it), and returns the
 /// primaries' indexes.
-fn converge(lab: &ChaosLab, observer: &Observer, within: Duration) -> anyhow::Result<BTreeMap<String, usize>> {
-    let deadline = Instant::now() + within;
+fn converge(lab: &ChaosLab, observer: &Observer, options: &RunOptions) -> anyhow::Result<BTreeMap<String, usize>> {
+    let deadline = Instant::now() + options.converge_within;
     loop {
         let error = match settled(lab, observer) {
             Ok(primaries) => return Ok(primaries),
@@ -504,7 +528,7 @@ fn converge(lab: &ChaosLab, observer: &Observer, within: Duration) -> anyhow::Re
         if Instant::now() > deadline {
             return Err(error);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        options.pause(Duration::from_millis(500))?;
     }
 }
 

@@ -25,6 +25,7 @@ fn play(file: &str) {
         rto_target: RTO_TARGET,
         converge_within: Duration::from_secs(90),
         reproduce: format!("chaos-tests run --scenario chaos-tests/scenarios/{file}"),
+        interrupted: Default::default(),
     };
     let record = runner::run(&schedule, &options, Some(&out.join("logs"))).unwrap_or_else(|error| panic!("{error:#}"));
     let report = report::write_run(&record, &out).expect("write the report");

@@ -511,3 +511,25 @@ fn switchover_uses_the_members_own_start_and_stop_commands() {
     lab.wait_for("pg1 to stream from pg2", |_| lab.streams_from("pg1", "pg2"));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\nstart\n");
 }
+
+/// The primary stops and nothing can replace it (both replicas are nofailover): its own node
+/// releases the lease, waits in case a failover comes, then starts it again fenced, and the
+/// next committed lease renewal lifts the fence. The group has its primary back, at the
+/// same epoch, without a human.
+#[test]
+fn a_stopped_primary_nothing_can_replace_is_started_again_by_its_node() {
+    let lab = Lab::start("", &["", "nofailover = true", "nofailover = true"], &[]);
+    let epoch = lab.group().unwrap()["epoch"].as_u64().unwrap();
+    lab.pg.kill_postmaster(0).unwrap();
+    lab.wait_for("pg1 to be down for every node", |group| {
+        group["members"][0]["verdicts"]
+            .as_object()
+            .is_some_and(|verdicts| verdicts.len() == 3 && verdicts.values().all(|verdict| verdict == "down"))
+    });
+    lab.wait_for("pg1 to take writes again", |_| lab.pg.sql(0, "CREATE TABLE IF NOT EXISTS back (n int)").is_ok());
+    let group = lab.group().unwrap();
+    assert_eq!(group["primary"], "pg1", "{group:#}");
+    assert_eq!(group["epoch"].as_u64().unwrap(), epoch, "no failover happened: {group:#}");
+    assert!(group["last_run"].is_null(), "{group:#}");
+    assert!(lab.vigil.log_of(1).contains("nothing replaced it: starting it again"), "{}", lab.vigil.log_of(1));
+}

@@ -7,10 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use vigil_chaos_tests::record::{CheckResult, RunRecord};
 use vigil_chaos_tests::report;
 use vigil_chaos_tests::runner::{self, RunOptions};
@@ -78,7 +81,21 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    // Ctrl-C or a TERM ends the run at its next wait, and the lab is torn down on the way
+    // out (processes, nftables tables, namespaces) instead of being left behind.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        if let Err(error) = signal_hook::flag::register(signal, interrupted.clone()) {
+            eprintln!("chaos-tests: cannot handle signal {signal}: {error}");
+            return ExitCode::from(2);
+        }
+    }
+    let outcome = run(&args, &interrupted);
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("chaos-tests: interrupted; the lab was torn down");
+        return ExitCode::from(130);
+    }
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -89,7 +106,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs what was asked; `Ok(false)` when a run broke a guarantee.
-fn run(args: &Args) -> anyhow::Result<bool> {
+fn run(args: &Args, interrupted: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     let vigil = match &args.vigil {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vigil"),
@@ -99,6 +116,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         rto_target: args.rto_target,
         converge_within: Duration::from_secs(90),
         reproduce,
+        interrupted: interrupted.clone(),
     };
     match &args.command {
         Command::Suite { dir } => {
@@ -110,6 +128,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             files.sort();
             let mut passed = true;
             for file in files {
+                if interrupted.load(Ordering::SeqCst) {
+                    break;
+                }
                 let schedule = Schedule::load(&file)?;
                 let reproduce = format!("chaos-tests run --scenario {}", file.display());
                 passed &= run_one(&schedule, &options(reproduce), &args.out)?.passed();
@@ -130,6 +151,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         Command::Soak { runs, seed, episodes } => {
             let mut records = Vec::new();
             for seed in *seed..*seed + *runs {
+                if interrupted.load(Ordering::SeqCst) {
+                    break;
+                }
                 let schedule = Schedule::generate(seed, *episodes, &GROUPS);
                 let reproduce = format!("chaos-tests run --seed {seed} --episodes {episodes}");
                 let record = run_one(&schedule, &options(reproduce), &args.out)?;

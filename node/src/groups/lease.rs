@@ -28,6 +28,9 @@ use crate::guard::{GuardClient, GuardMessage};
 
 /// How often a node retries making sure of its down primary before releasing its lease.
 const RELEASE_RETRY: Duration = Duration::from_secs(1);
+/// How long a released primary stays down, with no failover started, before its own node
+/// starts it again: far beyond what the leader takes to fail over when it can.
+pub const RESTART_IN_PLACE_AFTER: Duration = Duration::from_secs(10);
 /// How often the keeper looks at its leases.
 const KEEPER_TICK: Duration = Duration::from_millis(25);
 
@@ -134,6 +137,10 @@ struct Holding {
     configured: bool,
     /// When this node last tried to release the lease on its down primary.
     release_attempt_at: Option<Instant>,
+    /// Since when this node has seen its primary down, if it does.
+    down_since: Option<Instant>,
+    /// When this node last started its down primary again in place.
+    restart_attempt_at: Option<Instant>,
 }
 
 impl Holding {
@@ -149,6 +156,8 @@ impl Holding {
             released: false,
             configured: false,
             release_attempt_at: None,
+            down_since: None,
+            restart_attempt_at: None,
         }
     }
 }
@@ -224,6 +233,7 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
                 *holding = Holding::new(&member_name, now, lease_duration);
             }
             if my_verdict == Some(Health::Down) {
+                let down_since = *holding.down_since.get_or_insert(now);
                 // No renewal while the primary is down for this node: if it cannot be made sure
                 // of, the lease runs out, and a primary that answers again finds itself fenced.
                 if !holding.released
@@ -231,9 +241,36 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
                 {
                     holding.release_attempt_at = Some(now);
                     tokio::spawn(release(cluster.clone(), guard.clone(), holdings.clone(), local.clone()));
+                } else if holding.released
+                    && group_state.running.is_none()
+                    && local.starts_in_place()
+                    && now.duration_since(down_since) >= RESTART_IN_PLACE_AFTER
+                    && holding.restart_attempt_at.is_none_or(|at| now.duration_since(at) >= RESTART_IN_PLACE_AFTER)
+                {
+                    // Released long ago and still nobody replaced it (strict synchronous mode
+                    // with no confirmed standby, every replica nofailover): the group has no
+                    // primary at all. Start it again fenced; the next committed renewal, which
+                    // only succeeds while it is still the primary of the current epoch, lifts
+                    // the fence. Should a failover start instead, it is fenced already.
+                    holding.restart_attempt_at = Some(now);
+                    holding.fenced = Some(now);
+                    warn!(
+                        group = %group_name,
+                        member = %member_name,
+                        down_for_ms = now.duration_since(down_since).as_millis() as u64,
+                        "the primary is down and nothing replaced it: starting it again, fenced, until the cluster \
+                         confirms its lease"
+                    );
+                    let local = local.clone();
+                    tokio::spawn(async move {
+                        if let Err(reason) = local.start_fenced().await {
+                            warn!(group = local.group_name(), member = local.name(), %reason, "could not start it again");
+                        }
+                    });
                 }
                 continue;
             }
+            holding.down_since = None;
             let margin = fence_margin(lease_duration);
             if holding.fenced.is_none() && now + margin >= holding.valid_until {
                 holding.fenced = Some(now);

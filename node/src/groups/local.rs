@@ -204,6 +204,25 @@ impl GroupMember {
         }
     }
 
+    /// Whether this node can start its member again in place, fenced: a PostgreSQL member
+    /// with a data directory in a group fenced read-only (whose lift resets read-only; a
+    /// `stop` fence's lift only starts the server). vigil does not start redis-server.
+    pub fn starts_in_place(&self) -> bool {
+        matches!(self, GroupMember::Postgres { group, member }
+            if member.data_dir.is_some() && group.fence_method == FenceMethod::ReadOnly)
+    }
+
+    /// Starts a stopped primary again, fenced (read-only) from its first moment.
+    pub async fn start_fenced(&self) -> Result<(), String> {
+        match self {
+            GroupMember::Postgres { group, member } => {
+                let ctl = pg_ctl(group, member)?;
+                vigil_actions::start_fenced(&ctl, STOP_TIMEOUT).await.map_err(|e| e.to_string())
+            }
+            GroupMember::Redis { .. } => Err("vigil does not start redis-server".to_string()),
+        }
+    }
+
     /// Makes sure a member this node sees down stays unable to take writes, and says how:
     /// a PostgreSQL server is stopped; a Redis server must not be listening at all (the
     /// connection is refused by this host), since vigil does not stop redis-server and a

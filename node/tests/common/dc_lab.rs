@@ -3,8 +3,7 @@
 //! benchmark share. Everything runs inside the lab's own namespaces.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,7 +13,7 @@ use serde_json::Value;
 use vigil_chaos_tests::netns::NetLab;
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
 
-use super::{vigil, vigil_bin};
+use super::vigil_bin;
 
 /// The datacenters, in node order: node N and member pgN live in `DATACENTERS[N-1]`.
 pub const DATACENTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
@@ -23,17 +22,8 @@ pub const CLIENT: &str = "client";
 /// How long the lab waits for anything.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// One vigil node in the lab.
-pub struct DcNode {
-    /// Its datacenter.
-    pub host: String,
-    /// Its configuration file.
-    pub config: PathBuf,
-    /// Its log.
-    pub log: PathBuf,
-    /// The process.
-    pub child: Option<Child>,
-}
+/// One vigil node in the lab: the chaos lab's own.
+pub use vigil_chaos_tests::lab::VigilNode as DcNode;
 
 /// The lab.
 pub struct DcLab {
@@ -193,57 +183,20 @@ impl DcLab {
 
 /// Certificates and a configuration for nodes 1 to 3, node N in `DATACENTERS[N-1]` with its
 /// data in `dir/data/nN`, `raft_toml` added to each; nothing started. Shared by the
-/// PostgreSQL and Redis labs.
+/// PostgreSQL and Redis labs, and made the chaos lab's way.
 pub fn node_configs(net: &NetLab, dir: &tempfile::TempDir, raft_toml: &str) -> BTreeMap<u64, DcNode> {
-    let certs = dir.path().join("certs");
-    assert!(vigil(&["certs", "init", "--out", certs.to_str().unwrap(), "--nodes", "1,2,3"]).status.success());
-    let members: String = (1..=3u64)
-        .map(|id| {
-            let ip = net.ip(DATACENTERS[id as usize - 1]);
-            format!(
-                "[[initial_members]]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
-                 raft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n"
-            )
-        })
-        .collect();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        let host = DATACENTERS[id as usize - 1];
-        let ip = net.ip(host);
-        let config = dir.path().join(format!("n{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "cluster_name = \"lab\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
-                 datacenter = \"dc{id}\"\nraft_addr = \"{ip}:7100\"\napi_addr = \"{ip}:7200\"\n\n\
-                 [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
-                 [log]\nlevel = \"info,openraft=warn\"\n\n{raft_toml}\n{members}"
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join(format!("n{id}.log"));
-        nodes.insert(id, DcNode { host: host.to_string(), config, log, child: None });
-    }
-    nodes
+    vigil_chaos_tests::lab::write_node_configs(&vigil_bin(), net, dir.path(), raft_toml).expect("node configurations")
 }
 
 /// Starts `node` inside its datacenter, its output appended to its log.
 pub fn start_node(net: &NetLab, node: &mut DcNode) {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
-    let mut command = net.command(&node.host, vigil_bin());
-    command
-        .args(["run", "--config", node.config.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    node.child = Some(net.spawn(&node.host, command).expect("start vigil in its datacenter"));
+    vigil_chaos_tests::lab::start_vigil(net, &vigil_bin(), node).expect("start vigil in its datacenter");
 }
 
 /// Runs a vigil CLI command inside `host` against `node`'s API.
 pub fn cli(net: &NetLab, node: &DcNode, host: &str, args: &[&str]) -> Output {
-    let config = node.config.to_str().unwrap().to_string();
     let mut command = net.command(host, vigil_bin());
-    command.args(args).args(["--config", &config]);
+    command.args(args).arg("--config").arg(&node.config);
     command.output().expect("run the vigil CLI in the lab")
 }
 
