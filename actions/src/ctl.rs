@@ -231,13 +231,17 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
         let (command, description) = tool(ctl, "pg_rewind", &args);
         // The connection string holds a password: never show it in errors.
         let description = description.replace(source_conninfo, "<source conninfo>");
-        let output = output_of(command, &description).await?;
+        let output = output_of(command, &description).await;
+        // Also after a failure: pg_rewind may have copied the source's configuration before
+        // it gave up, and a later re-clone keeps whatever configuration it finds as the
+        // member's own.
+        for (path, bytes) in kept {
+            std::fs::write(&path, bytes).map_err(|error| file_error("restoring", &path, &error))?;
+        }
+        let output = output?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
             return Err(ActionError::Command { command: description, stderr: text.trim().to_string() });
-        }
-        for (path, bytes) in kept {
-            std::fs::write(&path, bytes).map_err(|error| file_error("restoring", &path, &error))?;
         }
         let last = text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or("").to_string();
         tracing::info!(data_dir = %ctl.data_dir.display(), outcome = %last, "pg_rewind finished");

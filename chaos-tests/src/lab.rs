@@ -231,8 +231,11 @@ impl ChaosLab {
         for (id, node) in &self.nodes {
             let _ = std::fs::copy(&node.log, dir.join(format!("n{id}.log")));
         }
-        for (index, instance) in self.pg.instances().iter().enumerate() {
-            let _ = std::fs::copy(self.pg.instances()[index].log_file(), dir.join(format!("{}.log", instance.name)));
+        for instance in self.pg.instances() {
+            let _ = std::fs::copy(instance.log_file(), dir.join(format!("{}.log", instance.name)));
+            // Where vigil's own starts of the server log (a rejoin, a start in place).
+            let started = instance.data_dir.join("vigil-start.log");
+            let _ = std::fs::copy(started, dir.join(format!("{}-vigil-start.log", instance.name)));
         }
         for instance in self.redis.instances() {
             let _ = std::fs::copy(instance.log_file(), dir.join(format!("{}.log", instance.name)));

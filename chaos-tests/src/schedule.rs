@@ -319,7 +319,13 @@ impl Episode {
             return Err(format!("hold = {}: expected more than 0", humantime::format_duration(self.hold)));
         }
         match &self.fault {
-            Fault::Cut { host } | Fault::Kill { host } => validate_host("host", host),
+            Fault::Cut { host } => validate_host("host", host),
+            // The client host runs the writers, inside this very process: it has nothing of
+            // its own to kill.
+            Fault::Kill { host: HostRef::Client } => {
+                Err("host = \"client\": expected a datacenter (the client host runs only the writers)".to_string())
+            }
+            Fault::Kill { host } => validate_host("host", host),
             Fault::Partition { a, b } => {
                 validate_host("a", a)?;
                 validate_host("b", b)?;
@@ -638,6 +644,15 @@ mod tests {
     fn schedule_rejects_a_partition_of_a_host_with_itself() {
         let message = error(&one_episode("fault = \"partition\"\na = \"dc1\"\nb = \"dc1\""));
         assert_eq!(message, "episode 1: partition of dc1 with itself: expected two different hosts in a and b");
+    }
+
+    #[test]
+    fn schedule_rejects_killing_the_client_host() {
+        let message = error(&one_episode("fault = \"kill\"\nhost = \"client\""));
+        assert_eq!(
+            message,
+            "episode 1: host = \"client\": expected a datacenter (the client host runs only the writers)"
+        );
     }
 
     #[test]
