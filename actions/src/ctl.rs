@@ -221,10 +221,21 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
             .map(|name| ctl.data_dir.join(name))
             .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
             .collect();
+        let signal = ctl.data_dir.join("standby.signal");
+        // A replica that crashed (killed, its host lost) must finish its crash recovery as a
+        // standby. pg_rewind would recover it in single-user mode, as a primary: that ends
+        // with a shutdown checkpoint written after its last WAL record, a record the primary
+        // never had, on the same timeline, which pg_rewind then cannot see, and the replica
+        // can never stream again ("incorrect prev-link"). So start it as the standby it is,
+        // let it reach a consistent state, and stop it cleanly first.
+        if signal.exists() && !cleanly_shut_down(&read_control_data(ctl).await?) {
+            tracing::warn!(data_dir = %ctl.data_dir.display(), "a crashed replica: recovering it as a standby first");
+            start_until(ctl, deadline).await?;
+            stop_until(ctl, deadline).await?;
+        }
         // pg_rewind recovers a server that was not shut down cleanly in single-user mode,
         // which refuses to run as a standby: the signal file goes now and comes back with
         // `start_as_replica`.
-        let signal = ctl.data_dir.join("standby.signal");
         if signal.exists() {
             std::fs::remove_file(&signal).map_err(|error| file_error("removing", &signal, &error))?;
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, PgCtl, primary_conninfo, promote, reclone, repoint, start_as_replica, stop_server, wait_for_replay,
-    write_epoch,
+    ActionError, PgCtl, primary_conninfo, promote, reclone, repoint, rewind, start_as_replica, stop_server,
+    wait_for_replay, write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -239,4 +239,27 @@ async fn a_failed_reclone_leaves_the_data_directory_as_it_was() {
     assert_eq!(std::fs::read(data_dir.join("postgresql.conf")).unwrap(), own_conf, "own configuration kept");
     start_as_replica(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("starts");
     cluster.wait_streaming(1, Duration::from_secs(30)).expect("streams from the primary");
+}
+
+/// A replica killed with SIGKILL, while the primary goes on writing, comes back through
+/// `rewind` and `start_as_replica` streaming again: its crash recovery runs as a standby,
+/// so no record the primary never had is written into its WAL.
+#[tokio::test]
+async fn a_killed_replica_rejoins_and_streams_again() {
+    let cluster = PgCluster::start(2).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE before_kill AS SELECT generate_series(1, 1000) AS n").unwrap();
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM before_kill", "1000").await;
+    cluster.kill_postmaster(1).unwrap();
+    cluster.sql(0, "CREATE TABLE after_kill AS SELECT generate_series(1, 1000) AS n").unwrap();
+    let replica = ctl(&cluster, 1);
+    let source = format!(
+        "host=127.0.0.1 port={} user={VIGIL_USER} password={VIGIL_PASSWORD} dbname=postgres",
+        cluster.instances()[0].port
+    );
+    rewind(&replica, &source, Duration::from_secs(60)).await.expect("rewound");
+    start_as_replica(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("starts");
+    cluster.wait_streaming(1, Duration::from_secs(30)).expect("streams from the primary again");
+    cluster.sql(0, "CREATE TABLE after_rejoin AS SELECT 7 AS n").unwrap();
+    wait_for_answer(&cluster, 1, "SELECT n FROM after_rejoin", "7").await;
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM after_kill", "1000").await;
 }
