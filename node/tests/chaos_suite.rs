@@ -15,7 +15,11 @@ use vigil_chaos_tests::schedule::Schedule;
 /// acknowledged write, on this two-core machine with both groups and eight writers.
 const RTO_TARGET: Duration = Duration::from_secs(5);
 
+/// One lab at a time, also under plain `cargo test` (nextest runs these alone anyway).
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn play(file: &str) {
+    let _alone = ONE_LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../chaos-tests/scenarios").join(file);
     let schedule = Schedule::load(&path).unwrap_or_else(|error| panic!("{error}"));
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-reports").join(file.trim_end_matches(".toml"));
