@@ -197,8 +197,9 @@ pub async fn start_fenced(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionEr
 }
 
 /// Rewinds a stopped server's data directory onto `source_conninfo`'s timeline with
-/// `pg_rewind` (the server needs `wal_log_hints = on` or data checksums). A server that was
-/// not shut down cleanly is first recovered by `pg_rewind` itself. Returns pg_rewind's last
+/// `pg_rewind` (the server needs `wal_log_hints = on` or data checksums). A replica that
+/// crashed first finishes its crash recovery as a standby; any other server that was not
+/// shut down cleanly is recovered by `pg_rewind` itself. Returns pg_rewind's last
 /// line of output ("no rewind required" or "Done!").
 pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Result<String, ActionError> {
     let deadline = Instant::now() + timeout;
