@@ -104,31 +104,10 @@ impl ChaosLab {
     }
 
     fn spec(&self) -> anyhow::Result<String> {
-        let secret = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
-            let path = self.dir.path().join(name);
-            std::fs::write(&path, value).with_context(|| format!("write {}", path.display()))?;
-            Ok(path)
-        };
-        let password = secret("vigil.password", VIGIL_PASSWORD)?;
-        let replication = secret("replication.password", REPLICATION_PASSWORD)?;
-        let redis_password = secret("redis.password", REDIS_PASSWORD)?;
-        let mut text = format!(
-            "[[postgres]]\nname = \"{PG_GROUP}\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
-             replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
-             maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\nsynchronous = \"strict\"\nallow_reclone = true\n",
-            password.display(),
-            replication.display(),
-            self.pg.bin_dir().display()
-        );
-        for (index, instance) in self.pg.instances().iter().enumerate() {
-            let (host, port) = self.pg.address(index);
-            text.push_str(&format!(
-                "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
-                instance.name,
-                index + 1,
-                instance.data_dir.display()
-            ));
-        }
+        let redis_password = self.dir.path().join("redis.password");
+        std::fs::write(&redis_password, REDIS_PASSWORD).context("write the Redis password")?;
+        let mut text =
+            postgres_spec(self.dir.path(), &self.pg, PG_GROUP, "synchronous = \"strict\"\nallow_reclone = true\n")?;
         text.push_str(&format!(
             "\n[[redis]]\nname = \"{REDIS_GROUP}\"\npassword = {{ file = \"{}\" }}\nmaximum_lag_on_failover = 1048576\n",
             redis_password.display()
@@ -242,6 +221,37 @@ impl ChaosLab {
         }
         Ok(())
     }
+}
+
+/// A `[[postgres]]` group named `name` over `pg`'s members (member N beside node nN), its
+/// passwords in files written to `dir`, with `extra` (TOML) added to the group's settings.
+/// Also the spec of vigil's own namespace tests.
+pub fn postgres_spec(dir: &Path, pg: &PgCluster, name: &str, extra: &str) -> anyhow::Result<String> {
+    let secret = |file: &str, value: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(file);
+        std::fs::write(&path, value).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    };
+    let password = secret("vigil.password", VIGIL_PASSWORD)?;
+    let replication = secret("replication.password", REPLICATION_PASSWORD)?;
+    let mut text = format!(
+        "[[postgres]]\nname = \"{name}\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
+         replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
+         maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\n{extra}\n",
+        password.display(),
+        replication.display(),
+        pg.bin_dir().display()
+    );
+    for (index, instance) in pg.instances().iter().enumerate() {
+        let (host, port) = pg.address(index);
+        text.push_str(&format!(
+            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
+            instance.name,
+            index + 1,
+            instance.data_dir.display()
+        ));
+    }
+    Ok(text)
 }
 
 /// Whether every member of every group is up for all three nodes.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_chaos_tests::netns::NetLab;
-use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+use vigil_chaos_tests::postgres::{PgCluster, VIGIL_PASSWORD};
 
 use super::vigil_bin;
 
@@ -68,28 +68,7 @@ impl DcLab {
     }
 
     fn spec(&self, group_toml: &str) -> String {
-        let password = self.dir.path().join("vigil.password");
-        let replication = self.dir.path().join("replication.password");
-        std::fs::write(&password, VIGIL_PASSWORD).unwrap();
-        std::fs::write(&replication, REPLICATION_PASSWORD).unwrap();
-        let mut text = format!(
-            "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
-             replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
-             maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\n{group_toml}\n",
-            password.display(),
-            replication.display(),
-            self.pg.bin_dir().display()
-        );
-        for (index, instance) in self.pg.instances().iter().enumerate() {
-            let (host, port) = self.pg.address(index);
-            text.push_str(&format!(
-                "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
-                instance.name,
-                index + 1,
-                instance.data_dir.display()
-            ));
-        }
-        text
+        vigil_chaos_tests::lab::postgres_spec(self.dir.path(), &self.pg, "main", group_toml).expect("the spec")
     }
 
     /// Starts node `id` inside its datacenter.
