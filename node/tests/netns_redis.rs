@@ -133,3 +133,23 @@ fn packet_loss_and_a_one_node_partition_cause_no_failover() {
         acks.len()
     );
 }
+
+/// A replica left replicating from another replica (as a rejoin against a master that was
+/// replaced meanwhile leaves it) is re-pointed at the master. Every member listens on 6379
+/// on its own host, so the port alone cannot tell the two apart: a chaos soak found a
+/// replica that stayed chained for good when vigil compared only the port.
+#[test]
+fn a_replica_following_another_replica_is_re_pointed_at_the_master() {
+    let lab = RedisDcLab::start(TIMINGS);
+    let epoch = lab.group().unwrap()["epoch"].as_u64().unwrap();
+    let (host, port) = lab.redis.address(1);
+    lab.redis.command(2, &["REPLICAOF", &host, &port.to_string()]).unwrap();
+    lab.wait_until("redis3 to follow redis2", || lab.follows(2, 1));
+    let chained_at = Instant::now();
+    lab.wait_until("redis3 to follow the master, redis1, again", || lab.follows(2, 0));
+    eprintln!("redis3 re-pointed {:?} after it was chained", chained_at.elapsed());
+    let group = lab.group().unwrap();
+    assert_eq!(group["primary"], "redis1", "{group:#}");
+    assert_eq!(group["epoch"].as_u64().unwrap(), epoch, "no failover: {group:#}");
+    assert!(lab.follows(1, 0), "redis2 still follows redis1");
+}

@@ -533,3 +533,33 @@ fn a_stopped_primary_nothing_can_replace_is_started_again_by_its_node() {
     assert!(group["last_run"].is_null(), "{group:#}");
     assert!(lab.vigil.log_of(1).contains("nothing replaced it: starting it again"), "{}", lab.vigil.log_of(1));
 }
+
+/// The Raft leader, on another node than the primary's, freezes for longer than a lease
+/// (SIGSTOP: its sockets stay open and nothing answers, as when its host is cut off). The
+/// renewals the primary's node had sent it are never answered; the next leader must renew
+/// the lease, and the primary must be neither stopped nor failed over. The fence guard once
+/// stopped it here: a renewal answered only after the lease had run out armed it with no
+/// time left.
+#[test]
+fn a_frozen_raft_leader_moves_no_primary() {
+    let lab = Lab::start_led_away_from_the_primary();
+    let (leader, _) = lab.vigil.wait_for_agreed_leader(&[1, 2, 3], Duration::from_secs(30));
+    assert_ne!(leader, 1, "the lab starts with the leader away from pg1's node");
+    let epoch = lab.group().unwrap()["epoch"].as_u64().unwrap();
+    let postmaster = lab.pg.postmaster_pid(0).unwrap().expect("pg1 runs");
+    // Renewals go out every 375 ms: let a few go to this leader first.
+    std::thread::sleep(Duration::from_secs(1));
+    lab.vigil.freeze(leader);
+    std::thread::sleep(Duration::from_secs(4));
+    lab.vigil.thaw(leader);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (new_leader, _) = lab.vigil.wait_for_agreed_leader(&others, Duration::from_secs(30));
+    assert_ne!(new_leader, leader, "a new leader took over while the old one was frozen");
+    lab.wait_for("pg1 to take writes", |_| lab.pg.sql(0, "CREATE TABLE IF NOT EXISTS after_freeze (n int)").is_ok());
+    let group = lab.group().unwrap();
+    assert_eq!(group["primary"], "pg1", "{group:#}\n{}", lab.logs());
+    assert_eq!(group["epoch"].as_u64().unwrap(), epoch, "no failover: {group:#}");
+    assert!(group["last_run"].is_null(), "no failover: {group:#}");
+    assert_eq!(lab.pg.postmaster_pid(0).unwrap(), Some(postmaster), "pg1 was restarted\n{}", lab.logs());
+    assert!(!lab.vigil.log_of(1).contains("stopping the primary"), "{}", lab.vigil.log_of(1));
+}

@@ -33,6 +33,10 @@ const RELEASE_RETRY: Duration = Duration::from_secs(1);
 pub const RESTART_IN_PLACE_AFTER: Duration = Duration::from_secs(10);
 /// How often the keeper looks at its leases.
 const KEEPER_TICK: Duration = Duration::from_millis(25);
+/// How many renewals of one lease may be under way at once. A renewal sent to a leader that
+/// has just been cut off waits up to a lease for its answer; the next ones must not wait
+/// behind it, or the lease runs out although a new leader could have renewed it.
+const MAX_RENEWALS_IN_FLIGHT: u32 = 4;
 
 /// What a node knows of a lease by its own clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,8 +131,8 @@ struct Holding {
     member: String,
     /// Until when this node may let its primary take writes, by its own clock.
     valid_until: Instant,
-    /// When the last renewal that was committed had been sent.
-    renewal_in_flight: bool,
+    /// How many renewals are waiting for their answer.
+    renewals_in_flight: u32,
     next_renewal: Instant,
     /// Since when the primary is fenced (by this node), if it is.
     fenced: Option<Instant>,
@@ -150,7 +154,7 @@ impl Holding {
             // A keeper that just started counts its lease from now: if it cannot renew
             // within one lease, it fences.
             valid_until: now + lease,
-            renewal_in_flight: false,
+            renewals_in_flight: 0,
             next_renewal: now,
             fenced: None,
             released: false,
@@ -168,11 +172,17 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
     let mut stale_fenced: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut ticker = tokio::time::interval(KEEPER_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_leader = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        // A new leader renews at once: the renewals sent to the old one may never be answered,
+        // and the lease has been running down since the old leader went quiet.
+        let leader = cluster.metrics().current_leader;
+        let new_leader = leader.is_some() && leader != last_leader;
+        last_leader = leader;
         let (spec, groups, node_name) = {
             let state = cluster.state.read().expect("state lock poisoned");
             let node_name = state.nodes().get(&cluster.node_id).map(|node| node.name.clone()).unwrap_or_default();
@@ -289,8 +299,8 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
                 let local = local.clone();
                 tokio::spawn(async move { local.fence(false).await });
             }
-            if !holding.renewal_in_flight && now >= holding.next_renewal {
-                holding.renewal_in_flight = true;
+            if holding.renewals_in_flight < MAX_RENEWALS_IN_FLIGHT && (now >= holding.next_renewal || new_leader) {
+                holding.renewals_in_flight += 1;
                 holding.next_renewal = now + lease_duration / 4;
                 tokio::spawn(renew(
                     cluster.clone(),
@@ -310,6 +320,17 @@ pub fn fence_margin(lease: Duration) -> Duration {
     (lease / 5).max(Duration::from_millis(100))
 }
 
+/// After a committed renewal, with the lease now valid until `valid_until`: how long from
+/// `now` the guard is to wait before stopping the primary (a little after this daemon would
+/// fence it, and before the lease runs out), or `None` when the lease is already within the
+/// fence margin. A renewal answered that late (sent to a leader that was then cut off, and
+/// committed by the next one) leaves no time to use: lifting the fence, or arming the guard
+/// with nothing left, would only have the primary fenced, or stopped, again at once.
+fn guard_after_renewal(valid_until: Instant, now: Instant, lease: Duration) -> Option<Duration> {
+    let margin = fence_margin(lease);
+    (now + margin < valid_until).then(|| (valid_until - margin / 2).saturating_duration_since(now))
+}
+
 async fn renew(
     cluster: Cluster,
     guard: GuardClient,
@@ -326,26 +347,25 @@ async fn renew(
     {
         let mut all = holdings.lock().expect("holdings poisoned");
         let Some(holding) = all.get_mut(&group) else { return };
-        holding.renewal_in_flight = false;
+        holding.renewals_in_flight = holding.renewals_in_flight.saturating_sub(1);
         match outcome {
             Ok(Ok(LeaderResponse::Done { response: CommandResponse::Applied, .. })) => {
                 holding.valid_until = holding.valid_until.max(sent_at + lease_duration);
-                // The first renewal of a primary this keeper took over also lifts a fence a
-                // previous run of vigil may have left, and sets the spec's write settings.
-                let first = !holding.configured && local.lift_on_takeover();
-                holding.configured = true;
                 // A committed renewal confirms this member as the primary of the current
                 // epoch, whatever this node released or fenced before.
                 holding.released = false;
-                if holding.fenced.take().is_some() || first {
-                    lift = true;
-                }
-                // Should this daemon die, the guard stops the primary a little after this
-                // daemon would have fenced it, and before the lease runs out.
-                if let Some(server) = local.guarded() {
-                    let guard_at = holding.valid_until - fence_margin(lease_duration) / 2;
-                    let valid_for_ms = guard_at.saturating_duration_since(Instant::now()).as_millis() as u64;
-                    guard.send(GuardMessage::Arm { group: group.clone(), valid_for_ms, server });
+                if let Some(guard_in) = guard_after_renewal(holding.valid_until, Instant::now(), lease_duration) {
+                    // The first renewal of a primary this keeper took over also lifts a fence
+                    // a previous run of vigil may have left, and sets the spec's write settings.
+                    let first = !holding.configured && local.lift_on_takeover();
+                    holding.configured = true;
+                    if holding.fenced.take().is_some() || first {
+                        lift = true;
+                    }
+                    if let Some(server) = local.guarded() {
+                        let valid_for_ms = guard_in.as_millis() as u64;
+                        guard.send(GuardMessage::Arm { group: group.clone(), valid_for_ms, server });
+                    }
                 }
             }
             // The cluster says this is not the primary of the current epoch: stay fenced.
@@ -425,5 +445,38 @@ async fn fence_and_release(cluster: Cluster, local: GroupMember) {
         Command::ReleaseLease { group: group.clone(), member: member.clone(), holder: cluster.node_id, reason };
     if let Err(error) = cluster.submit(LeaderRequest::Write { command }).await {
         warn!(%group, %member, %error, "could not release the lease");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(1500);
+
+    #[test]
+    fn a_timely_renewal_arms_the_guard_between_the_fence_and_the_end_of_the_lease() {
+        let now = Instant::now();
+        let guard_in = guard_after_renewal(now + LEASE, now, LEASE).expect("a fresh lease is usable");
+        let margin = fence_margin(LEASE);
+        assert_eq!(guard_in, LEASE - margin / 2);
+        assert!(guard_in > LEASE - margin, "the guard acts after the daemon would have fenced");
+        assert!(guard_in < LEASE, "and before the lease runs out");
+    }
+
+    #[test]
+    fn a_renewal_answered_after_its_lease_ran_out_neither_lifts_nor_arms() {
+        // Sent 1.6 s ago to a leader that was then cut off, committed only now by the next.
+        let now = Instant::now();
+        let sent_at = now - Duration::from_millis(1600);
+        assert_eq!(guard_after_renewal(sent_at + LEASE, now, LEASE), None);
+    }
+
+    #[test]
+    fn a_renewal_that_leaves_less_than_the_fence_margin_is_of_no_use() {
+        let now = Instant::now();
+        let margin = fence_margin(LEASE);
+        assert_eq!(guard_after_renewal(now + margin, now, LEASE), None);
+        assert!(guard_after_renewal(now + margin + Duration::from_millis(1), now, LEASE).is_some());
     }
 }

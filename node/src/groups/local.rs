@@ -14,6 +14,7 @@ use vigil_consensus::spec::{
 };
 
 use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo, redis_target};
+use crate::groups::upstream::upstream_is;
 use crate::guard::GuardedServer;
 
 /// How long stopping a server as a fence may take.
@@ -297,11 +298,15 @@ impl GroupMember {
 
     /// Whether `upstream` ("host:port", as the member reports it) is `primary`.
     pub fn streams_from(&self, upstream: &str, primary: &str) -> bool {
-        let port = match self {
-            GroupMember::Postgres { group, .. } => group.member(primary).map(|member| member.port),
-            GroupMember::Redis { group, .. } => group.member(primary).map(|member| member.port),
+        let members: Vec<(&str, &str, u16)> = match self {
+            GroupMember::Postgres { group, .. } => {
+                group.members.iter().map(|m| (m.name.as_str(), m.host.as_str(), m.port)).collect()
+            }
+            GroupMember::Redis { group, .. } => {
+                group.members.iter().map(|m| (m.name.as_str(), m.host.as_str(), m.port)).collect()
+            }
         };
-        port.is_some_and(|port| upstream.ends_with(&format!(":{port}")))
+        upstream_is(upstream, primary, &members)
     }
 
     /// Makes it a replica of `primary`; says what it did.

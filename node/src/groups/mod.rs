@@ -18,6 +18,7 @@ pub mod rejoin;
 pub mod steps;
 pub mod sync;
 pub mod targets;
+pub mod upstream;
 pub mod verdicts;
 
 use tokio_util::sync::CancellationToken;

@@ -78,6 +78,15 @@ fn needs_rejoin(
     (!streaming_from_primary).then_some(Reason::NotStreaming)
 }
 
+/// Whether `primary` is still the primary of `group`, with no failover running.
+fn still_the_primary(cluster: &Cluster, group: &str, primary: &str) -> bool {
+    let state = cluster.state.read().expect("state lock poisoned");
+    state
+        .groups
+        .get(group)
+        .is_some_and(|group_state| group_state.primary.as_deref() == Some(primary) && group_state.running.is_none())
+}
+
 /// Runs until `cancel`.
 pub async fn run(cluster: Cluster, cancel: CancellationToken) {
     let mut not_streaming_since: BTreeMap<String, Instant> = BTreeMap::new();
@@ -134,6 +143,12 @@ pub async fn run(cluster: Cluster, cancel: CancellationToken) {
                 if local.is_running().await {
                     continue;
                 }
+            }
+            // The work was read at the tick, and an earlier rejoin in this round may have
+            // taken seconds: a failover that ran meanwhile makes it a rejoin against the old
+            // primary, which would leave the member following a replica.
+            if !still_the_primary(&cluster, &group, &primary) {
+                continue;
             }
             warn!(%group, %member, %primary, why = why.words(), "rejoining as a replica");
             let outcome = local.rejoin(&primary).await;

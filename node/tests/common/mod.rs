@@ -213,6 +213,22 @@ impl TestCluster {
         self.signal(id, Signal::SIGKILL);
     }
 
+    /// Freezes node `id` with SIGSTOP: its sockets stay open and nothing answers, as when its
+    /// host is cut off.
+    pub fn freeze(&self, id: u64) {
+        self.send_signal(id, Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen node `id` run again (SIGCONT).
+    pub fn thaw(&self, id: u64) {
+        self.send_signal(id, Signal::SIGCONT);
+    }
+
+    fn send_signal(&self, id: u64, signal: Signal) {
+        let child = self.nodes[&id].child.as_ref().expect("the node runs");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signal the node");
+    }
+
     /// Stops node `id` with SIGTERM and waits for it to exit cleanly.
     pub fn stop(&mut self, id: u64) {
         self.signal(id, Signal::SIGTERM);

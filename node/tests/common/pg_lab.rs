@@ -68,6 +68,24 @@ impl Lab {
             vigil.set_env(*id, key, value);
         }
         vigil.start_all();
+        Self::apply_spec(vigil, pg, extra_group, member_extra)
+    }
+
+    /// Like [`Lab::start`], with the Raft leader on another node than pg1's: nodes 2 and 3
+    /// elect one of themselves before node 1 starts.
+    pub fn start_led_away_from_the_primary() -> Lab {
+        let pg = PgCluster::start(3).expect("postgres cluster");
+        let mut vigil = TestCluster::new(3);
+        vigil.start(2);
+        vigil.start(3);
+        vigil.wait_for_agreed_leader(&[2, 3], TIMEOUT);
+        vigil.start(1);
+        Self::apply_spec(vigil, pg, "", &[])
+    }
+
+    /// Applies the spec of group "main" once the nodes agree on a leader, and waits until
+    /// pg1 is its primary and every member is up.
+    fn apply_spec(vigil: TestCluster, pg: PgCluster, extra_group: &str, member_extra: &[&str]) -> Lab {
         vigil.wait_for_agreed_leader(&[1, 2, 3], TIMEOUT);
         let spec_path = vigil.dir.path().join("cluster.toml");
         std::fs::write(&spec_path, spec_toml(vigil.dir.path(), &pg, extra_group, member_extra)).unwrap();
