@@ -32,12 +32,16 @@ pub fn vigil(args: &[&str]) -> Output {
     Command::new(vigil_bin()).args(args).output().expect("run vigil")
 }
 
-/// A port nothing listens on right now, free for both UDP and TCP.
+/// A port nothing listens on right now, free for both UDP and TCP, and never handed out
+/// before in this process: the kernel may give a just-released ephemeral port again, and
+/// two nodes of one cluster were once given the same API port that way.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && GIVEN.lock().unwrap().insert(port) {
             return port;
         }
     }
