@@ -106,8 +106,13 @@ impl ChaosLab {
     fn spec(&self) -> anyhow::Result<String> {
         let redis_password = self.dir.path().join("redis.password");
         std::fs::write(&redis_password, REDIS_PASSWORD).context("write the Redis password")?;
-        let mut text =
-            postgres_spec(self.dir.path(), &self.pg, PG_GROUP, "synchronous = \"strict\"\nallow_reclone = true\n")?;
+        let mut text = postgres_spec(
+            self.dir.path(),
+            &self.pg,
+            PG_GROUP,
+            "synchronous = \"strict\"\nallow_reclone = true\n",
+            &[],
+        )?;
         text.push_str(&format!(
             "\n[[redis]]\nname = \"{REDIS_GROUP}\"\npassword = {{ file = \"{}\" }}\nmaximum_lag_on_failover = 1048576\n",
             redis_password.display()
@@ -224,15 +229,22 @@ impl ChaosLab {
 }
 
 /// A `[[postgres]]` group named `name` over `pg`'s members (member N beside node nN), its
-/// passwords in files written to `dir`, with `extra` (TOML) added to the group's settings.
-/// Also the spec of vigil's own namespace tests.
-pub fn postgres_spec(dir: &Path, pg: &PgCluster, name: &str, extra: &str) -> anyhow::Result<String> {
+/// passwords in files written to `dir`, with `extra` (TOML) added to the group's settings
+/// and `member_extra[N]` to member N's. Also the spec of vigil's own PostgreSQL tests.
+pub fn postgres_spec(
+    dir: &Path,
+    pg: &PgCluster,
+    name: &str,
+    extra: &str,
+    member_extra: &[&str],
+) -> anyhow::Result<String> {
     let secret = |file: &str, value: &str| -> anyhow::Result<PathBuf> {
         let path = dir.join(file);
         std::fs::write(&path, value).with_context(|| format!("write {}", path.display()))?;
         Ok(path)
     };
-    let password = secret("vigil.password", VIGIL_PASSWORD)?;
+    // As an operator's `echo ... > file` writes it: vigil drops the trailing newline.
+    let password = secret("vigil.password", &format!("{VIGIL_PASSWORD}\n"))?;
     let replication = secret("replication.password", REPLICATION_PASSWORD)?;
     let mut text = format!(
         "[[postgres]]\nname = \"{name}\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
@@ -245,10 +257,11 @@ pub fn postgres_spec(dir: &Path, pg: &PgCluster, name: &str, extra: &str) -> any
     for (index, instance) in pg.instances().iter().enumerate() {
         let (host, port) = pg.address(index);
         text.push_str(&format!(
-            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n",
+            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"{host}\"\nport = {port}\nnode = \"n{}\"\ndata_dir = \"{}\"\n{}\n",
             instance.name,
             index + 1,
-            instance.data_dir.display()
+            instance.data_dir.display(),
+            member_extra.get(index).copied().unwrap_or("")
         ));
     }
     Ok(text)

@@ -76,6 +76,11 @@ impl Cluster {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// The leader this node knows of, without copying the rest of the metrics (polled often).
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
     /// Every node of the cluster as this node knows it: the applied membership, completed with
     /// openraft's own view, which is newer while a node is still catching up.
     pub fn known_nodes(&self) -> std::collections::BTreeMap<NodeId, crate::types::NodeInfo> {

@@ -180,7 +180,7 @@ pub async fn keep(cluster: Cluster, guard: GuardClient, cancel: CancellationToke
         }
         // A new leader renews at once: the renewals sent to the old one may never be answered,
         // and the lease has been running down since the old leader went quiet.
-        let leader = cluster.metrics().current_leader;
+        let leader = cluster.current_leader();
         let new_leader = leader.is_some() && leader != last_leader;
         last_leader = leader;
         let (spec, groups, node_name) = {

@@ -34,12 +34,16 @@ fn split(upstream: &str) -> Option<(&str, u16)> {
 }
 
 fn same_host(a: &str, b: &str) -> bool {
-    let bare = |host: &str| host.trim_start_matches('[').trim_end_matches(']').to_string();
     let (a, b) = (bare(a), bare(b));
     match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
         (Ok(a), Ok(b)) => a == b,
-        _ => a.eq_ignore_ascii_case(&b),
+        _ => a.eq_ignore_ascii_case(b),
     }
+}
+
+/// An IPv6 host without its brackets, as a spec may spell it.
+fn bare(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl DcLab {
     }
 
     fn spec(&self, group_toml: &str) -> String {
-        vigil_chaos_tests::lab::postgres_spec(self.dir.path(), &self.pg, "main", group_toml).expect("the spec")
+        vigil_chaos_tests::lab::postgres_spec(self.dir.path(), &self.pg, "main", group_toml, &[]).expect("the spec")
     }
 
     /// Starts node `id` inside its datacenter.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, VIGIL_PASSWORD};
+use vigil_chaos_tests::postgres::PgCluster;
 
 use super::TestCluster;
 
@@ -24,30 +24,9 @@ pub struct Lab {
 
 /// The spec of group "main" over `pg`, with secrets written into `lab_dir`.
 pub fn spec_toml(lab_dir: &std::path::Path, pg: &PgCluster, extra_group: &str, member_extra: &[&str]) -> String {
-    let password = lab_dir.join("vigil.password");
-    let replication = lab_dir.join("replication.password");
-    std::fs::write(&password, format!("{VIGIL_PASSWORD}\n")).unwrap();
-    std::fs::write(&replication, REPLICATION_PASSWORD).unwrap();
-    let mut text = format!(
-        "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{}\" }}\n\
-         replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
-         maximum_lag_on_failover = 16777216\nbin_dir = \"{}\"\nrun_as = \"postgres\"\n{timings}{extra_group}\n",
-        password.display(),
-        replication.display(),
-        pg.bin_dir().display(),
-        timings = if extra_group.contains("down_after") { "" } else { DEFAULT_TIMINGS },
-    );
-    for (index, instance) in pg.instances().iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[postgres.members]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nnode = \"n{}\"\ndata_dir = \"{}\"\n{}\n",
-            instance.name,
-            instance.port,
-            index + 1,
-            instance.data_dir.display(),
-            member_extra.get(index).copied().unwrap_or("")
-        ));
-    }
-    text
+    let timings = if extra_group.contains("down_after") { "" } else { DEFAULT_TIMINGS };
+    vigil_chaos_tests::lab::postgres_spec(lab_dir, pg, "main", &format!("{timings}{extra_group}"), member_extra)
+        .expect("the spec")
 }
 
 impl Lab {
