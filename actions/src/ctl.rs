@@ -1,6 +1,21 @@
 //! Host-local actions: stop a server and read where it stopped, restart it as a replica.
 //! They run the PostgreSQL tools on the member's own machine, as the data directory's
 //! owner when vigil runs as root (PostgreSQL refuses to run as root).
+//!
+//! What counts as evidence that a server is down. Releasing a dead primary's lease lets
+//! another member be promoted, so it needs proof that the old one cannot take writes, and
+//! "no process found" is not proof: `pg_ctl status` (like the `postmaster.pid` shortcut
+//! below) looks the pid file's PID up in *this* PID namespace, so a postmaster started in
+//! another one (a container, `unshare --pid`) is invisible to it, and a pid file can be
+//! missing while its server runs. [`confirm_stopped`] therefore asks the server's own
+//! endpoints as well and accepts only refusals: `pg_ctl status` finds no server, the TCP
+//! address refuses connections (`ECONNREFUSED`; a timeout, an unreachable host or an
+//! accepted connection proves nothing), and the Unix socket named in `postmaster.pid` is
+//! refused or absent. Every other action's "not running" (`is_running`, the "already
+//! stopped" of `stop_immediately`) only means that `pg_ctl` sees nothing to stop; before
+//! starting a server, recovering it in single-user mode, rewinding or re-cloning it, the
+//! actions check that the socket named in `postmaster.pid` does not answer, so a hidden
+//! postmaster is never joined by a second one on the same data directory.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
@@ -118,6 +133,9 @@ pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Dura
             }
             stop_until(ctl, deadline).await?;
         }
+        // Before the files change: they would turn a hidden, live primary into a replica at
+        // its next restart.
+        refuse_if_hidden_server_answers(ctl, deadline, "starting a second server in").await?;
         write_standby_signal(ctl)?;
         write_replica_auto_conf(ctl, primary_conninfo)?;
 
@@ -130,6 +148,12 @@ pub async fn start_as_replica(ctl: &PgCtl, primary_conninfo: &str, timeout: Dura
 
 /// Stops the server at once (`pg_ctl stop -m immediate`): the fence that cannot be undone
 /// by a client. Already stopped is fine. Crash recovery runs at the next start.
+///
+/// Success means that `pg_ctl` stopped the server it found, or found none to stop; it is
+/// not evidence that the server is down. A postmaster in another PID namespace, or one
+/// whose `postmaster.pid` is missing, is not found, and this returns `Ok` while it still
+/// takes writes. A caller that releases a lease (letting another member be promoted) must
+/// call [`confirm_stopped`] first.
 pub async fn stop_immediately(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionError> {
     let deadline = Instant::now() + timeout;
     let what = format!("stopping the server in {} immediately", ctl.data_dir.display());
@@ -158,9 +182,61 @@ pub async fn stop_immediately(ctl: &PgCtl, timeout: Duration) -> Result<(), Acti
     .await
 }
 
-/// Whether a server runs in the data directory (`pg_ctl status`).
+/// Whether a server runs in the data directory, as far as `pg_ctl status` can tell.
+///
+/// `false` is not evidence that the server is down: `pg_ctl` looks for the PID of
+/// `postmaster.pid` in this PID namespace only. Use [`confirm_stopped`] for that.
 pub async fn is_running(ctl: &PgCtl) -> Result<bool, ActionError> {
     server_running(ctl).await
+}
+
+/// Confirms that the server of `ctl.data_dir`, listening at `host:port`, cannot take
+/// writes, and returns that evidence in words. Only refusals count (see the module
+/// documentation): `pg_ctl status` finds no server in the data directory (asked always,
+/// never answered from the pid file), every address `host` resolves to refuses a TCP
+/// connection to `port` (`ECONNREFUSED`), and, if `postmaster.pid` exists and names a
+/// Unix socket directory, its socket for `port` (and for the port in the pid file) is
+/// refused or absent. The three are asked at once, all within `timeout`.
+///
+/// Call it before releasing the lease of a primary that was stopped or found dead: a
+/// successful [`stop_immediately`] is not enough. Fails with `Unexpected`, naming what
+/// still answers, while anything does (retrying helps only once it stops); with `Connect`
+/// when some evidence could not be gathered (no answer in time, an unreachable host,
+/// `pg_ctl` failing), since silence is not evidence that the server is down.
+pub async fn confirm_stopped(ctl: &PgCtl, host: &str, port: u16, timeout: Duration) -> Result<String, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let (status, tcp, socket) = tokio::join!(
+        pg_ctl_status_finding(ctl, deadline),
+        tcp_findings(host, port, deadline),
+        socket_findings(&ctl.data_dir, Some(port), deadline),
+    );
+    let pg_ctl_sees_none = matches!(status, Finding::Refused(_));
+    let findings: Vec<Finding> = std::iter::once(status).chain(tcp).chain(socket).collect();
+    let answering = words_of(&findings, |finding| matches!(finding, Finding::Answers(_)));
+    if !answering.is_empty() {
+        // The one case pg_ctl cannot explain deserves a hint at where the server hides.
+        let hint = if pg_ctl_sees_none {
+            " (a postmaster pg_ctl status cannot see, e.g. in another PID namespace)"
+        } else {
+            ""
+        };
+        return Err(ActionError::Unexpected(format!(
+            "the server in {} is not down: {}{hint}",
+            ctl.data_dir.display(),
+            answering.join("; ")
+        )));
+    }
+    let unknown = words_of(&findings, |finding| matches!(finding, Finding::Unknown(_)));
+    if !unknown.is_empty() {
+        return Err(ActionError::Connect(format!(
+            "could not confirm that the server in {} is down: {}",
+            ctl.data_dir.display(),
+            unknown.join("; ")
+        )));
+    }
+    let evidence = words_of(&findings, |_| true).join("; ");
+    tracing::info!(data_dir = %ctl.data_dir.display(), %evidence, "confirmed the server is down");
+    Ok(evidence)
 }
 
 /// Starts a stopped server as it was (primary or replica, whatever its data directory
@@ -208,6 +284,8 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
         if server_running(ctl).await? {
             stop_until(ctl, deadline).await?;
         }
+        // pg_rewind rewrites the data directory (and may recover it in single-user mode).
+        refuse_if_hidden_server_answers(ctl, deadline, "rewinding").await?;
         let args = [
             os("--target-pgdata"),
             ctl.data_dir.clone().into(),
@@ -281,6 +359,8 @@ pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration)
         if server_running(ctl).await? {
             stop_until(ctl, deadline).await?;
         }
+        // Moving the data directory aside under a live server would not stop it.
+        refuse_if_hidden_server_answers(ctl, deadline, "re-cloning").await?;
         remove_abandoned_clones(&ctl.data_dir);
         let kept: Vec<(String, Vec<u8>)> = KEPT_ACROSS_REWIND
             .iter()
@@ -395,6 +475,9 @@ async fn stop_until(ctl: &PgCtl, deadline: Instant) -> Result<u64, ActionError> 
         }
         tracing::info!(data_dir = %ctl.data_dir.display(), "stopped the server");
     }
+    // Single-user recovery below, and whatever the caller does next with a "stopped" data
+    // directory, must not run beside a postmaster pg_ctl could not see to stop.
+    refuse_if_hidden_server_answers(ctl, deadline, "taking as stopped").await?;
     let mut control = read_control_data(ctl).await?;
     if !cleanly_shut_down(&control) && !ctl.data_dir.join("standby.signal").exists() {
         // Stopped, but not cleanly (it crashed, or was killed while shutting down): recover it
@@ -419,14 +502,28 @@ fn cleanly_shut_down(control: &ControlData) -> bool {
     control.state == "shut down" || control.state == "shut down in recovery"
 }
 
-/// Whether `pg_ctl status` finds a running server (exit 0) or none (exit 3).
+/// Whether `pg_ctl status` finds a running server (exit 0) or none (exit 3), answered from
+/// the pid file when it shows the postmaster gone.
+///
+/// "Not running" here is what `pg_ctl` would say, no more: a postmaster in another PID
+/// namespace, or one without its pid file, looks stopped to both. Nothing may take it as
+/// proof that the server is down: releasing a lease must wait for [`confirm_stopped`], and
+/// every action here that would put a second process on the data directory (a start,
+/// single-user recovery, a rewind, a re-clone) first asks the pid file's socket
+/// ([`refuse_if_hidden_server_answers`]).
 async fn server_running(ctl: &PgCtl) -> Result<bool, ActionError> {
     // A dead postmaster is told at once from its pid file, without spawning anything: this
-    // is on the path of every fence and lease release after a primary died. A live one (or
-    // a file vigil may not read) is left to `pg_ctl status`, the authority.
+    // is on the path of every fence after a primary died. The shortcut is as blind as
+    // `pg_ctl status` (which also looks the PID up in this namespace), never blinder, so a
+    // wrong "gone" costs nothing `pg_ctl` would not have cost.
     if postmaster_is_gone(&ctl.data_dir) {
         return Ok(false);
     }
+    pg_ctl_status(ctl).await
+}
+
+/// `pg_ctl status` itself: a running server (exit 0) or none (exit 3).
+async fn pg_ctl_status(ctl: &PgCtl) -> Result<bool, ActionError> {
     let args = [os("status"), os("-D"), ctl.data_dir.clone().into()];
     let (command, description) = tool(ctl, "pg_ctl", &args);
     let output = output_of(command, &description).await?;
@@ -437,8 +534,144 @@ async fn server_running(ctl: &PgCtl) -> Result<bool, ActionError> {
     }
 }
 
+/// One piece of what [`confirm_stopped`] learned, in words.
+enum Finding {
+    /// Evidence that the server is down: a refusal, or nothing there to ask.
+    Refused(String),
+    /// Something still answers: the server is not down.
+    Answers(String),
+    /// No evidence either way: no answer in time, an unreachable address, a failed tool.
+    Unknown(String),
+}
+
+/// The words of the findings `keep` selects, in order.
+fn words_of(findings: &[Finding], keep: impl Fn(&Finding) -> bool) -> Vec<&str> {
+    findings
+        .iter()
+        .filter(|finding| keep(finding))
+        .map(|finding| match finding {
+            Finding::Refused(words) | Finding::Answers(words) | Finding::Unknown(words) => words.as_str(),
+        })
+        .collect()
+}
+
+/// What `pg_ctl status` (never the pid-file shortcut) says about the data directory.
+async fn pg_ctl_status_finding(ctl: &PgCtl, deadline: Instant) -> Finding {
+    let data_dir = ctl.data_dir.display();
+    match tokio::time::timeout_at(deadline, pg_ctl_status(ctl)).await {
+        Ok(Ok(false)) => Finding::Refused(format!("pg_ctl status finds no server running in {data_dir}")),
+        Ok(Ok(true)) => Finding::Answers(format!("pg_ctl status finds a server running in {data_dir}")),
+        Ok(Err(error)) => Finding::Unknown(format!("pg_ctl status could not tell: {error}")),
+        Err(_) => Finding::Unknown(format!("pg_ctl status for {data_dir} did not finish in time")),
+    }
+}
+
+/// Whether each address `host` resolves to refuses a TCP connection to `port`. Only
+/// `ECONNREFUSED` is a refusal: a silent or unreachable address may hide a live server.
+async fn tcp_findings(host: &str, port: u16, deadline: Instant) -> Vec<Finding> {
+    let addresses: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(error)) => return vec![Finding::Unknown(format!("could not resolve {host}: {error}"))],
+            Err(_) => return vec![Finding::Unknown(format!("resolving {host} did not finish in time"))],
+        };
+    if addresses.is_empty() {
+        return vec![Finding::Unknown(format!("{host} resolves to no address"))];
+    }
+    let mut findings = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let finding = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_connection)) => Finding::Answers(format!("{address} still accepts connections")),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Finding::Refused(format!("{address} refuses TCP connections"))
+            }
+            Ok(Err(error)) => {
+                Finding::Unknown(format!("connecting to {address} failed, which proves nothing: {error}"))
+            }
+            Err(_) => Finding::Unknown(format!("{address} neither accepted nor refused a connection in time")),
+        };
+        findings.push(finding);
+    }
+    findings
+}
+
+/// Whether the Unix socket named in the data directory's `postmaster.pid` refuses
+/// connections, for `port` and for the port the pid file names. A missing pid file, a pid
+/// file naming no socket directory, or a missing socket file leaves nothing to ask.
+async fn socket_findings(data_dir: &Path, port: Option<u16>, deadline: Instant) -> Vec<Finding> {
+    let pid_path = data_dir.join("postmaster.pid");
+    let text = match std::fs::read_to_string(&pid_path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return vec![Finding::Refused(format!("no {}, so no socket to ask", pid_path.display()))];
+        }
+        Err(error) => return vec![Finding::Unknown(format!("could not read {}: {error}", pid_path.display()))],
+    };
+    let (pid_file_port, socket_dir) = pid_file_socket(&text, data_dir);
+    let Some(socket_dir) = socket_dir else {
+        return vec![Finding::Refused(format!("{} names no socket directory", pid_path.display()))];
+    };
+    let ports: std::collections::BTreeSet<u16> = port.into_iter().chain(pid_file_port).collect();
+    if ports.is_empty() {
+        return vec![Finding::Unknown(format!("{} names no port for its socket", pid_path.display()))];
+    }
+    let mut findings = Vec::with_capacity(ports.len());
+    for port in ports {
+        let socket = socket_dir.join(format!(".s.PGSQL.{port}"));
+        let shown = socket.display();
+        let finding = match tokio::time::timeout_at(deadline, tokio::net::UnixStream::connect(&socket)).await {
+            Ok(Ok(_connection)) => Finding::Answers(format!("socket {shown} still accepts connections")),
+            Ok(Err(error)) => match error.kind() {
+                std::io::ErrorKind::NotFound => Finding::Refused(format!("no socket {shown}")),
+                std::io::ErrorKind::ConnectionRefused => {
+                    Finding::Refused(format!("socket {shown} refuses connections"))
+                }
+                // A Unix socket says "try again" only when a listener's backlog is full.
+                std::io::ErrorKind::WouldBlock => {
+                    Finding::Answers(format!("socket {shown} still accepts connections (its backlog is full)"))
+                }
+                _ => Finding::Unknown(format!("connecting to socket {shown} failed, which proves nothing: {error}")),
+            },
+            Err(_) => Finding::Unknown(format!("socket {shown} neither accepted nor refused a connection in time")),
+        };
+        findings.push(finding);
+    }
+    findings
+}
+
+/// The port (4th line) and Unix socket directory (5th line, relative to the data directory
+/// if relative, as the server resolves it) of a `postmaster.pid`; either may be absent, the
+/// directory when the server listens on no Unix socket.
+fn pid_file_socket(text: &str, data_dir: &Path) -> (Option<u16>, Option<PathBuf>) {
+    let mut lines = text.lines().skip(3);
+    let port = lines.next().and_then(|line| line.trim().parse::<u16>().ok()).filter(|port| *port != 0);
+    let socket_dir = lines.next().map(str::trim).filter(|dir| !dir.is_empty()).map(|dir| data_dir.join(dir));
+    (port, socket_dir)
+}
+
+/// Fails if the socket named in the data directory's `postmaster.pid` still accepts
+/// connections although `pg_ctl` found no server: a postmaster it cannot see (in another
+/// PID namespace) runs there, and `doing` (starting a server, recovering, rewinding or
+/// replacing the data directory) would put a second process on its files, or skip the stop
+/// it needs. Anything short of an accepted connection lets the action go on as before,
+/// with PostgreSQL's own lock files as the last guard.
+async fn refuse_if_hidden_server_answers(ctl: &PgCtl, deadline: Instant, doing: &str) -> Result<(), ActionError> {
+    let findings = socket_findings(&ctl.data_dir, None, deadline).await;
+    let answering = words_of(&findings, |finding| matches!(finding, Finding::Answers(_)));
+    if answering.is_empty() {
+        return Ok(());
+    }
+    Err(ActionError::Unexpected(format!(
+        "not {doing} {}: {}, though pg_ctl status finds no server there (a postmaster it cannot see, \
+         e.g. in another PID namespace)",
+        ctl.data_dir.display(),
+        answering.join("; ")
+    )))
+}
+
 /// Whether the data directory's postmaster is certainly not running: no `postmaster.pid`,
-/// or its process gone or a zombie (killed, not yet reaped by its parent).
+/// or its process gone or a zombie (killed, not yet reaped by its parent). "Certainly" as
+/// far as this PID namespace can see: see [`server_running`].
 fn postmaster_is_gone(data_dir: &Path) -> bool {
     let pid_file = match std::fs::read_to_string(data_dir.join("postmaster.pid")) {
         Ok(text) => text,
@@ -573,6 +806,7 @@ async fn bounded<T>(
 /// Starts a stopped server with the member's start command, or `pg_ctl start -w` logging to
 /// [`START_LOG`] (whose tail a failure reports), within `deadline`.
 async fn start_until(ctl: &PgCtl, deadline: Instant) -> Result<(), ActionError> {
+    refuse_if_hidden_server_answers(ctl, deadline, "starting a second server in").await?;
     if let Some(command_line) = &ctl.start_command {
         return run_command_until(ctl, command_line, true, deadline).await;
     }
@@ -694,6 +928,24 @@ mod tests {
         assert!(!postmaster_is_gone(&dir), "an unreadable pid is left to pg_ctl");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!postmaster_is_gone(&dir), "a missing data directory is left to pg_ctl");
+    }
+
+    /// The 4th and 5th lines of `postmaster.pid` name the port and the socket directory;
+    /// a server without Unix sockets writes an empty 5th line.
+    #[test]
+    fn the_pid_file_names_the_socket_to_ask() {
+        let data_dir = Path::new("/pg/data");
+        let pid_file = "4242\n/pg/data\n1700000000\n5433\n/run/pg\n127.0.0.1\n  5433001    0\nready   \n";
+        assert_eq!(pid_file_socket(pid_file, data_dir), (Some(5433), Some(PathBuf::from("/run/pg"))));
+        let relative = "4242\n/pg/data\n1700000000\n5433\nsockets\n";
+        assert_eq!(pid_file_socket(relative, data_dir), (Some(5433), Some(PathBuf::from("/pg/data/sockets"))));
+        let no_socket = "4242\n/pg/data\n1700000000\n5433\n\n127.0.0.1\n";
+        assert_eq!(pid_file_socket(no_socket, data_dir), (Some(5433), None));
+        // The socket directory is filled in once the first socket exists; until then the line
+        // is empty. A truncated file names nothing.
+        let starting = "4242\n/pg/data\n1700000000\n5433\n\n";
+        assert_eq!(pid_file_socket(starting, data_dir), (Some(5433), None));
+        assert_eq!(pid_file_socket("4242\n/pg/data\n", data_dir), (None, None));
     }
 
     const CONTROL_DATA: &str = "\

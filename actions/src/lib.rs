@@ -26,15 +26,17 @@ mod redis;
 mod sql;
 
 pub use self::redis::{
-    RedisMasterAuth, RedisPromoted, RedisRole, redis_pause_writes, redis_promote, redis_repoint, redis_role,
-    redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream, redis_write_epoch,
+    FENCE_CHECK_KEY, RedisMasterAuth, RedisPromoted, RedisRole, redis_pause_writes, redis_promote, redis_repoint,
+    redis_role, redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream,
+    redis_write_epoch, redis_write_refusal,
 };
 pub use conninfo::primary_conninfo;
 pub use ctl::{
-    PgCtl, is_running, reclone, rewind, start_as_replica, start_fenced, start_server, stop_immediately, stop_server,
+    PgCtl, confirm_stopped, is_running, reclone, rewind, start_as_replica, start_fenced, start_server,
+    stop_immediately, stop_server,
 };
 pub use error::ActionError;
 pub use sql::{
-    Promoted, checkpoint, fence_read_only, promote, repoint, require_all, set_synchronous_standby_names,
-    synchronous_state, unfence, wait_for_replay, wait_for_upstream, write_epoch,
+    Promoted, checkpoint, fence_read_only, in_recovery, promote, read_only_in_force, repoint, require_all,
+    set_synchronous_standby_names, synchronous_state, unfence, wait_for_replay, wait_for_upstream, write_epoch,
 };

@@ -18,6 +18,9 @@ use crate::error::ActionError;
 /// How often the waits ask for the replication state.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The key [`redis_write_refusal`] writes to check a fence: vigil's own, read by nobody.
+pub const FENCE_CHECK_KEY: &str = "vigil:fence-check";
+
 /// Sets [`EPOCH_KEY`] to `ARGV[1]` unless it already holds a number at least as large, and
 /// returns what it holds afterwards. Epochs are compared as decimal strings (length, then
 /// text) so that numbers beyond Lua's 2^53 compare exactly; a value that is not a decimal
@@ -307,6 +310,25 @@ pub async fn redis_set_min_replicas(
         let mut count = command("CONFIG", &["SET", "min-replicas-to-write"]);
         count.arg(min_replicas);
         session.run::<()>(&count, "setting min-replicas-to-write").await
+    })
+    .await
+}
+
+/// Tries a harmless write, `SET` of [`FENCE_CHECK_KEY`] (vigil's own key, expiring after a
+/// minute), and returns the member's refusal as it sent it (`NOREPLICAS ...` from a master
+/// fenced by `min-replicas-to-write`, `READONLY ...` from a replica), or `None` when it took
+/// the write. How a fence is confirmed: by a write refused, not by a setting read back.
+/// Bounded by `target.timeout`.
+pub async fn redis_write_refusal(target: &RedisTarget) -> Result<Option<String>, ActionError> {
+    let address = target.address();
+    bounded(target.timeout, format!("trying a write on {address}"), async {
+        let mut session = Session::open(target, target.timeout).await?;
+        let set = command("SET", &[FENCE_CHECK_KEY, "written by vigil to check a fence", "PX", "60000"]);
+        match set.query_async::<()>(&mut session.connection).await {
+            Ok(()) => Ok(None),
+            Err(error) if is_server_error(&error) => Ok(Some(describe_redis_error(&error))),
+            Err(error) => Err(session.error("trying a write", &error)),
+        }
     })
     .await
 }

@@ -368,6 +368,36 @@ pub fn require_all(standbys: &std::collections::BTreeSet<String>) -> String {
     format!("FIRST {} ({})", standbys.len(), names.join(", "))
 }
 
+/// Whether `default_transaction_read_only` is `on` for a session opened now: the read-only
+/// fence as a client connecting now meets it. A fresh session on purpose, since a reloaded
+/// setting reaches new sessions first; the postmaster may take a moment after
+/// `pg_reload_conf()`, so a caller confirming a fence polls.
+pub async fn read_only_in_force(target: &PgTarget) -> Result<bool, ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 2, format!("reading default_transaction_read_only on {address}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        let row = connection
+            .query_one(
+                "SELECT current_setting('default_transaction_read_only')",
+                &[],
+                "reading default_transaction_read_only",
+            )
+            .await?;
+        let value: String = connection.column(&row, 0)?;
+        Ok(value == "on")
+    })
+    .await
+}
+
+/// Whether the member is a replica (`pg_is_in_recovery()`).
+pub async fn in_recovery(target: &PgTarget) -> Result<bool, ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 2, format!("reading the recovery state of {address}"), async {
+        Connection::open(target, target.timeout).await?.in_recovery().await
+    })
+    .await
+}
+
 /// Lifts a read-only fence: `default_transaction_read_only` back to its default.
 pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
     let address = target.address();

@@ -10,6 +10,7 @@
 //! - A peer is identified by its certificate, never by what its messages claim.
 
 pub mod cluster;
+pub mod coordinator;
 pub mod decision;
 pub mod error;
 pub mod group;

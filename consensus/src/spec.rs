@@ -282,6 +282,8 @@ pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(100);
 
 /// Default of `lease_duration`.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_millis(1500);
+/// How long a Redis pause fence lasts; the node beside the master applies it again well before.
+pub const REDIS_PAUSE: Duration = Duration::from_secs(10);
 /// The bound on clock-rate drift between two machines the lease arithmetic allows for:
 /// 1 %, far above what NTP-disciplined (or even free-running) quartz clocks drift.
 pub const CLOCK_DRIFT_BOUND: f64 = 0.01;
@@ -423,6 +425,11 @@ pub struct GroupPolicy {
     pub synchronous: SyncMode,
     /// See the group specs.
     pub datacenter_preference: Vec<String>,
+    /// A fence of this group lapses by itself after this long unless applied again (a Redis
+    /// pause); `None`: it holds until lifted.
+    pub fence_lapses_after: Option<Duration>,
+    /// The fence in words, for the history ("read-only", "writes refused").
+    pub fence_words: &'static str,
     /// The members.
     pub members: Vec<MemberPolicy>,
 }
@@ -436,6 +443,10 @@ pub struct MemberPolicy {
     pub node: String,
     /// Its "host:port".
     pub address: String,
+    /// Its host, as the spec spells it.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
     /// Higher is preferred between candidates at the same position.
     pub priority: i32,
     /// Never promote it automatically.
@@ -443,6 +454,13 @@ pub struct MemberPolicy {
     /// Whether its writes can be stopped cleanly for a switchover: a PostgreSQL member needs
     /// its `data_dir`; a Redis master's writes are paused with `CLIENT PAUSE`.
     pub stoppable: bool,
+    /// Whether the fence guard can stop it should the vigil beside it die while it takes
+    /// writes (a PostgreSQL member with its `data_dir`). An unguarded member stays writable
+    /// after its vigil crashed until the leader fences it over the network.
+    pub guarded: bool,
+    /// Whether its own node may start it again, fenced, when it stayed down with nothing to
+    /// replace it (a PostgreSQL member with its `data_dir`, fenced read-only).
+    pub restarts_in_place: bool,
 }
 
 impl GroupPolicy {
@@ -454,6 +472,14 @@ impl GroupPolicy {
     /// The member named `name`.
     pub fn member(&self, name: &str) -> Option<&MemberPolicy> {
         self.members.iter().find(|member| member.name == name)
+    }
+
+    /// Whether a replica reporting `upstream` ("host:port") follows the member `primary`,
+    /// told by host and port (see [`crate::coordinator::upstream`]).
+    pub fn follows(&self, upstream: &str, primary: &str) -> bool {
+        let members: Vec<(&str, &str, u16)> =
+            self.members.iter().map(|member| (member.name.as_str(), member.host.as_str(), member.port)).collect();
+        crate::coordinator::upstream::upstream_is(upstream, primary, &members)
     }
 }
 
@@ -571,6 +597,11 @@ impl PostgresGroup {
             lease_duration: self.lease_duration,
             synchronous: self.synchronous,
             datacenter_preference: self.datacenter_preference.clone(),
+            fence_lapses_after: None,
+            fence_words: match self.fence_method {
+                FenceMethod::ReadOnly => "read-only",
+                FenceMethod::Stop => "stopped",
+            },
             members: self
                 .members
                 .iter()
@@ -578,9 +609,13 @@ impl PostgresGroup {
                     name: member.name.clone(),
                     node: member.node.clone(),
                     address: format!("{}:{}", member.host, member.port),
+                    host: member.host.clone(),
+                    port: member.port,
                     priority: member.priority,
                     nofailover: member.nofailover,
                     stoppable: member.data_dir.is_some(),
+                    guarded: member.data_dir.is_some(),
+                    restarts_in_place: member.data_dir.is_some() && self.fence_method == FenceMethod::ReadOnly,
                 })
                 .collect(),
         }
@@ -732,6 +767,14 @@ impl RedisGroup {
             lease_duration: self.lease_duration,
             synchronous: SyncMode::Off,
             datacenter_preference: self.datacenter_preference.clone(),
+            fence_lapses_after: match self.fence_method {
+                RedisFenceMethod::RefuseWrites => None,
+                RedisFenceMethod::PauseWrites => Some(REDIS_PAUSE),
+            },
+            fence_words: match self.fence_method {
+                RedisFenceMethod::RefuseWrites => "writes refused",
+                RedisFenceMethod::PauseWrites => "writes paused",
+            },
             members: self
                 .members
                 .iter()
@@ -739,9 +782,13 @@ impl RedisGroup {
                     name: member.name.clone(),
                     node: member.node.clone(),
                     address: format!("{}:{}", member.host, member.port),
+                    host: member.host.clone(),
+                    port: member.port,
                     priority: member.priority,
                     nofailover: member.nofailover,
                     stoppable: true,
+                    guarded: false,
+                    restarts_in_place: false,
                 })
                 .collect(),
         }

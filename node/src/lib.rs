@@ -13,6 +13,7 @@ pub mod demo;
 pub mod exit;
 pub mod groups;
 pub mod guard;
+pub mod members;
 pub mod render;
 pub mod spec_file;
 pub mod telemetry;

@@ -38,7 +38,7 @@ pub fn validate(spec: &ClusterSpec, nodes: &BTreeMap<NodeId, NodeInfo>) -> Resul
             resolve_secret(source)
                 .map_err(|message| SpecError { field: format!("redis[{index}].password"), message })?;
         }
-        crate::groups::targets::redis_tls(group)
+        crate::members::targets::redis_tls(group)
             .map_err(|message| SpecError { field: format!("redis[{index}].tls"), message })?;
     }
     Ok(())

@@ -13,9 +13,9 @@ use vigil_consensus::spec::{
     FenceMethod, GroupRef, PostgresGroup, PostgresMember, RedisFenceMethod, RedisGroup, RedisMember,
 };
 
-use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo, redis_target};
-use crate::groups::upstream::upstream_is;
 use crate::guard::GuardedServer;
+use crate::members::targets::{pg_ctl, pg_target, primary_conninfo, redis_target};
+use vigil_consensus::coordinator::upstream::upstream_is;
 
 /// How long stopping a server as a fence may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);

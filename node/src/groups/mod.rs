@@ -17,8 +17,6 @@ pub mod redis_steps;
 pub mod rejoin;
 pub mod steps;
 pub mod sync;
-pub mod targets;
-pub mod upstream;
 pub mod verdicts;
 
 use tokio_util::sync::CancellationToken;

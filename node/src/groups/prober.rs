@@ -20,8 +20,8 @@ use vigil_probes::{PgProbe, RedisProbe};
 
 use crate::groups::failpoints::Failpoints;
 use crate::groups::local::GroupMember;
-use crate::groups::targets::{pg_target, redis_target};
 use crate::groups::verdicts::{Seen, VerdictTracker};
+use crate::members::targets::{pg_target, redis_target};
 
 /// How long one verdict report may take; a newer verdict replaces it after that.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);

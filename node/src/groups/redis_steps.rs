@@ -21,7 +21,7 @@ use vigil_consensus::spec::{RedisGroup, RedisMember};
 use crate::groups::lease::LeaseClock;
 use crate::groups::local::REFUSE_ALL_WRITES;
 use crate::groups::steps::{CATCH_UP_TIMEOUT, REMOTE_FENCE_TIMEOUT, STREAM_TIMEOUT, StepResult, wait_for_fence};
-use crate::groups::targets::redis_target;
+use crate::members::targets::redis_target;
 
 /// How long a switchover keeps the old master's writes paused at most: it is made a replica
 /// well before; should the switchover be abandoned, the old master takes writes again.

@@ -8,7 +8,7 @@ use vigil_consensus::group::{FailoverRun, Step, StepFacts};
 use vigil_consensus::spec::{ClusterSpec, GroupPolicy, GroupRef, PostgresGroup, SyncMode};
 
 use crate::groups::lease::{LeaseClock, LeaseView};
-use crate::groups::targets::{pg_ctl, pg_target, primary_conninfo};
+use crate::members::targets::{pg_ctl, pg_target, primary_conninfo};
 
 /// How long `pg_promote` may take.
 pub const PROMOTE_WAIT: Duration = Duration::from_secs(30);

@@ -22,7 +22,7 @@ use vigil_consensus::state::{Command, CommandResponse};
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, cluster::unix_millis_now};
 
-use crate::groups::targets::pg_target;
+use crate::members::targets::pg_target;
 
 /// How often the leader checks the synchronous standbys.
 const TICK: Duration = Duration::from_secs(1);

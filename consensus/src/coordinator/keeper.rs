@@ -1,0 +1,582 @@
+//! The lease keeper: what this node does about the member beside it, of every group.
+//!
+//! While the member is the primary, the keeper renews its lease through Raft (up to
+//! [`MAX_RENEWALS_IN_FLIGHT`] at once, one at once to a new leader), counting the lease from
+//! before it *sent* each renewal. The member takes writes only while that lease has more
+//! than the fence margin left: then the fence is lifted, after the fence guard was armed to
+//! stop the server a little later than this node would fence it, should this daemon die.
+//! Otherwise it is fenced, and the guard stays armed until the fence is confirmed.
+//!
+//! A promoted member starts fenced (the promotion fences it) and with no lease: it takes
+//! writes only after its first renewal commits. A member this node sees down is made sure
+//! of (stopped, or refusing connections on its own host) and its lease released, so the
+//! leader need not wait for it to run out; one left down with nothing to replace it is
+//! started again in place, fenced, after [`RESTART_IN_PLACE_AFTER`]. A member that is being
+//! replaced is fenced and its lease released once the fence holds. A stale primary (an old
+//! primary that came back writable) is fenced until it has rejoined.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::fence::{FenceTrack, Known, Op, Want};
+use super::{Action, ActionReport, EffectId, GuardOrder, Mono, Out, Outcome, Purpose, View};
+use crate::group::{Health, Step, StepStatus};
+use crate::spec::{GroupPolicy, MemberPolicy};
+use crate::state::{Command, CommandResponse};
+
+/// How many renewals of one lease may be under way at once. A renewal sent to a leader that
+/// has just been cut off waits up to a lease for its answer; the next ones must not wait
+/// behind it, or the lease runs out although a new leader could have renewed it.
+pub const MAX_RENEWALS_IN_FLIGHT: usize = 4;
+/// How often a node tries again to make sure of its down primary before releasing its lease.
+pub const RELEASE_RETRY: Duration = Duration::from_secs(1);
+/// How long a released primary stays down, with no failover started, before its own node
+/// starts it again: far beyond what the leader takes to fail over when it can.
+pub const RESTART_IN_PLACE_AFTER: Duration = Duration::from_secs(10);
+/// How long a fence or a lift may take.
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long making sure of a down member, or starting it again, may take.
+pub const HOST_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a release may take to commit.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fences before the lease runs out by this much, to leave the fence itself time to act.
+pub fn fence_margin(lease: Duration) -> Duration {
+    (lease / 5).max(Duration::from_millis(100))
+}
+
+/// When the guard is to stop the primary, for a lease valid until `valid_until`: a little
+/// after this node would fence it, and before any other node counts the lease as run out.
+pub fn guard_deadline(valid_until: Mono, lease: Duration) -> Mono {
+    valid_until - fence_margin(lease) / 2
+}
+
+/// Whether a lease valid until `valid_until` leaves the member time to take writes at `now`.
+/// A renewal answered late (sent to a leader that was then cut off, committed by the next)
+/// may leave none: lifting then would only have the member fenced again at once.
+pub fn usable(valid_until: Option<Mono>, now: Mono, lease: Duration) -> bool {
+    valid_until.is_some_and(|valid_until| now + fence_margin(lease) < valid_until)
+}
+
+/// An effect of the keeper in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// A lease renewal, sent at `sent_at`.
+    Renewal {
+        /// The group.
+        group: String,
+        /// When it was sent, by this node's clock.
+        sent_at: Mono,
+    },
+    /// A fence or a lift.
+    Fence {
+        /// The group.
+        group: String,
+        /// Which.
+        op: Op,
+    },
+    /// Making sure a down primary stays down, before releasing its lease.
+    MakeSureDown {
+        /// The group.
+        group: String,
+    },
+    /// Starting a down primary again, fenced.
+    StartFenced {
+        /// The group.
+        group: String,
+    },
+    /// A lease release.
+    Release {
+        /// The group.
+        group: String,
+    },
+    /// A message to the guard.
+    Guard,
+}
+
+/// The lease this node holds for its primary.
+#[derive(Clone, Debug)]
+struct Holding {
+    /// Until when the member may take writes, by this node's clock; `None` before the first
+    /// renewal committed.
+    valid_until: Option<Mono>,
+    renewals: BTreeMap<EffectId, Mono>,
+    next_renewal: Mono,
+    /// A renewal sent at this time was refused: none sent before it makes the lease usable.
+    refused_at: Option<Mono>,
+    /// The lease was given up (or found not to be this node's to give up).
+    released: bool,
+    release_in_flight: bool,
+    release_attempt_at: Option<Mono>,
+    down_since: Option<Mono>,
+    restart_attempt_at: Option<Mono>,
+}
+
+impl Holding {
+    fn new(now: Mono, valid_until: Option<Mono>) -> Self {
+        Holding {
+            valid_until,
+            renewals: BTreeMap::new(),
+            next_renewal: now,
+            refused_at: None,
+            released: false,
+            release_in_flight: false,
+            release_attempt_at: None,
+            down_since: None,
+            restart_attempt_at: None,
+        }
+    }
+}
+
+/// This node's dealings with the member beside it in one group.
+#[derive(Clone, Debug)]
+struct Local {
+    member: String,
+    fence: FenceTrack,
+    holding: Option<Holding>,
+    /// Whether the guard may have a deadline for this group (a daemon that just started cannot
+    /// know what the previous one told it).
+    guard_armed: bool,
+    /// After this node held the lease of a member being replaced: whether the release that
+    /// lets the leader go on has been committed (or is under way).
+    handed_over: bool,
+    hand_over_in_flight: bool,
+}
+
+impl Local {
+    fn new(member: &str) -> Self {
+        Local {
+            member: member.to_string(),
+            fence: FenceTrack::default(),
+            holding: None,
+            guard_armed: true,
+            handed_over: false,
+            hand_over_in_flight: false,
+        }
+    }
+}
+
+/// The keeper of every member beside this node.
+#[derive(Clone, Debug, Default)]
+pub struct Keeper {
+    locals: BTreeMap<String, Local>,
+}
+
+impl Keeper {
+    pub(super) fn drive(
+        &mut self,
+        view: &View<'_>,
+        out: &mut Out<'_>,
+        verdicts: &super::verdicts::Reporter,
+        new_leader: bool,
+    ) {
+        self.locals.retain(|group, local| {
+            view.policy(group).and_then(|policy| view.local_member(policy)).is_some_and(|m| m.name == local.member)
+        });
+        for policy in view.policies {
+            let Some(member) = view.local_member(policy) else { continue };
+            let local = self.locals.entry(policy.name.clone()).or_insert_with(|| Local::new(&member.name));
+            drive_one(view, out, verdicts, policy, member, local, new_leader);
+        }
+    }
+
+    pub(super) fn done(&mut self, view: &View<'_>, out: &mut Out<'_>, pending: Pending, outcome: Outcome) {
+        let now = view.now();
+        match pending {
+            Pending::Renewal { group, sent_at } => {
+                let (Some(local), Some(policy)) = (self.locals.get_mut(&group), view.policy(&group)) else { return };
+                let lease = policy.lease_duration;
+                let Some(holding) = local.holding.as_mut() else { return };
+                holding.renewals.retain(|_, sent| *sent != sent_at);
+                match outcome {
+                    Outcome::Proposed(Ok(CommandResponse::Applied)) => {
+                        if holding.refused_at.is_some_and(|refused_at| sent_at <= refused_at) {
+                            return;
+                        }
+                        let valid_until = holding.valid_until.map_or(sent_at + lease, |v| v.max(sent_at + lease));
+                        holding.valid_until = Some(valid_until);
+                        // A committed renewal confirms the member as the primary of the
+                        // current epoch, whatever this node released before.
+                        holding.released = false;
+                        if usable(Some(valid_until), now, lease) && is_guarded(policy, &local.member) {
+                            // Armed before the lift that may follow in this same call: should
+                            // this daemon die right after lifting, the guard stops the member.
+                            let valid_for = guard_deadline(valid_until, lease).since(now);
+                            let order =
+                                GuardOrder::Arm { group: group.clone(), member: local.member.clone(), valid_for };
+                            out.guard(Purpose::Keeper(Pending::Guard), order);
+                            local.guard_armed = true;
+                        }
+                    }
+                    // The cluster says this is not the primary of the current epoch: fence.
+                    Outcome::Proposed(Ok(CommandResponse::Refused { reason })) => {
+                        tracing::warn!(%group, member = %local.member, %reason, "lease refused: fencing");
+                        holding.refused_at = Some(holding.refused_at.map_or(sent_at, |at| at.max(sent_at)));
+                        holding.valid_until = None;
+                    }
+                    _ => {}
+                }
+            }
+            Pending::Fence { group, op } => {
+                let Some(local) = self.locals.get_mut(&group) else { return };
+                let succeeded = match &outcome {
+                    Outcome::Acted(Ok(report)) => {
+                        tracing::warn!(%group, member = %local.member, how = %report.detail, "{}", op_words(op, true));
+                        true
+                    }
+                    Outcome::Acted(Err(failure)) => {
+                        tracing::error!(%group, member = %local.member, %failure, "{}", op_words(op, false));
+                        op == Op::Fence && view.mutations.silent_fence_failure()
+                    }
+                    _ => false,
+                };
+                if view.mutations.unconfirmed_fence() || view.mutations.unordered_fence_and_lift() {
+                    // The old rule took the action as done when it started.
+                    return;
+                }
+                local.fence.finished(op, succeeded, now);
+            }
+            Pending::MakeSureDown { group } => {
+                let Some(local) = self.locals.get_mut(&group) else { return };
+                let Some(holding) = local.holding.as_mut() else { return };
+                match outcome {
+                    Outcome::Acted(Ok(ActionReport { detail, .. })) => {
+                        local.fence.confirmed_fenced(now);
+                        let reason = format!("{} is down for node {} and {detail}", local.member, view.node);
+                        let command = Command::ReleaseLease {
+                            group: group.clone(),
+                            member: local.member.clone(),
+                            holder: view.node,
+                            reason,
+                        };
+                        out.propose(
+                            Purpose::Keeper(Pending::Release { group: group.clone() }),
+                            command,
+                            RELEASE_TIMEOUT,
+                        );
+                        holding.release_in_flight = true;
+                    }
+                    Outcome::Acted(Err(failure)) => {
+                        // Not sure it is down: the lease is left to run out, since releasing it
+                        // would let a replica be promoted while a server this node cannot see
+                        // might take writes.
+                        tracing::warn!(%group, member = %local.member, %failure, "cannot make sure the down primary stays down; the lease will run out");
+                    }
+                    _ => {}
+                }
+            }
+            Pending::Release { group } => {
+                let Some(local) = self.locals.get_mut(&group) else { return };
+                let released = match &outcome {
+                    Outcome::Proposed(Ok(CommandResponse::Applied)) => {
+                        tracing::warn!(%group, member = %local.member, "lease released");
+                        true
+                    }
+                    // Not this node's lease to release (any more): nothing to give up.
+                    Outcome::Proposed(Ok(CommandResponse::Refused { reason })) => {
+                        tracing::info!(%group, member = %local.member, %reason, "no lease to release");
+                        true
+                    }
+                    Outcome::Proposed(Err(error)) => {
+                        tracing::warn!(%group, member = %local.member, %error, "could not release the lease");
+                        false
+                    }
+                    _ => false,
+                };
+                if let Some(holding) = local.holding.as_mut() {
+                    holding.release_in_flight = false;
+                    holding.released |= released;
+                }
+                if local.hand_over_in_flight {
+                    local.hand_over_in_flight = false;
+                    local.handed_over |= released;
+                }
+            }
+            Pending::StartFenced { group } => {
+                let Some(local) = self.locals.get_mut(&group) else { return };
+                match outcome {
+                    Outcome::Acted(Ok(_)) => {
+                        tracing::warn!(%group, member = %local.member, "started again, fenced");
+                        local.fence.confirmed_fenced(now);
+                    }
+                    Outcome::Acted(Err(failure)) => {
+                        tracing::warn!(%group, member = %local.member, %failure, "could not start it again");
+                    }
+                    _ => {}
+                }
+            }
+            Pending::Guard => {
+                if let Outcome::Guarded(Err(reason)) = outcome {
+                    tracing::error!(%reason, "the fence guard could not be told: a crash of this daemon may leave its primary unfenced");
+                }
+            }
+        }
+    }
+}
+
+fn op_words(op: Op, succeeded: bool) -> &'static str {
+    match (op, succeeded) {
+        (Op::Fence, true) => "fenced",
+        (Op::Fence, false) => "fencing failed",
+        (Op::Lift, true) => "fence lifted",
+        (Op::Lift, false) => "could not lift the fence",
+    }
+}
+
+fn is_guarded(policy: &GroupPolicy, member: &str) -> bool {
+    policy.member(member).is_some_and(|member| member.guarded)
+}
+
+fn drive_one(
+    view: &View<'_>,
+    out: &mut Out<'_>,
+    verdicts: &super::verdicts::Reporter,
+    policy: &GroupPolicy,
+    member: &MemberPolicy,
+    local: &mut Local,
+    new_leader: bool,
+) {
+    let now = view.now();
+    let group = policy.name.as_str();
+    let lease = policy.lease_duration;
+    let default_state = crate::group::GroupState::default();
+    let state = view.group_state(group).unwrap_or(&default_state);
+    let verdict = verdicts.current(group, &member.name);
+    let health = verdict.map(|verdict| verdict.health);
+    let answers_as_primary =
+        verdict.is_some_and(|v| v.health != Health::Down && v.facts.as_ref().is_some_and(|facts| !facts.in_recovery));
+    let is_primary = state.primary.as_deref() == Some(member.name.as_str());
+    let run = state.running.as_ref();
+    let replaced = run.is_some_and(|run| run.old_primary.as_deref() == Some(member.name.as_str()));
+    let promoting = run.is_some_and(|run| run.candidate == member.name);
+
+    let want = if is_primary && !replaced {
+        local.handed_over = false;
+        let holding = local.holding.get_or_insert_with(|| {
+            // With the old rule a primary this node just learnt of took writes for a lease
+            // counted from now; now it takes none before its first renewal commits.
+            let valid_until = view.mutations.unfenced_promotion().then(|| now + lease);
+            Holding::new(now, valid_until)
+        });
+        if health == Some(Health::Down) {
+            keep_down_primary(view, out, policy, member, local, state.running.is_none());
+            None
+        } else {
+            holding.down_since = None;
+            // Renewals, never more than a few at once: one sent to a leader that was then cut
+            // off must not hold up the next, and a new leader is renewed with at once.
+            if holding.renewals.len() < MAX_RENEWALS_IN_FLIGHT && (now >= holding.next_renewal || new_leader) {
+                let command = Command::RenewLease {
+                    group: group.to_string(),
+                    member: member.name.clone(),
+                    holder: view.node,
+                    epoch: state.epoch,
+                };
+                let id = out.propose(
+                    Purpose::Keeper(Pending::Renewal { group: group.to_string(), sent_at: now }),
+                    command,
+                    lease,
+                );
+                holding.renewals.insert(id, now);
+                holding.next_renewal = now + lease / 4;
+            }
+            if usable(holding.valid_until, now, lease) {
+                Some(Want::Lifted { epoch: state.epoch })
+            } else {
+                if holding.valid_until.is_some_and(|valid_until| now + fence_margin(lease) >= valid_until)
+                    && local.fence.known() != Known::Fenced
+                    && local.fence.in_flight() != Some(Op::Fence)
+                {
+                    tracing::warn!(group, member = %member.name, "lease not renewed in time: fencing the primary");
+                }
+                Some(Want::Fenced { stale: false })
+            }
+        }
+    } else if local.holding.is_some() || replaced {
+        // Someone else is (or is becoming) the primary: a member beside this node that still
+        // took writes would be a second writer. A switchover stops it cleanly in its own step.
+        let stop_step = run.and_then(|run| {
+            run.steps.iter().find(|step| step.step == Step::StopPrimary { member: member.name.clone() })
+        });
+        if let Some(step) = stop_step {
+            if matches!(step.status, StepStatus::Succeeded { .. }) {
+                local.fence.confirmed_fenced(now);
+            }
+            None
+        } else {
+            hand_over(view, out, policy, member, local);
+            Some(Want::Fenced { stale: false })
+        }
+    } else if answers_as_primary && state.primary.is_some() && !promoting {
+        // An old primary that came back (restarted by hand, or by its host) must not take
+        // writes until it has rejoined as a replica. The candidate of a running failover
+        // answers as a primary before the run records it: that is the promotion.
+        if local.fence.known() != Known::Fenced && local.fence.in_flight().is_none() {
+            tracing::warn!(group, member = %member.name, "a stale primary runs beside this node: fencing it");
+        }
+        Some(Want::Fenced { stale: true })
+    } else {
+        if verdict.is_some_and(|v| v.facts.as_ref().is_some_and(|facts| facts.in_recovery)) {
+            // A replica again: its configuration was rewritten when it rejoined.
+            local.fence.forget();
+        }
+        None
+    };
+
+    if let Some(want) = want {
+        drive_fence(view, out, policy, member, local, want);
+    }
+    // A confirmed fence outlives this daemon: the guard's harder fence is no longer needed.
+    if local.guard_armed && local.fence.known() == Known::Fenced && !matches!(want, Some(Want::Lifted { .. })) {
+        out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: group.to_string() });
+        local.guard_armed = false;
+    }
+    if !is_primary && !replaced && local.fence.known() == Known::Fenced && local.handed_over {
+        local.holding = None;
+    }
+}
+
+/// Issues the next fence or lift towards `want`, ordered after any action in flight.
+fn drive_fence(
+    view: &View<'_>,
+    out: &mut Out<'_>,
+    policy: &GroupPolicy,
+    member: &MemberPolicy,
+    local: &mut Local,
+    want: Want,
+) {
+    let now = view.now();
+    let ordered = !view.mutations.unordered_fence_and_lift();
+    let Some(op) = local.fence.next(want, now, policy.fence_lapses_after, ordered) else { return };
+    let action = match (op, want) {
+        (Op::Fence, Want::Fenced { stale }) => Action::Fence { stale },
+        (Op::Lift, Want::Lifted { epoch }) => Action::Lift { epoch },
+        _ => return,
+    };
+    let purpose = Purpose::Keeper(Pending::Fence { group: policy.name.clone(), op });
+    let issued = if ordered {
+        out.act_alone(purpose, &policy.name, &member.name, action, FENCE_TIMEOUT).is_some()
+    } else {
+        out.act(purpose, &policy.name, &member.name, action, FENCE_TIMEOUT, false);
+        true
+    };
+    if !issued {
+        return;
+    }
+    if view.mutations.unconfirmed_fence() || view.mutations.unordered_fence_and_lift() {
+        // The old rule: the keeper believed what it asked for as soon as it asked, and disarmed
+        // the guard before a fence ran.
+        local.fence.assume(op, now);
+        if op == Op::Fence && local.guard_armed {
+            out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: policy.name.clone() });
+            local.guard_armed = false;
+        }
+    } else {
+        local.fence.started(op);
+    }
+}
+
+/// The primary beside this node is down by this node's own probes: make sure it stays down
+/// (a half-dead server must not come back writable), then give the lease up so the leader
+/// need not wait for it to run out. Once released and still not replaced long after, start
+/// it again, fenced: the group has no primary at all otherwise (strict synchronous mode with
+/// no confirmed standby, every replica `nofailover`), and the next committed renewal, which
+/// only succeeds while it is still the primary of the current epoch, lifts the fence.
+fn keep_down_primary(
+    view: &View<'_>,
+    out: &mut Out<'_>,
+    policy: &GroupPolicy,
+    member: &MemberPolicy,
+    local: &mut Local,
+    no_run: bool,
+) {
+    let now = view.now();
+    let group = policy.name.as_str();
+    let Some(holding) = local.holding.as_mut() else { return };
+    let down_since = *holding.down_since.get_or_insert(now);
+    if !holding.released && !holding.release_in_flight {
+        let due = holding.release_attempt_at.is_none_or(|at| now.since(at) >= RELEASE_RETRY);
+        if due
+            && out
+                .act_alone(
+                    Purpose::Keeper(Pending::MakeSureDown { group: group.to_string() }),
+                    group,
+                    &member.name,
+                    Action::MakeSureDown,
+                    HOST_ACTION_TIMEOUT,
+                )
+                .is_some()
+        {
+            holding.release_attempt_at = Some(now);
+        }
+    } else if holding.released
+        && no_run
+        && member.restarts_in_place
+        && now.since(down_since) >= RESTART_IN_PLACE_AFTER
+        && holding.restart_attempt_at.is_none_or(|at| now.since(at) >= RESTART_IN_PLACE_AFTER)
+        && out
+            .act_alone(
+                Purpose::Keeper(Pending::StartFenced { group: group.to_string() }),
+                group,
+                &member.name,
+                Action::StartFenced,
+                HOST_ACTION_TIMEOUT,
+            )
+            .is_some()
+    {
+        holding.restart_attempt_at = Some(now);
+        tracing::warn!(
+            group,
+            member = %member.name,
+            down_for_ms = now.since(down_since).as_millis() as u64,
+            "the primary is down and nothing replaced it: starting it again, fenced, until the cluster confirms its lease"
+        );
+    }
+}
+
+/// A member being replaced: once its fence holds, release its lease so the leader need not
+/// wait for it to run out.
+fn hand_over(view: &View<'_>, out: &mut Out<'_>, policy: &GroupPolicy, member: &MemberPolicy, local: &mut Local) {
+    if local.handed_over || local.hand_over_in_flight || local.fence.known() != Known::Fenced {
+        return;
+    }
+    if local.holding.as_ref().is_some_and(|holding| holding.released) {
+        local.handed_over = true;
+        return;
+    }
+    let reason = format!("{} fenced by node {} ({})", member.name, view.node, policy.fence_words);
+    let command =
+        Command::ReleaseLease { group: policy.name.clone(), member: member.name.clone(), holder: view.node, reason };
+    out.propose(Purpose::Keeper(Pending::Release { group: policy.name.clone() }), command, RELEASE_TIMEOUT);
+    local.hand_over_in_flight = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(1500);
+
+    fn at(ms: u64) -> Mono {
+        Mono::from_origin(Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn the_guard_acts_between_the_fence_and_the_end_of_the_lease() {
+        let valid_until = at(10_000);
+        let deadline = guard_deadline(valid_until, LEASE);
+        let fence_at = valid_until - fence_margin(LEASE);
+        assert!(deadline > fence_at, "the guard acts after this node would have fenced");
+        assert!(deadline < valid_until, "and before the lease runs out");
+    }
+
+    #[test]
+    fn a_renewal_answered_after_its_lease_ran_out_is_of_no_use() {
+        // Sent 1.6 s ago to a leader that was then cut off, committed only now by the next.
+        let now = at(10_000);
+        assert!(!usable(Some(at(8_400) + LEASE), now, LEASE));
+        assert!(!usable(Some(now + fence_margin(LEASE)), now, LEASE));
+        assert!(usable(Some(now + fence_margin(LEASE) + Duration::from_millis(1)), now, LEASE));
+        assert!(!usable(None, now, LEASE));
+    }
+}

@@ -1,0 +1,221 @@
+//! Brings the member beside this node back as a replica of the current primary, without a
+//! human: a stale primary (an old primary that came back, fenced), a replica that has not
+//! streamed from the primary for a while (its history diverged, or it follows another
+//! member), or a member that does not run.
+//!
+//! The how is the member's kind's (PostgreSQL: stop, `pg_rewind`, start as a standby;
+//! Redis: `REPLICAOF`). Here is the when: only while the cluster has a primary and no
+//! failover runs, judged by this node's own probes made after the last attempt, with a grace
+//! period for a replica that may just be reconnecting, a check on the host before anything is
+//! done to a member that seems stopped, and a long pause after a failure unless the primary
+//! changed (the failure may have been the old primary's).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Action, Mono, Out, Outcome, Purpose, View};
+use crate::group::{Health, Verdict};
+use crate::spec::GroupPolicy;
+use crate::state::Command;
+
+/// How long a replica may go without streaming from the primary before it is rejoined.
+pub const NOT_STREAMING_GRACE: Duration = Duration::from_secs(15);
+/// How long after a failed rejoin the next attempt waits (unless the primary changed).
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long a rejoin may take (a re-clone copies the whole data directory).
+pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long checking whether the server runs may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a member must rejoin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// It runs as a primary, but the cluster's primary is another member.
+    StalePrimary,
+    /// It is a replica, but it does not stream from the primary.
+    NotStreaming,
+    /// It does not run (stopped by a fence, or crashed) and is not the primary.
+    Stopped,
+}
+
+impl Reason {
+    fn words(self) -> &'static str {
+        match self {
+            Reason::StalePrimary => "it ran as a primary, but the cluster's primary is another member",
+            Reason::NotStreaming => "it did not stream from the primary",
+            Reason::Stopped => "it was not running",
+        }
+    }
+}
+
+/// An effect of the rejoiner in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Checking whether a member that seems stopped really is.
+    Check {
+        /// The group.
+        group: String,
+        /// The primary it would rejoin.
+        primary: String,
+    },
+    /// The rejoin itself.
+    Rejoin {
+        /// The group.
+        group: String,
+        /// The primary it rejoins.
+        primary: String,
+        /// Why.
+        why: Reason,
+    },
+    /// Recording how it went.
+    Record,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Rejoining {
+    busy: bool,
+    not_streaming_since: Option<Mono>,
+    /// After a failure: when to try again, and against which primary.
+    retry: Option<(Mono, String)>,
+    /// Verdicts made before this (the last attempt's end) say nothing of what it did.
+    judged_after: Option<Mono>,
+    /// A check found it stopped: rejoin it at once.
+    confirmed_stopped: Option<String>,
+}
+
+/// The rejoiner of every member beside this node.
+#[derive(Clone, Debug, Default)]
+pub struct Rejoiner {
+    groups: BTreeMap<String, Rejoining>,
+}
+
+/// Why the member needs to rejoin `primary`, by `verdict`, if it does.
+pub fn needs_rejoin(verdict: &Verdict, policy: &GroupPolicy, primary: &str) -> Option<Reason> {
+    if verdict.health == Health::Down {
+        // Whether it really is stopped is checked on the host before anything is done.
+        return Some(Reason::Stopped);
+    }
+    let facts = verdict.facts.as_ref()?;
+    if !facts.in_recovery {
+        return Some(Reason::StalePrimary);
+    }
+    let streaming_from_primary = facts.receiver_status.as_deref() == Some("streaming")
+        && facts.upstream.as_deref().is_some_and(|upstream| policy.follows(upstream, primary));
+    (!streaming_from_primary).then_some(Reason::NotStreaming)
+}
+
+impl Rejoiner {
+    pub(super) fn drive(&mut self, view: &View<'_>, out: &mut Out<'_>, verdicts: &super::verdicts::Reporter) {
+        let now = view.now();
+        self.groups.retain(|group, _| view.policy(group).and_then(|policy| view.local_member(policy)).is_some());
+        for policy in view.policies {
+            let Some(member) = view.local_member(policy) else { continue };
+            let group = policy.name.as_str();
+            let entry = self.groups.entry(group.to_string()).or_default();
+            if entry.busy {
+                continue;
+            }
+            let Some(state) = view.group_state(group) else { continue };
+            let Some(primary) = state.primary.as_deref() else { continue };
+            if primary == member.name || state.running.is_some() {
+                entry.not_streaming_since = None;
+                continue;
+            }
+            let judged = entry.judged_after.is_none_or(|after| verdicts.probed_at(group, &member.name) > Some(after));
+            let why = verdicts
+                .current(group, &member.name)
+                .filter(|_| judged)
+                .and_then(|verdict| needs_rejoin(verdict, policy, primary));
+            let Some(why) = why else {
+                entry.not_streaming_since = None;
+                continue;
+            };
+            if entry.retry.as_ref().is_some_and(|(at, against)| now < *at && against == primary) {
+                continue;
+            }
+            // A replica gets a grace period, since it may just be reconnecting after a
+            // re-point; a stale primary rejoins at once.
+            if why == Reason::NotStreaming {
+                let since = *entry.not_streaming_since.get_or_insert(now);
+                if now.since(since) < NOT_STREAMING_GRACE {
+                    continue;
+                }
+            } else {
+                entry.not_streaming_since = None;
+            }
+            if why == Reason::Stopped && entry.confirmed_stopped.as_deref() != Some(primary) {
+                // Down by the probe may be a network fault: act only on a server that is
+                // really not running here.
+                let pending = Pending::Check { group: group.to_string(), primary: primary.to_string() };
+                if out
+                    .act_alone(Purpose::Rejoin(pending), group, &member.name, Action::IsRunning, CHECK_TIMEOUT)
+                    .is_some()
+                {
+                    entry.busy = true;
+                }
+                continue;
+            }
+            entry.confirmed_stopped = None;
+            let pending = Pending::Rejoin { group: group.to_string(), primary: primary.to_string(), why };
+            let action = Action::Rejoin { primary: primary.to_string() };
+            if out.act_alone(Purpose::Rejoin(pending), group, &member.name, action, REJOIN_TIMEOUT).is_some() {
+                tracing::warn!(group, member = %member.name, primary, why = why.words(), "rejoining as a replica");
+                entry.busy = true;
+            }
+        }
+    }
+
+    pub(super) fn done(&mut self, view: &View<'_>, out: &mut Out<'_>, pending: Pending, outcome: Outcome) {
+        let now = view.now();
+        match pending {
+            Pending::Check { group, primary } => {
+                let Some(entry) = self.groups.get_mut(&group) else { return };
+                entry.busy = false;
+                if let Outcome::Acted(Ok(report)) = outcome
+                    && report.running == Some(false)
+                {
+                    entry.confirmed_stopped = Some(primary);
+                }
+            }
+            Pending::Rejoin { group, primary, why } => {
+                let Some(entry) = self.groups.get_mut(&group) else { return };
+                entry.busy = false;
+                entry.not_streaming_since = None;
+                entry.judged_after = Some(now);
+                let member = view
+                    .policy(&group)
+                    .and_then(|policy| view.local_member(policy))
+                    .map(|member| member.name.clone())
+                    .unwrap_or_default();
+                let (succeeded, detail) = match outcome {
+                    Outcome::Acted(Ok(report)) => {
+                        tracing::info!(%group, %member, detail = %report.detail, "rejoined");
+                        entry.retry = None;
+                        (true, report.detail)
+                    }
+                    Outcome::Acted(Err(failure)) => {
+                        tracing::error!(%group, %member, %failure, "rejoin failed");
+                        entry.retry = Some((now + RETRY_AFTER, primary.clone()));
+                        (false, failure.detail)
+                    }
+                    _ => return,
+                };
+                let command = Command::RecordRejoin {
+                    group,
+                    member,
+                    primary,
+                    succeeded,
+                    detail: format!("{}; {detail}", why.words()),
+                    at_unix_ms: view.ctx.now.wall_ms,
+                    proposer: view.node,
+                };
+                out.propose(Purpose::Rejoin(Pending::Record), command, Duration::from_secs(10));
+            }
+            Pending::Record => {
+                if let Outcome::Proposed(Err(error)) = outcome {
+                    tracing::warn!(%error, "could not record the rejoin");
+                }
+            }
+        }
+    }
+}
