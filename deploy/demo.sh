@@ -20,5 +20,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-cargo build --release --locked -p vigil
+cargo build --release --locked -p vigil --features demo
 exec target/release/vigil demo "$@"

@@ -16,7 +16,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 
-use crate::state::{Command, EventKind};
+use crate::coordinator::ProposeError;
+use crate::state::{Command, CommandResponse, EventKind};
 use crate::state_machine::{SharedState, StateMachineStore};
 use crate::transport::client::{PeerLinks, Transport};
 use crate::transport::rpc::{LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
@@ -57,6 +58,15 @@ pub enum SubmitError {
     Refused(String),
 }
 
+/// A command committed through [`Cluster::propose`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The index of the log entry that carried it.
+    pub log_index: u64,
+    /// What the state machine answered.
+    pub response: crate::state::CommandResponse,
+}
+
 /// A node's handle on Raft, the replicated state and the transport.
 #[derive(Clone)]
 pub struct Cluster {
@@ -95,6 +105,56 @@ impl Cluster {
     /// The links this node has to its peers.
     pub fn links(&self) -> PeerLinks {
         self.transport.links()
+    }
+
+    /// Commits `command` through Raft wherever the leader is, within `timeout`: the state
+    /// machine's answer (which may be a refusal, committed like any other), or why it did not
+    /// commit. Idempotent commands are relayed through another voter when the leader does not
+    /// answer (see [`Cluster::submit`]).
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Applied, ProposeError> {
+        let submitted = tokio::time::timeout(timeout, self.submit(LeaderRequest::Write { command })).await;
+        match submitted {
+            Err(_) => Err(ProposeError::TimedOut),
+            Ok(Ok(LeaderResponse::Done { log_index, response })) => Ok(Applied { log_index, response }),
+            Ok(Ok(other)) => Err(ProposeError::Failed(format!("unexpected answer: {other:?}"))),
+            Ok(Err(SubmitError::NoLeader)) => Err(ProposeError::NoLeader),
+            Ok(Err(SubmitError::LeaderUnreachable { leader, reason })) => {
+                Err(ProposeError::Unreachable(format!("node {leader}: {reason}")))
+            }
+            Ok(Err(SubmitError::Refused(reason))) => Err(ProposeError::Failed(reason)),
+        }
+    }
+
+    /// Waits until this node has applied everything the cluster had committed when it asked
+    /// (a read index from the leader), within `timeout`: what it then reads of the state is
+    /// no older than that moment. For decisions a node takes alone that are hard to undo.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<(), ProposeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let read = tokio::time::timeout(timeout, self.submit(LeaderRequest::ReadIndex)).await;
+        let index = match read {
+            Err(_) => return Err(ProposeError::TimedOut),
+            Ok(Ok(LeaderResponse::Done { log_index, .. })) => log_index,
+            Ok(Ok(other)) => return Err(ProposeError::Failed(format!("unexpected answer: {other:?}"))),
+            Ok(Err(SubmitError::NoLeader)) => return Err(ProposeError::NoLeader),
+            Ok(Err(SubmitError::LeaderUnreachable { leader, reason })) => {
+                return Err(ProposeError::Unreachable(format!("node {leader}: {reason}")));
+            }
+            Ok(Err(SubmitError::Refused(reason))) => return Err(ProposeError::Failed(reason)),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "catching up with the cluster")
+            .await
+            .map(drop)
+            .map_err(|_| ProposeError::TimedOut)
+    }
+
+    /// Confirms with a quorum that this node still leads (a read index): an isolated old
+    /// leader keeps believing it leads, so nothing a leader does to a member may rest on
+    /// `is_leader` alone.
+    pub async fn confirm_leadership(&self) -> Result<(), String> {
+        self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.map(drop).map_err(|e| e.to_string())
     }
 
     /// Carries out `request` on the leader, forwarding it if this node is not the leader.
@@ -228,6 +288,13 @@ impl Cluster {
             LeaderRequest::Write { command } => self.write(command).await,
             LeaderRequest::AddMember { id, node, learner_only } => self.add_member(id, node, learner_only).await,
             LeaderRequest::RemoveMember { id } => self.remove_member(id).await,
+            LeaderRequest::ReadIndex => match self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {
+                Ok(read) => LeaderResponse::Done { log_index: read.index(), response: CommandResponse::Empty },
+                Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(forward))) => {
+                    LeaderResponse::NotLeader { leader: forward.leader_id }
+                }
+                Err(error) => LeaderResponse::Failed { reason: error.to_string() },
+            },
         }
     }
 

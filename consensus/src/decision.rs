@@ -255,21 +255,27 @@ pub fn automatic_steps(spec: &GroupPolicy, old_primary: Option<&str>, candidate:
     if let Some(old) = old_primary {
         steps.push(Step::FenceOldPrimary { member: old.to_string() });
     }
-    steps.extend([Step::Promote, Step::VerifyWritable]);
-    steps.extend(repoints(spec, old_primary, candidate));
+    steps.push(Step::Promote);
+    steps.extend(verify_and_repoint(spec, old_primary, candidate));
     steps
+}
+
+/// Proving the new primary writable, and re-pointing the others: in that order, unless the
+/// group's primary refuses writes until replicas follow it.
+fn verify_and_repoint(spec: &GroupPolicy, old_primary: Option<&str>, candidate: &str) -> Vec<Step> {
+    let repoints = repoints(spec, old_primary, candidate);
+    if spec.writes_need_replicas {
+        repoints.into_iter().chain([Step::VerifyWritable]).collect()
+    } else {
+        [Step::VerifyWritable].into_iter().chain(repoints).collect()
+    }
 }
 
 /// The steps of a switchover: stop the old primary cleanly, let the candidate catch up,
 /// promote, re-point, and bring the old primary back as a replica.
 pub fn switchover_steps(spec: &GroupPolicy, old_primary: &str, candidate: &str) -> Vec<Step> {
-    let mut steps = vec![
-        Step::StopPrimary { member: old_primary.to_string() },
-        Step::WaitForCatchUp,
-        Step::Promote,
-        Step::VerifyWritable,
-    ];
-    steps.extend(repoints(spec, Some(old_primary), candidate));
+    let mut steps = vec![Step::StopPrimary { member: old_primary.to_string() }, Step::WaitForCatchUp, Step::Promote];
+    steps.extend(verify_and_repoint(spec, Some(old_primary), candidate));
     steps.push(Step::RejoinAsReplica { member: old_primary.to_string() });
     steps
 }

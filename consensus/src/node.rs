@@ -39,11 +39,14 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            // Elections must finish well within a primary's lease (1.5 s by default), or a
-            // primary would be fenced whenever the Raft leader dies: openraft needs up to
-            // twice the longest election timeout to elect, about 1 s with these.
+            // Elections must finish well within a primary's lease (1.5 s by default, renewed
+            // every quarter), or a primary would be fenced whenever the Raft leader dies. A
+            // follower does not even ask for pre-votes before its leader lease (the longest
+            // election timeout) has run out, so both followers of a dead leader start at that
+            // same moment, often split, and elect only on the second, randomised round: about
+            // three times the longest timeout in all, under a second with these.
             heartbeat_interval: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
             snapshot_after_entries: 5_000,
         }
     }

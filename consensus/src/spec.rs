@@ -430,6 +430,10 @@ pub struct GroupPolicy {
     pub fence_lapses_after: Option<Duration>,
     /// The fence in words, for the history ("read-only", "writes refused").
     pub fence_words: &'static str,
+    /// The primary refuses writes until enough replicas follow it (Redis's
+    /// `min-replicas-to-write`): a failover re-points the replicas before it verifies that
+    /// the new primary takes writes.
+    pub writes_need_replicas: bool,
     /// The members.
     pub members: Vec<MemberPolicy>,
 }
@@ -598,6 +602,7 @@ impl PostgresGroup {
             synchronous: self.synchronous,
             datacenter_preference: self.datacenter_preference.clone(),
             fence_lapses_after: None,
+            writes_need_replicas: false,
             fence_words: match self.fence_method {
                 FenceMethod::ReadOnly => "read-only",
                 FenceMethod::Stop => "stopped",
@@ -771,6 +776,7 @@ impl RedisGroup {
                 RedisFenceMethod::RefuseWrites => None,
                 RedisFenceMethod::PauseWrites => Some(REDIS_PAUSE),
             },
+            writes_need_replicas: self.min_replicas_to_write > 0,
             fence_words: match self.fence_method {
                 RedisFenceMethod::RefuseWrites => "writes refused",
                 RedisFenceMethod::PauseWrites => "writes paused",

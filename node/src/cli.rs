@@ -155,6 +155,7 @@ pub enum Command {
         no_wait: bool,
     },
     /// Start a local three-node demo cluster on 127.0.0.1 and stop it with Ctrl-C.
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// The fence guard `vigil run` starts beside itself (not for people to run).
     #[command(hide = true)]

@@ -47,8 +47,8 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
         }
     });
     tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
-    let guard = crate::guard::GuardClient::start(&config.data_dir, config.id, log_format);
-    crate::groups::spawn(&raft_node.cluster, guard, &tasks, &cancel);
+    let guard = crate::guard::GuardClient::start(&config.data_dir, config.id, log_format, &tasks);
+    crate::coordination::spawn(&raft_node.cluster, guard, &tasks, &cancel);
     tasks.close();
 
     wait_for_termination().await?;

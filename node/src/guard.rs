@@ -68,10 +68,16 @@ pub struct GuardClient {
 impl GuardClient {
     /// Connects to the guard of `data_dir`, starting one if none runs; a guard it starts logs
     /// like the node (`node` on every line, in `log_format`).
-    pub fn start(data_dir: &Path, node: u64, log_format: crate::config::LogFormat) -> Self {
+    /// The writer runs under `tasks` and ends once every client is dropped.
+    pub fn start(
+        data_dir: &Path,
+        node: u64,
+        log_format: crate::config::LogFormat,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (sender, mut receiver) = mpsc::unbounded_channel::<GuardMessage>();
         let socket = data_dir.join(SOCKET_FILE);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             // Up before the first lease renewal: a daemon that dies right after it took a
             // lease must already have a guard to leave it to.
             let mut stream: Option<UnixStream> = connect_or_spawn(&socket, node, log_format).await;
@@ -93,9 +99,10 @@ impl GuardClient {
         Self { sender }
     }
 
-    /// Tells the guard about a renewal or a disarm; never blocks.
-    pub fn send(&self, message: GuardMessage) {
-        let _ = self.sender.send(message);
+    /// Tells the guard about a renewal or a disarm, in order; never blocks. Fails only when
+    /// the writer is gone (the daemon is stopping).
+    pub fn send(&self, message: GuardMessage) -> Result<(), String> {
+        self.sender.send(message).map_err(|_| "the fence guard's writer has stopped".to_string())
     }
 }
 

@@ -8,10 +8,11 @@ pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
-pub mod groups;
 pub mod guard;
 pub mod members;
 pub mod render;
@@ -108,6 +109,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             }
             cli::start_run(&target, &group, Some(&to), true, !no_wait).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::FenceGuard { socket, node_id, log_format } => {
             telemetry::init_logging(log_format, config::DEFAULT_LOG_FILTER, node_id);

@@ -59,7 +59,7 @@ fn bad_duration_is_named() {
 #[test]
 fn impossible_raft_timings_are_refused() {
     assert_config_refused(
-        |c| c.replace("election_timeout_min = \"250ms\"", "election_timeout_min = \"90ms\""),
+        |c| c.replace("election_timeout_min = \"150ms\"", "election_timeout_min = \"90ms\""),
         "raft.election_timeout_min: must be more than twice raft.heartbeat_interval",
     );
 }

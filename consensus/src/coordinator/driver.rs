@@ -245,7 +245,6 @@ impl Driver {
             if !skipped.is_empty() {
                 outcome = format!("{outcome}; {}", skipped.join("; "));
             }
-            tracing::info!(group, run = run.id, %outcome, "failover finished");
             self.finish(view, out, group, run.id, true, outcome);
             return;
         };
@@ -253,7 +252,6 @@ impl Driver {
         let step = &run.steps[index];
         let Some(executor) = executor_of(view, policy, &step.step) else {
             let outcome = format!("no vigil node runs beside the member of step \"{}\"", step.step);
-            tracing::error!(group, run = run.id, %outcome, "failover abandoned");
             self.finish(view, out, group, run.id, false, outcome);
             return;
         };
@@ -286,7 +284,6 @@ impl Driver {
             StepStatus::Failed { attempt, at_ms, detail } => {
                 if *attempt >= MAX_ATTEMPTS {
                     let outcome = format!("step \"{}\" failed {attempt} times: {detail}", step.step);
-                    tracing::error!(group, run = run.id, %outcome, "failover abandoned");
                     self.finish(view, out, group, run.id, false, outcome);
                     false
                 } else {
@@ -455,6 +452,11 @@ impl Driver {
         if !self.finishing.insert((group.to_string(), run_id)) {
             return;
         }
+        if succeeded {
+            tracing::info!(group, run = run_id, %outcome, "failover finished");
+        } else {
+            tracing::error!(group, run = run_id, %outcome, "failover abandoned");
+        }
         let command = Command::FinishFailover {
             group: group.to_string(),
             run_id,
@@ -512,7 +514,7 @@ impl Driver {
                     Outcome::Proposed(Ok(_)) => {
                         self.results.remove(&key);
                     }
-                    Outcome::Proposed(Err(_)) | Outcome::Acted(_) | Outcome::Guarded(_) => {
+                    Outcome::Proposed(Err(_)) | Outcome::Acted(_) | Outcome::CaughtUp(_) | Outcome::Guarded(_) => {
                         result.retry_at = view.now() + RESULT_RETRY;
                     }
                 }

@@ -51,6 +51,15 @@ pub enum Effect {
         /// isolated old leader must not act on a member.
         requires_leadership: bool,
     },
+    /// Catch up with the cluster: apply everything committed when the leader is asked (a
+    /// read index), within `timeout`. Precedes decisions that this node takes alone and that
+    /// are hard to undo, which must not rest on a state this node applied late.
+    CatchUp {
+        /// The effect's id.
+        id: EffectId,
+        /// How long the node may try.
+        timeout: Duration,
+    },
     /// Tell the fence guard (the process that stops a PostgreSQL primary when this daemon
     /// dies with its lease running).
     Guard {
@@ -65,7 +74,10 @@ impl Effect {
     /// The effect's id.
     pub fn id(&self) -> EffectId {
         match self {
-            Effect::Propose { id, .. } | Effect::Act { id, .. } | Effect::Guard { id, .. } => *id,
+            Effect::Propose { id, .. }
+            | Effect::Act { id, .. }
+            | Effect::CatchUp { id, .. }
+            | Effect::Guard { id, .. } => *id,
         }
     }
 }
@@ -291,6 +303,8 @@ pub enum Outcome {
     Proposed(Result<CommandResponse, ProposeError>),
     /// An action succeeded or failed.
     Acted(Result<ActionReport, ActionFailure>),
+    /// This node caught up with the cluster, or could not.
+    CaughtUp(Result<(), ProposeError>),
     /// The guard was told, or could not be.
     Guarded(Result<(), String>),
 }

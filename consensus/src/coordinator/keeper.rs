@@ -97,6 +97,8 @@ pub enum Pending {
 /// The lease this node holds for its primary.
 #[derive(Clone, Debug)]
 struct Holding {
+    /// When this node took the primary over (saw it become the primary, or started).
+    taken_at: Mono,
     /// Until when the member may take writes, by this node's clock; `None` before the first
     /// renewal committed.
     valid_until: Option<Mono>,
@@ -115,6 +117,7 @@ struct Holding {
 impl Holding {
     fn new(now: Mono, valid_until: Option<Mono>) -> Self {
         Holding {
+            taken_at: now,
             valid_until,
             renewals: BTreeMap::new(),
             next_renewal: now,
@@ -352,6 +355,11 @@ fn drive_one(
 
     let want = if is_primary && !replaced {
         local.handed_over = false;
+        if local.holding.is_none() && promoted_in_epoch(state, &member.name) && !view.mutations.unfenced_promotion() {
+            // Its promotion fenced it (and confirmed it): it takes no write before its first
+            // renewal commits, and there is nothing to fence now.
+            local.fence.confirmed_fenced(now);
+        }
         let holding = local.holding.get_or_insert_with(|| {
             // With the old rule a primary this node just learnt of took writes for a lease
             // counted from now; now it takes none before its first renewal commits.
@@ -382,6 +390,17 @@ fn drive_one(
             }
             if usable(holding.valid_until, now, lease) {
                 Some(Want::Lifted { epoch: state.epoch })
+            } else if holding.valid_until.is_none()
+                && now.since(holding.taken_at) < fence_margin(lease)
+                && local.fence.known() != Known::Fenced
+            {
+                // A primary this node takes over without having promoted it (first
+                // discovery, or this daemon restarted beside it) is left as it is for a
+                // fence margin while its first renewal commits: a fence would end every
+                // client session for nothing. The leader counts such a lease from its own
+                // sight of the primary, a whole lease wait; a restarted daemon's old lease
+                // is covered by the guard it left armed.
+                None
             } else {
                 if holding.valid_until.is_some_and(|valid_until| now + fence_margin(lease) >= valid_until)
                     && local.fence.known() != Known::Fenced
@@ -434,6 +453,19 @@ fn drive_one(
     if !is_primary && !replaced && local.fence.known() == Known::Fenced && local.handed_over {
         local.holding = None;
     }
+}
+
+/// Whether `member` became the primary of the group's current epoch by a promotion of
+/// vigil's (which fences it from its first moment).
+fn promoted_in_epoch(state: &crate::group::GroupState, member: &str) -> bool {
+    state.running.iter().chain(state.finished.back()).any(|run| {
+        run.candidate == member
+            && run.epoch == state.epoch
+            && run
+                .steps
+                .iter()
+                .any(|step| step.step == Step::Promote && matches!(step.status, StepStatus::Succeeded { .. }))
+    })
 }
 
 /// Issues the next fence or lift towards `want`, ordered after any action in flight.

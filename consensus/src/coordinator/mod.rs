@@ -328,6 +328,12 @@ impl Out<'_> {
         id
     }
 
+    fn catch_up(&mut self, purpose: Purpose, timeout: Duration) -> EffectId {
+        let id = self.id(purpose);
+        self.effects.push(Effect::CatchUp { id, timeout });
+        id
+    }
+
     fn guard(&mut self, purpose: Purpose, order: GuardOrder) -> EffectId {
         let id = self.id(purpose);
         self.effects.push(Effect::Guard { id, order });

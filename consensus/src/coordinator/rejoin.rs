@@ -26,6 +26,10 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long checking whether the server runs may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long catching up with the cluster before a rejoin may take.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a catch-up vouches for this node's state: a rejoin decided later catches up again.
+const CAUGHT_UP_FOR: Duration = Duration::from_secs(1);
 
 /// Why a member must rejoin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,11 @@ pub enum Pending {
         /// Why.
         why: Reason,
     },
+    /// Catching up with the cluster before deciding a rejoin.
+    CatchUp {
+        /// The group.
+        group: String,
+    },
     /// Recording how it went.
     Record,
 }
@@ -81,6 +90,8 @@ struct Rejoining {
     judged_after: Option<Mono>,
     /// A check found it stopped: rejoin it at once.
     confirmed_stopped: Option<String>,
+    /// When this node last caught up with the cluster for this group.
+    caught_up_at: Option<Mono>,
 }
 
 /// The rejoiner of every member beside this node.
@@ -155,6 +166,15 @@ impl Rejoiner {
                 }
                 continue;
             }
+            // A rejoin throws away whatever the member wrote on its own history. The state that
+            // calls for it must not be one this node applied late (a member just promoted,
+            // which this node still takes for a stale primary), so it catches up first and
+            // decides again.
+            if entry.caught_up_at.is_none_or(|at| now.since(at) > CAUGHT_UP_FOR) {
+                out.catch_up(Purpose::Rejoin(Pending::CatchUp { group: group.to_string() }), CATCH_UP_TIMEOUT);
+                entry.busy = true;
+                continue;
+            }
             entry.confirmed_stopped = None;
             let pending = Pending::Rejoin { group: group.to_string(), primary: primary.to_string(), why };
             let action = Action::Rejoin { primary: primary.to_string() };
@@ -187,6 +207,7 @@ impl Rejoiner {
                     .and_then(|policy| view.local_member(policy))
                     .map(|member| member.name.clone())
                     .unwrap_or_default();
+                entry.caught_up_at = None;
                 let (succeeded, detail) = match outcome {
                     Outcome::Acted(Ok(report)) => {
                         tracing::info!(%group, %member, detail = %report.detail, "rejoined");
@@ -210,6 +231,21 @@ impl Rejoiner {
                     proposer: view.node,
                 };
                 out.propose(Purpose::Rejoin(Pending::Record), command, Duration::from_secs(10));
+            }
+            Pending::CatchUp { group } => {
+                let Some(entry) = self.groups.get_mut(&group) else { return };
+                entry.busy = false;
+                match outcome {
+                    Outcome::CaughtUp(Ok(())) => entry.caught_up_at = Some(now),
+                    Outcome::CaughtUp(Err(error)) => {
+                        tracing::info!(%group, %error, "cannot catch up with the cluster; no rejoin for now");
+                        entry.retry = view
+                            .group_state(&group)
+                            .and_then(|state| state.primary.clone())
+                            .map(|primary| (now + Duration::from_secs(1), primary));
+                    }
+                    _ => {}
+                }
             }
             Pending::Record => {
                 if let Outcome::Proposed(Err(error)) = outcome {

@@ -181,7 +181,7 @@ impl Settler {
                 tracing::warn!(group, %failure, "synchronous standbys not settled");
                 false
             }
-            Outcome::Guarded(_) => false,
+            Outcome::CaughtUp(_) | Outcome::Guarded(_) => false,
         };
         if !ok {
             settling.phase = Phase::Idle;

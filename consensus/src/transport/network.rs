@@ -14,6 +14,9 @@ use crate::transport::client::Transport;
 use crate::transport::rpc::{RaftRequest, RaftResponse};
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
 
+/// The least time an append (or heartbeat) may take before its peer counts as unreachable.
+pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_millis(150);
+
 /// Creates one [`PeerNetwork`] per replication target; all share one [`Transport`].
 #[derive(Clone)]
 pub struct NetworkFactory {
@@ -71,7 +74,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RaftRequest::AppendEntries(rpc), option.soft_ttl()).await.map_err(rpc_error)? {
+        // openraft gives an append a heartbeat's budget (37 ms with vigil's timings). A slow
+        // answer under load is not a lost peer, but a timeout counts as one and sends the
+        // replication into a 200 ms backoff: commits then wait for it, and leases with them.
+        let timeout = option.soft_ttl().max(APPEND_TIMEOUT_FLOOR);
+        match self.call(RaftRequest::AppendEntries(rpc), timeout).await.map_err(rpc_error)? {
             RaftResponse::AppendEntries(response) => Ok(response),
             other => Err(rpc_error(self.unexpected(other))),
         }

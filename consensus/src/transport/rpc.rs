@@ -91,6 +91,9 @@ pub enum LeaderRequest {
         /// The node to remove.
         id: NodeId,
     },
+    /// Confirm leadership with a quorum and answer the commit index a read must wait for
+    /// (a read index), so that a follower can catch up with the cluster before it acts.
+    ReadIndex,
 }
 
 impl LeaderRequest {
@@ -103,7 +106,7 @@ impl LeaderRequest {
                 command: crate::state::Command::RenewLease { .. }
                     | crate::state::Command::ReportVerdict { .. }
                     | crate::state::Command::ReleaseLease { .. }
-            }
+            } | LeaderRequest::ReadIndex
         )
     }
 }

@@ -76,7 +76,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         // vigil's defaults, written out so the tests that edit them (bad input) find them.
         Self {
-            extra_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"250ms\"\nelection_timeout_max = \"500ms\"\n".to_string(),
+            extra_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"150ms\"\nelection_timeout_max = \"300ms\"\n".to_string(),
         }
     }
 }

@@ -138,7 +138,9 @@ impl Lab {
         let index = self.index_of(member);
         // The checkpoint's timeline lags a promotion; the current WAL file's does not.
         let sql = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
-        self.pg.sql(index, sql).unwrap().parse().unwrap()
+        let answer =
+            self.pg.sql(index, sql).unwrap_or_else(|error| panic!("{member}'s timeline: {error}\n{}", self.logs()));
+        answer.parse().unwrap()
     }
 
     pub fn streams_from(&self, replica: &str, primary: &str) -> bool {

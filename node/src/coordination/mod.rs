@@ -1,0 +1,223 @@
+//! The node's one coordination loop: it feeds this node's [`Coordinator`] every event
+//! (committed state applied, probe results, effect outcomes, ticks of the monotonic clock) and
+//! carries out the effects it returns, each as a task under the daemon's one tracker, each
+//! answered with exactly one outcome.
+//!
+//! ```text
+//! probes (one task per member) ──Probed──┐
+//! Raft applied an entry ──────Applied────┤
+//! 25 ms ticker ───────────────Tick───────┼──► Coordinator::handle ──► effects
+//! effect tasks ───────────────Done───────┘        │
+//!        ▲                                         │ Propose → Cluster::propose
+//!        └─────────────────────────────────────────┤ Act     → members::act (after a read
+//!                                                  │           index when the leader acts)
+//!                                                  └ Guard   → the fence guard
+//! ```
+//!
+//! The loop is the only place where the coordinator meets time, Raft, the servers and the
+//! guard. On shutdown it stops taking events and the daemon waits, bounded, for the effects
+//! still running.
+
+pub mod failpoints;
+pub mod probing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+use vigil_consensus::Cluster;
+use vigil_consensus::cluster::unix_millis_now;
+use vigil_consensus::coordinator::{
+    self, Action, ActionFailure, Coordinator, Ctx, Effect, Event, FailureKind, GuardOrder, Mono, Now, Outcome,
+};
+use vigil_consensus::spec::ClusterSpec;
+
+use crate::guard::{GuardClient, GuardMessage};
+use crate::members::{self, Member};
+use failpoints::Failpoints;
+
+/// How many events may wait for the loop before senders wait too.
+const EVENT_QUEUE: usize = 4096;
+
+/// The members of the spec in force, as this node reaches them.
+type Members = BTreeMap<(String, String), Arc<dyn Member>>;
+
+/// Starts the coordination loop and the probes of this node.
+pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel: &CancellationToken) {
+    let failpoints = Failpoints::from_env();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let node_loop = Loop {
+        cluster: cluster.clone(),
+        guard,
+        tasks: tasks.clone(),
+        cancel: cancel.child_token(),
+        events_tx,
+        failpoints,
+        origin: Instant::now(),
+        members: Arc::new(Members::new()),
+        spec: None,
+        probes: probing::Probes::default(),
+    };
+    tasks.spawn(node_loop.run(events_rx));
+}
+
+struct Loop {
+    cluster: Cluster,
+    guard: GuardClient,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    events_tx: mpsc::Sender<Event>,
+    failpoints: Failpoints,
+    /// The origin of this node's monotonic readings.
+    origin: Instant,
+    members: Arc<Members>,
+    /// The spec the members and probes were built from.
+    spec: Option<ClusterSpec>,
+    probes: probing::Probes,
+}
+
+impl Loop {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        let mut coordinator = Coordinator::new(self.cluster.node_id, coordinator::Config::default());
+        let mut ticker = tokio::time::interval(coordinator::TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Every applied entry changes openraft's metrics: waking on them lets the next step of
+        // a failover follow the commit of the last one at once.
+        let mut applied = self.cluster.raft.metrics();
+        loop {
+            let event = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = ticker.tick() => Event::Tick,
+                changed = openraft::async_runtime::WatchReceiver::changed(&mut applied) => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    Event::Applied
+                }
+                Some(event) = events.recv() => event,
+            };
+            self.refresh_members();
+            let effects = {
+                let state = self.cluster.state.read().expect("state lock poisoned");
+                let ctx = Ctx { now: self.now(), state: &state, leader: self.cluster.current_leader() };
+                coordinator.handle(&ctx, event)
+            };
+            for effect in effects {
+                self.carry_out(effect);
+            }
+        }
+        self.probes.stop();
+        tracing::info!(in_flight = coordinator.in_flight(), "coordination stopped");
+    }
+
+    fn now(&self) -> Now {
+        Now { mono: Mono::from_origin(self.origin.elapsed()), wall_ms: unix_millis_now() }
+    }
+
+    /// Rebuilds the members and their probes when the spec changed.
+    fn refresh_members(&mut self) {
+        let spec = self.cluster.state.read().expect("state lock poisoned").spec.clone();
+        if self.spec.as_ref() == Some(&spec) {
+            return;
+        }
+        let mut built = Members::new();
+        for group in spec.groups() {
+            for member in members::of_group(group, self.cluster.node_id) {
+                let member: Arc<dyn Member> = Arc::from(member);
+                built.insert((member.group().to_string(), member.name().to_string()), member);
+            }
+        }
+        self.members = Arc::new(built);
+        self.probes.restart(&spec, &self.members, &self.tasks, &self.cancel, &self.events_tx, &self.failpoints);
+        self.spec = Some(spec);
+    }
+
+    fn carry_out(&self, effect: Effect) {
+        match effect {
+            Effect::Propose { id, command, timeout } => {
+                let (cluster, events) = (self.cluster.clone(), self.events_tx.clone());
+                self.tasks.spawn(async move {
+                    let outcome =
+                        Outcome::Proposed(cluster.propose(command, timeout).await.map(|applied| applied.response));
+                    let _ = events.send(Event::Done { id, outcome }).await;
+                });
+            }
+            Effect::Act { id, group, member, action, timeout, requires_leadership } => {
+                let found = self.members.get(&(group.clone(), member.clone())).cloned();
+                let (cluster, events) = (self.cluster.clone(), self.events_tx.clone());
+                let stall = self.failpoints.stalls(&self.cluster, &group, &action);
+                self.tasks.spawn(async move {
+                    let result = match found {
+                        None => Err(ActionFailure::new(
+                            FailureKind::Unexpected,
+                            format!("group {group} has no member {member} in the spec this node holds"),
+                        )),
+                        Some(member) => {
+                            act(&cluster, member.as_ref(), &action, timeout, requires_leadership, stall).await
+                        }
+                    };
+                    let _ = events.send(Event::Done { id, outcome: Outcome::Acted(result) }).await;
+                });
+            }
+            Effect::CatchUp { id, timeout } => {
+                let (cluster, events) = (self.cluster.clone(), self.events_tx.clone());
+                self.tasks.spawn(async move {
+                    let outcome = Outcome::CaughtUp(cluster.catch_up(timeout).await);
+                    let _ = events.send(Event::Done { id, outcome }).await;
+                });
+            }
+            Effect::Guard { id, order } => {
+                let sent = match order {
+                    GuardOrder::Arm { group, member, valid_for } => {
+                        match self.members.get(&(group.clone(), member.clone())).and_then(|m| m.guarded_server()) {
+                            Some(server) => self.guard.send(GuardMessage::Arm {
+                                group,
+                                valid_for_ms: valid_for.as_millis() as u64,
+                                server,
+                            }),
+                            None => Err(format!("{group}/{member} cannot be guarded")),
+                        }
+                    }
+                    GuardOrder::Disarm { group } => self.guard.send(GuardMessage::Disarm { group }),
+                };
+                // Answered through the queue like every outcome, never inline: the coordinator
+                // is not re-entered while it runs.
+                let events = self.events_tx.clone();
+                self.tasks.spawn(async move {
+                    let _ = events.send(Event::Done { id, outcome: Outcome::Guarded(sent) }).await;
+                });
+            }
+        }
+    }
+}
+
+/// Runs one action on a member, within `timeout`, after confirming leadership when the
+/// leader acts.
+async fn act(
+    cluster: &Cluster,
+    member: &dyn Member,
+    action: &Action,
+    timeout: Duration,
+    requires_leadership: bool,
+    stall: bool,
+) -> Result<coordinator::ActionReport, ActionFailure> {
+    if stall {
+        warn!(%action, "failpoint: stalling before the step");
+        std::future::pending::<()>().await;
+    }
+    if requires_leadership && let Err(reason) = cluster.confirm_leadership().await {
+        return Err(ActionFailure::new(FailureKind::NotLeader, format!("leadership not confirmed: {reason}")));
+    }
+    match tokio::time::timeout(timeout, members::act(member, action)).await {
+        Ok(result) => result,
+        Err(_) => Err(ActionFailure::new(
+            FailureKind::TimedOut,
+            format!("{action} on {} did not finish within {} s", member.name(), timeout.as_secs()),
+        )),
+    }
+}

@@ -1,0 +1,355 @@
+//! What each [`Action`] of the coordinator does to a fake server when it lands, with the
+//! outcome the real member implementations (`node/src/members/`) would report.
+//!
+//! An action either ends when it lands ([`Landing::Done`]) or waits for something to become
+//! true ([`Landing::Wait`]: caught up, writable, streaming), which the world polls every
+//! 50 ms until the action's timeout.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, SyncState};
+use vigil_consensus::group::StepFacts;
+
+use crate::net::{Host, Net};
+use crate::servers::{Group, Kind, SyncSetting};
+
+/// How often a waiting action looks again.
+pub const POLL_US: u64 = 50_000;
+
+/// What an action did when it landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Landing {
+    /// It ended, with this outcome.
+    Done(Result<ActionReport, ActionFailure>),
+    /// It waits: poll it.
+    Wait,
+}
+
+/// What an action needs to know besides the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The host of the node acting.
+    pub actor_host: Host,
+    /// The network now.
+    pub net: &'a Net,
+    /// A fault: fencing this member fails (read-only cannot be set).
+    pub failing_fence: bool,
+    /// The `unfenced_promotion` mutation: a promoted member takes writes at once.
+    pub unfenced_promotion: bool,
+}
+
+fn fail(kind: FailureKind, detail: impl Into<String>) -> Landing {
+    Landing::Done(Err(ActionFailure::new(kind, detail)))
+}
+
+fn done(detail: impl Into<String>) -> Landing {
+    Landing::Done(Ok(ActionReport::done(detail)))
+}
+
+fn refused_connection(name: &str) -> Landing {
+    fail(FailureKind::CannotConnect, format!("{name}: connection refused"))
+}
+
+/// Lands `action` on `member` of `group`.
+pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context<'_>) -> Landing {
+    let kind = group.kind;
+    let primary_index = |name: &str| group.index_of(name);
+    let server = &group.servers[member];
+    let local = context.actor_host == server.host;
+    let name = server.name.clone();
+    match action {
+        Action::Fence { .. } | Action::RemoteFence => {
+            let remote = matches!(action, Action::RemoteFence);
+            if !server.running {
+                return if kind == Kind::Postgres && local && !remote {
+                    done("stopped: the server is not running")
+                } else {
+                    refused_connection(&name)
+                };
+            }
+            if context.failing_fence {
+                // The read-only fence fails; only the node beside a PostgreSQL member can
+                // escalate to a stop.
+                return if kind == Kind::Postgres && local && !remote {
+                    group.servers[member].running = false;
+                    done("read-only fence failed; stopped: confirmed down")
+                } else {
+                    fail(FailureKind::Refused, format!("{name} refused the fence"))
+                };
+            }
+            group.servers[member].fenced = true;
+            done(match kind {
+                Kind::Postgres => "read-only, sessions ended, confirmed",
+                Kind::Redis => "writes refused (min-replicas-to-write), confirmed",
+            })
+        }
+        Action::Lift { epoch } => {
+            if !server.running {
+                return refused_connection(&name);
+            }
+            group.servers[member].fenced = false;
+            done(format!("fence lifted (epoch {epoch})"))
+        }
+        Action::MakeSureDown => match kind {
+            Kind::Postgres => {
+                group.servers[member].running = false;
+                done("stopped: confirmed down")
+            }
+            Kind::Redis if !server.running => done("not listening"),
+            Kind::Redis => fail(FailureKind::Refused, format!("{name} still accepts connections")),
+        },
+        Action::StartFenced => match kind {
+            Kind::Postgres => {
+                let server = &mut group.servers[member];
+                server.running = true;
+                server.fenced = true;
+                done("started read-only")
+            }
+            Kind::Redis => fail(FailureKind::Refused, "vigil does not start redis-server"),
+        },
+        Action::IsRunning => {
+            let running = kind == Kind::Redis || server.running;
+            Landing::Done(Ok(ActionReport { running: Some(running), ..ActionReport::done("checked") }))
+        }
+        Action::Rejoin { primary } => {
+            let Some(source) = primary_index(primary) else {
+                return fail(FailureKind::Unexpected, format!("no member {primary}"));
+            };
+            if kind == Kind::Redis && !server.running {
+                return refused_connection(&name);
+            }
+            let reachable = group.can_reach_source(member, source, context.net);
+            let target = &mut group.servers[member];
+            if kind == Kind::Postgres {
+                // pg_rewind stops the server first, then needs the primary.
+                target.running = false;
+                if !reachable {
+                    return fail(
+                        FailureKind::CannotConnect,
+                        format!("checkpoint on {primary} before rewinding: cannot connect"),
+                    );
+                }
+                target.running = true;
+            }
+            // Redis: REPLICAOF takes effect whether or not the master answers.
+            (target.primary, target.upstream, target.streaming) = (false, Some(source), false);
+            if kind == Kind::Postgres {
+                target.fenced = false;
+            }
+            if !reachable {
+                return fail(FailureKind::TimedOut, format!("the link of {name} to {primary} did not come up"));
+            }
+            follow_now(group, member, source);
+            done(format!("rewound; streaming from {primary}"))
+        }
+        Action::StopForSwitchover => {
+            let final_lsn = server.lsn;
+            match kind {
+                Kind::Postgres => group.servers[member].running = false,
+                Kind::Redis => group.servers[member].fenced = true,
+            }
+            Landing::Done(Ok(ActionReport {
+                facts: StepFacts { final_lsn: Some(final_lsn), ..StepFacts::default() },
+                ..ActionReport::done(format!("{name} stopped cleanly at {final_lsn}"))
+            }))
+        }
+        Action::RestartAsReplica { primary } | Action::Repoint { primary } => {
+            let Some(source) = primary_index(primary) else {
+                return fail(FailureKind::Unexpected, format!("no member {primary}"));
+            };
+            let restarts = matches!(action, Action::RestartAsReplica { .. });
+            if !server.running && !(restarts && kind == Kind::Postgres) {
+                return refused_connection(&name);
+            }
+            if server.primary && !restarts {
+                return fail(FailureKind::Refused, format!("{name} runs as a primary"));
+            }
+            let target = &mut group.servers[member];
+            (target.running, target.primary, target.upstream) = (true, false, Some(source));
+            if restarts {
+                target.fenced = false;
+            }
+            Landing::Wait
+        }
+        Action::WaitForCatchUp { .. } | Action::VerifyWritable { .. } => {
+            if !server.running {
+                return refused_connection(&name);
+            }
+            Landing::Wait
+        }
+        Action::Promote { epoch, strict_sync } => {
+            if !server.running {
+                return refused_connection(&name);
+            }
+            let lsn = server.lsn;
+            let report = |detail: String| {
+                Landing::Done(Ok(ActionReport {
+                    facts: StepFacts { promoted_lsn: Some(lsn), ..StepFacts::default() },
+                    ..ActionReport::done(detail)
+                }))
+            };
+            if server.primary {
+                return report(format!("{name} already was a primary; not promoted again"));
+            }
+            group.fork(member);
+            let target = &mut group.servers[member];
+            target.primary = true;
+            target.fenced = !context.unfenced_promotion;
+            (target.upstream, target.streaming) = (None, false);
+            if *strict_sync && kind == Kind::Postgres {
+                target.sync = SyncSetting::Any;
+            }
+            report(format!("{name} promoted into epoch {epoch}, fenced"))
+        }
+        Action::SetSyncStandbys { standbys } => {
+            if kind == Kind::Redis {
+                return fail(FailureKind::Refused, "Redis groups have no synchronous mode");
+            }
+            if !server.running {
+                return refused_connection(&name);
+            }
+            group.servers[member].sync =
+                if standbys.is_empty() { SyncSetting::Off } else { SyncSetting::All(standbys.clone()) };
+            done(format!("synchronous standbys {standbys:?}"))
+        }
+        Action::ReadSyncState => {
+            if kind == Kind::Redis {
+                return fail(FailureKind::Refused, "Redis groups have no synchronous mode");
+            }
+            if !server.running {
+                return refused_connection(&name);
+            }
+            Landing::Done(Ok(ActionReport { sync: Some(sync_state(group, member)), ..ActionReport::done("read") }))
+        }
+    }
+}
+
+/// Looks again at an action that waits: its outcome once what it waits for is true.
+pub fn poll(
+    group: &mut Group,
+    member: usize,
+    action: &Action,
+    context: &Context<'_>,
+) -> Option<Result<ActionReport, ActionFailure>> {
+    let server = &group.servers[member];
+    if !context.net.reachable(context.actor_host, server.host) || !server.running {
+        return None;
+    }
+    match action {
+        Action::WaitForCatchUp { position } => (!server.primary && server.lsn >= *position)
+            .then(|| ActionReport::done(format!("{} replayed {} past {position}", server.name, server.lsn))),
+        Action::VerifyWritable { epoch } => {
+            if !server.writable() {
+                return None;
+            }
+            group.servers[member].epoch = Some(*epoch);
+            Some(ActionReport::done(format!("epoch {epoch} written")))
+        }
+        Action::RestartAsReplica { primary } | Action::Repoint { primary } => {
+            let source = group.index_of(primary)?;
+            (!server.primary && server.streaming && server.upstream == Some(source))
+                .then(|| ActionReport::done(format!("{} streams from {primary}", server.name)))
+        }
+        _ => None,
+    }
+    .map(Ok)
+}
+
+/// How long the member implementation itself waits before it gives up on a waiting action
+/// (node/src/members/: a re-pointed replica streams within 20 s, a candidate catches up
+/// within 60 s, a new primary takes writes within 40 probe timeouts), whatever the action's
+/// own timeout.
+pub fn gives_up_after(action: &Action) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    match action {
+        Action::Repoint { .. } | Action::RestartAsReplica { .. } => Some(Duration::from_secs(20)),
+        Action::WaitForCatchUp { .. } => Some(Duration::from_secs(60)),
+        Action::VerifyWritable { .. } => Some(vigil_consensus::spec::DEFAULT_PROBE_TIMEOUT * 40),
+        _ => None,
+    }
+}
+
+/// What the time-out of a waiting action says.
+pub fn gave_up(action: &Action, name: &str) -> ActionFailure {
+    ActionFailure::new(FailureKind::TimedOut, format!("{action} on {name} did not finish in time"))
+}
+
+/// Makes `member` a streaming replica of `source` holding its history at once (a rewind or
+/// a full resynchronisation).
+fn follow_now(group: &mut Group, member: usize, source: usize) {
+    let (branch, lsn, epoch) = (group.servers[source].branch, group.servers[source].lsn, group.servers[source].epoch);
+    let target = &mut group.servers[member];
+    (target.branch, target.lsn, target.epoch, target.streaming) = (branch, lsn, epoch, true);
+}
+
+/// A primary's synchronous setting and each standby's state, as `pg_stat_replication` says.
+fn sync_state(group: &Group, primary: usize) -> SyncState {
+    let setting = &group.servers[primary].sync;
+    let in_force = match setting {
+        SyncSetting::Off => BTreeSet::new(),
+        SyncSetting::Any => BTreeSet::from(["*".to_string()]),
+        SyncSetting::All(names) => names.clone(),
+    };
+    let mut standbys = BTreeMap::new();
+    let mut first_any = true;
+    for server in &group.servers {
+        if server.primary || server.upstream != Some(primary) || !server.streaming {
+            continue;
+        }
+        let state = match setting {
+            SyncSetting::All(names) if names.contains(&server.name) => "sync",
+            SyncSetting::Any if first_any => {
+                first_any = false;
+                "sync"
+            }
+            SyncSetting::Any => "potential",
+            _ => "async",
+        };
+        standbys.insert(server.name.clone(), state.to_string());
+    }
+    SyncState { in_force, standbys }
+}
+
+impl Group {
+    /// Whether `member`'s host reaches the running `source` (what a rejoin needs).
+    pub fn can_reach_source(&self, member: usize, source: usize, net: &Net) -> bool {
+        member != source
+            && self.servers[source].running
+            && net.reachable(self.servers[member].host, self.servers[source].host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(net: &Net, actor_host: Host) -> Context<'_> {
+        Context { actor_host, net, failing_fence: false, unfenced_promotion: false }
+    }
+
+    #[test]
+    fn a_promoted_replica_is_born_fenced_on_a_new_branch() {
+        let net = Net::new(3);
+        let mut group = Group::new("cache", Kind::Redis, false, 3, 6379);
+        let promote = Action::Promote { epoch: 2, strict_sync: false };
+        assert!(matches!(land(&mut group, 1, &promote, &context(&net, 0)), Landing::Done(Ok(_))));
+        assert!(group.servers[1].primary && group.servers[1].fenced && !group.servers[1].writable());
+        assert_eq!(group.servers[1].branch, 1);
+        let again = land(&mut group, 1, &promote, &context(&net, 0));
+        assert_eq!(group.branches.len(), 2, "not promoted twice");
+        assert!(matches!(again, Landing::Done(Ok(report)) if report.detail.contains("already")));
+    }
+
+    #[test]
+    fn a_failing_fence_escalates_to_a_stop_only_beside_a_postgresql_member() {
+        let net = Net::new(3);
+        let mut group = Group::new("main", Kind::Postgres, true, 3, 5432);
+        let failing = Context { failing_fence: true, ..context(&net, 1) };
+        let remote = land(&mut group, 0, &Action::RemoteFence, &failing);
+        assert!(matches!(remote, Landing::Done(Err(ref failure)) if failure.kind == FailureKind::Refused));
+        assert!(group.servers[0].writable());
+        let local = Context { actor_host: 0, ..failing };
+        assert!(matches!(land(&mut group, 0, &Action::Fence { stale: false }, &local), Landing::Done(Ok(_))));
+        assert!(!group.servers[0].running);
+    }
+}
