@@ -462,6 +462,8 @@ pub struct MemberPolicy {
     /// writes (a PostgreSQL member with its `data_dir`). An unguarded member stays writable
     /// after its vigil crashed until the leader fences it over the network.
     pub guarded: bool,
+    /// Why the member is not guarded, in words, when it is not.
+    pub unguarded_because: Option<&'static str>,
     /// Whether its own node may start it again, fenced, when it stayed down with nothing to
     /// replace it (a PostgreSQL member with its `data_dir`, fenced read-only).
     pub restarts_in_place: bool,
@@ -565,6 +567,14 @@ impl PostgresGroup {
                     return Err(error(format!("{member_field}.{name}"), "must not be empty"));
                 }
             }
+            if self.fence_method == FenceMethod::Stop && member.data_dir.is_none() {
+                // Its node could never fence it: a stop needs pg_ctl on the data directory.
+                return Err(error(
+                    format!("{member_field}.data_dir"),
+                    "is required with fence_method = \"stop\": the node beside the member stops it through its data \
+                     directory (or use fence_method = \"read-only\")",
+                ));
+            }
             if let Some(data_dir) = &member.data_dir
                 && !data_dir.starts_with('/')
             {
@@ -620,6 +630,10 @@ impl PostgresGroup {
                     nofailover: member.nofailover,
                     stoppable: member.data_dir.is_some(),
                     guarded: member.data_dir.is_some(),
+                    unguarded_because: member.data_dir.is_none().then_some(
+                        "no data_dir in the spec: should the vigil beside it die while it is the primary, no fence \
+                         guard stops it, and it stays writable until the leader fences it over the network",
+                    ),
                     restarts_in_place: member.data_dir.is_some() && self.fence_method == FenceMethod::ReadOnly,
                 })
                 .collect(),
@@ -794,6 +808,10 @@ impl RedisGroup {
                     nofailover: member.nofailover,
                     stoppable: true,
                     guarded: false,
+                    unguarded_because: Some(
+                        "vigil does not stop redis-server: should the vigil beside the master die, the master stays \
+                         writable until the leader fences it over the network",
+                    ),
                     restarts_in_place: false,
                 })
                 .collect(),

@@ -710,6 +710,17 @@ impl ClusterState {
                 reason: format!("{} #{} to {} is already running", running.kind, running.id, running.candidate),
             };
         }
+        // A plan made on a state that has moved on since (a proposal committed late, by the
+        // next leader, after another failover replaced the same primary) must not run again.
+        if old_primary.is_some() && *old_primary != state.primary {
+            return CommandResponse::Refused {
+                reason: format!(
+                    "the plan replaces {}, but the primary is now {}",
+                    old_primary.as_deref().unwrap_or("none"),
+                    state.primary.as_deref().unwrap_or("unknown")
+                ),
+            };
+        }
         // Checked here, at apply, as well as where the request was planned: the planning node
         // may not have applied the pause yet.
         if state.paused {

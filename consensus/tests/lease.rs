@@ -135,3 +135,54 @@ fn no_renewal_while_a_failover_replaces_the_primary_and_release_is_recorded() {
     assert_eq!(apply(&mut state, release), CommandResponse::Applied);
     assert_eq!(state.groups["main"].lease.as_ref().unwrap().released.as_deref(), Some("pg1 is down and stopped"));
 }
+
+/// A failover planned on a state that has moved on (its proposal committed late, by the next
+/// leader, after another failover already replaced the same primary) is refused.
+#[test]
+fn a_failover_planned_against_a_replaced_primary_is_refused() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    let begin = |candidate: &str| Command::BeginFailover {
+        group: "main".into(),
+        kind: FailoverKind::Automatic,
+        reason: "test".into(),
+        old_primary: Some("pg1".into()),
+        candidate: candidate.into(),
+        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
+        detected_at_ms: None,
+        decided_at_ms: 3,
+        old_primary_lsn: None,
+        candidate_lsn: None,
+        proposer: 1,
+    };
+    let CommandResponse::RunStarted { run_id, .. } = apply(&mut state, begin("pg2")) else { panic!("not started") };
+    let finished = |index: usize| Command::StepFinished {
+        group: "main".into(),
+        run_id,
+        index,
+        succeeded: true,
+        detail: "done".into(),
+        facts: Default::default(),
+        at_ms: 4,
+    };
+    assert_eq!(apply(&mut state, finished(0)), CommandResponse::Applied);
+    assert_eq!(apply(&mut state, finished(1)), CommandResponse::Applied);
+    let finish = Command::FinishFailover {
+        group: "main".into(),
+        run_id,
+        succeeded: true,
+        outcome: "pg2".into(),
+        at_ms: 5,
+        proposer: 1,
+    };
+    assert_eq!(apply(&mut state, finish), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].primary.as_deref(), Some("pg2"));
+    match apply(&mut state, begin("pg3")) {
+        CommandResponse::Refused { reason } => assert!(reason.contains("primary is now pg2"), "{reason}"),
+        other => panic!("a stale plan started: {other:?}"),
+    }
+    assert!(state.groups["main"].running.is_none());
+}

@@ -64,3 +64,21 @@ fn start_and_stop_commands_need_a_data_dir_and_a_command() {
     let empty = spec("data_dir = \"/var/lib/postgresql/15/main\"\nstop_command = \"  \"");
     assert_eq!(empty.validate(&nodes()).unwrap_err().field, "postgres[0].members[0].stop_command");
 }
+
+/// A member its own node could never fence is refused: the stop fence needs the data
+/// directory; a member without one is accepted with the read-only fence, and said unguarded.
+#[test]
+fn a_member_that_cannot_be_fenced_is_refused_and_one_without_a_guard_is_named() {
+    let mut stop = spec("");
+    stop.postgres[0].fence_method = vigil_consensus::spec::FenceMethod::Stop;
+    let error = stop.validate(&nodes()).unwrap_err();
+    assert_eq!(error.field, "postgres[0].members[0].data_dir");
+    assert!(error.message.contains("fence_method"), "{error}");
+
+    let read_only = spec("");
+    read_only.validate(&nodes()).unwrap();
+    let policy = read_only.postgres[0].policy();
+    assert!(!policy.members[0].guarded);
+    assert!(policy.members[0].unguarded_because.is_some_and(|why| why.contains("data_dir")));
+    assert!(policy.members[1].guarded && policy.members[1].unguarded_because.is_none());
+}

@@ -99,6 +99,9 @@ pub fn group_status(group: &GroupStatus) -> String {
             if member.nofailover {
                 role.push_str(" (nofailover)");
             }
+            if member.unguarded.is_some() {
+                role.push_str(" UNGUARDED");
+            }
             [
                 member.name.clone(),
                 member.node.clone(),
@@ -119,6 +122,16 @@ pub fn group_status(group: &GroupStatus) -> String {
         if let Some(problem) = &member.problem {
             let _ = writeln!(out, "  {}: {problem}", member.name);
         }
+    }
+    // Said once per group: every member of a kind without a guard shares the reason.
+    if let Some(why) = group.members.iter().find_map(|member| member.unguarded.as_ref()) {
+        let names: Vec<&str> = group
+            .members
+            .iter()
+            .filter(|member| member.unguarded.is_some())
+            .map(|member| member.name.as_str())
+            .collect();
+        let _ = writeln!(out, "  UNGUARDED {}: {why}", names.join(", "));
     }
     if let Some(run) = &group.running {
         let _ = writeln!(

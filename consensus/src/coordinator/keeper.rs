@@ -402,12 +402,6 @@ fn drive_one(
                 // is covered by the guard it left armed.
                 None
             } else {
-                if holding.valid_until.is_some_and(|valid_until| now + fence_margin(lease) >= valid_until)
-                    && local.fence.known() != Known::Fenced
-                    && local.fence.in_flight() != Some(Op::Fence)
-                {
-                    tracing::warn!(group, member = %member.name, "lease not renewed in time: fencing the primary");
-                }
                 Some(Want::Fenced { stale: false })
             }
         }
@@ -430,9 +424,6 @@ fn drive_one(
         // An old primary that came back (restarted by hand, or by its host) must not take
         // writes until it has rejoined as a replica. The candidate of a running failover
         // answers as a primary before the run records it: that is the promotion.
-        if local.fence.known() != Known::Fenced && local.fence.in_flight().is_none() {
-            tracing::warn!(group, member = %member.name, "a stale primary runs beside this node: fencing it");
-        }
         Some(Want::Fenced { stale: true })
     } else {
         if verdict.is_some_and(|v| v.facts.as_ref().is_some_and(|facts| facts.in_recovery)) {
@@ -494,6 +485,22 @@ fn drive_fence(
     };
     if !issued {
         return;
+    }
+    match (op, want) {
+        (Op::Fence, Want::Fenced { stale: true }) => {
+            tracing::warn!(group = %policy.name, member = %member.name, "a stale primary runs beside this node: fencing it")
+        }
+        (Op::Fence, _) if local.fence.known() == Known::Fenced => {}
+        (Op::Fence, _) => tracing::warn!(
+            group = %policy.name,
+            member = %member.name,
+            "no lease with time left (not renewed in time, refused, or not yet granted): fencing the primary"
+        ),
+        (Op::Lift, _) => tracing::info!(
+            group = %policy.name,
+            member = %member.name,
+            "lease renewed: the cluster confirms the primary; lifting the fence"
+        ),
     }
     if view.mutations.unconfirmed_fence() || view.mutations.unordered_fence_and_lift() {
         // The old rule: the keeper believed what it asked for as soon as it asked, and disarmed

@@ -259,6 +259,7 @@ fn member_statuses(
                 timeline: facts.as_ref().and_then(|facts| facts.timeline),
                 upstream: facts.as_ref().and_then(|facts| facts.upstream.clone()),
                 nofailover: member.nofailover,
+                unguarded: member.unguarded_because.map(str::to_string),
             }
         })
         .collect()

@@ -211,6 +211,9 @@ pub struct GroupMemberStatus {
     pub upstream: Option<String>,
     /// Never promoted automatically.
     pub nofailover: bool,
+    /// Why no fence guard can stop it should the vigil beside it die, when none can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unguarded: Option<String>,
 }
 
 /// One group in a status report.
