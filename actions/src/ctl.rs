@@ -885,10 +885,28 @@ async fn run(ctl: &PgCtl, program: &str, args: &[OsString]) -> Result<String, Ac
 }
 
 async fn output_of(mut command: Command, description: &str) -> Result<std::process::Output, ActionError> {
-    command.output().await.map_err(|error| ActionError::Command {
+    let could_not_run = |error: std::io::Error| ActionError::Command {
         command: description.to_string(),
         stderr: format!("could not run it: {error}"),
-    })
+    };
+    // A group of its own, killed whole if the action is dropped (timed out, or the daemon
+    // stops): killing `runuser` alone would leave the tool it started running, unsupervised.
+    let child = command.process_group(0).spawn().map_err(could_not_run)?;
+    let group = KillGroupOnDrop(child.id());
+    let output = child.wait_with_output().await.map_err(could_not_run)?;
+    std::mem::forget(group);
+    Ok(output)
+}
+
+/// Kills a process group when dropped, unless forgotten once the process has exited.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 fn command_error(command: String, output: &std::process::Output) -> ActionError {

@@ -55,8 +55,14 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
     info!("shutting down");
     cancel.cancel();
     raft_node.shutdown(SHUTDOWN_GRACE).await;
+    // Effects still running (a fence, a rejoin) are waited for, within the grace period:
+    // cutting one short could leave a member half done.
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-        warn!("some tasks did not stop within the grace period");
+        warn!(
+            still_running = tasks.len(),
+            grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+            "tasks still running after the grace period are abandoned (their tool processes are killed)"
+        );
     }
     info!("stopped");
     Ok(())

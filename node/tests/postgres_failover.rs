@@ -564,3 +564,70 @@ fn a_frozen_raft_leader_moves_no_primary() {
     assert_eq!(lab.pg.postmaster_pid(0).unwrap(), Some(postmaster), "pg1 was restarted\n{}", lab.logs());
     assert!(!lab.vigil.log_of(1).contains("stopping the primary"), "{}", lab.vigil.log_of(1));
 }
+
+/// Every process running `pg_ctl stop` on `data_dir`: its pid and its parent's.
+fn pg_ctl_stops_of(data_dir: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !(line.contains("pg_ctl") && line.contains(" stop ") && line.contains(data_dir)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent follows the state, after the command name in parentheses.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        found.push((pid, parent.unwrap_or(0)));
+    }
+    found
+}
+
+/// A daemon asked to stop while one of its actions hangs (stopping a primary whose postmaster
+/// is frozen with SIGSTOP: `pg_ctl stop` waits) stops within its grace period, says so, and
+/// leaves no tool process of its own running: nothing it started outlives it.
+#[test]
+fn sigterm_while_a_stop_hangs_ends_the_daemon_and_its_tasks() {
+    let mut lab = Lab::start("", &[], &[]);
+    lab.wait_for("pg1 to take writes", |group| {
+        group["primary"] == "pg1" && lab.pg.sql(0, "CREATE TABLE IF NOT EXISTS before_freeze (n int)").is_ok()
+    });
+    let postmaster = lab.pg.postmaster_pid(0).unwrap().unwrap_or_else(|| panic!("pg1 runs\n{}", lab.logs()));
+    let data_dir = lab.pg.instances()[0].data_dir.display().to_string();
+    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster as i32), signal);
+    signal(nix::sys::signal::Signal::SIGSTOP).expect("freeze pg1");
+    // The fence guard may be stopping pg1 too, once the lease runs out: its processes are not
+    // the daemon's.
+    let guard_pid: u32 = std::fs::read_to_string(lab.vigil.data_dir(1).join("fence-guard.pid"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    // Node 1 sees pg1 down and makes sure it stays down: its `pg_ctl stop -m immediate` hangs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let daemons_stops = loop {
+        let stops: Vec<(u32, u32)> =
+            pg_ctl_stops_of(&data_dir).into_iter().filter(|(_, parent)| *parent != guard_pid).collect();
+        if !stops.is_empty() {
+            break stops;
+        }
+        if Instant::now() > deadline {
+            let _ = signal(nix::sys::signal::Signal::SIGCONT);
+            panic!("node 1 never ran pg_ctl stop on pg1\n{}", lab.vigil.log_of(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let asked = Instant::now();
+    lab.vigil.stop(1);
+    let took = asked.elapsed();
+    let log = lab.vigil.log_of(1);
+    // An orphan would have a new parent by now: compared by pid.
+    let still_there: Vec<(u32, u32)> = pg_ctl_stops_of(&data_dir)
+        .into_iter()
+        .filter(|(pid, _)| daemons_stops.iter().any(|(stopping, _)| stopping == pid))
+        .collect();
+    signal(nix::sys::signal::Signal::SIGCONT).expect("thaw pg1");
+    assert!(took < Duration::from_secs(15), "the daemon took {took:?} to stop\n{log}");
+    assert!(log.contains("shutting down") && log.contains("coordination stopped"), "{log}");
+    assert!(log.lines().last().is_some_and(|line| line.contains("stopped")), "{log}");
+    assert!(still_there.is_empty(), "the daemon's pg_ctl outlived it: {still_there:?}");
+}
