@@ -565,6 +565,21 @@ fn a_frozen_raft_leader_moves_no_primary() {
     assert!(!lab.vigil.log_of(1).contains("stopping the primary"), "{}", lab.vigil.log_of(1));
 }
 
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
 /// Every process running `pg_ctl stop` on `data_dir`: its pid and its parent's.
 fn pg_ctl_stops_of(data_dir: &str) -> Vec<(u32, u32)> {
     let mut found = Vec::new();
@@ -594,7 +609,16 @@ fn sigterm_while_a_stop_hangs_ends_the_daemon_and_its_tasks() {
     });
     let postmaster = lab.pg.postmaster_pid(0).unwrap().unwrap_or_else(|| panic!("pg1 runs\n{}", lab.logs()));
     let data_dir = lab.pg.instances()[0].data_dir.display().to_string();
-    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster as i32), signal);
+    // The whole server freezes (a kept session is served by its own backend, which would
+    // otherwise go on answering): the postmaster first, so that it starts nothing new.
+    let mut frozen = vec![postmaster as u32];
+    frozen.extend(children_of(postmaster as u32));
+    let signal = |signal| {
+        for pid in &frozen {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), signal);
+        }
+        Ok::<(), ()>(())
+    };
     signal(nix::sys::signal::Signal::SIGSTOP).expect("freeze pg1");
     // The fence guard may be stopping pg1 too, once the lease runs out: its processes are not
     // the daemon's.
