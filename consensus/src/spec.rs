@@ -81,7 +81,7 @@ pub struct PostgresGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
     /// How long the primary's lease lasts. The node beside the primary renews it through Raft
-    /// every quarter of this; a node that cannot renew fences its primary before it runs out,
+    /// every fifth of this; a node that cannot renew fences its primary before it runs out,
     /// and no replica is promoted before it has run out.
     #[serde(with = "humantime_serde", default = "default_lease_duration")]
     pub lease_duration: Duration,
@@ -278,7 +278,9 @@ fn default_bin_dir() -> String {
 }
 
 /// Added to the leader's wait on an old primary's lease, on top of the drift bound.
-pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(100);
+/// It is what the holder's fence guard has to stop the server after the lease ran out by the
+/// holder's own clock (`pg_ctl stop -m immediate`, 100 to 200 ms).
+pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(250);
 
 /// Default of `lease_duration`.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_millis(1500);
@@ -668,7 +670,7 @@ fn check_timings(
         return Err(error(
             format!("{field}.lease_duration"),
             format!(
-                "must be at least three probe intervals ({}): the lease is renewed every quarter of it and a \
+                "must be at least three probe intervals ({}): the lease is renewed every fifth of it and a \
                  shorter lease would fence a healthy primary",
                 humantime::format_duration(probe_interval * 3)
             ),

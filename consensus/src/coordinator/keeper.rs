@@ -40,15 +40,27 @@ pub const HOST_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a release may take to commit.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Fences before the lease runs out by this much, to leave the fence itself time to act.
+/// Fences before the lease runs out by this much, to leave the fence itself time to act and
+/// be confirmed before the guard would stop the server: under load a read-only fence with
+/// its confirmation has been seen to take over 300 ms.
 pub fn fence_margin(lease: Duration) -> Duration {
-    (lease / 5).max(Duration::from_millis(100))
+    (lease / 4).max(Duration::from_millis(100))
 }
 
-/// When the guard is to stop the primary, for a lease valid until `valid_until`: a little
-/// after this node would fence it, and before any other node counts the lease as run out.
+/// When the guard is to stop the primary, for a lease valid until `valid_until`: when the
+/// lease itself runs out by this node's clock, a fence margin after this node would have
+/// fenced it. No other node counts the lease as run out before
+/// [`crate::spec::LEASE_SAFETY_MARGIN`] (plus the drift bound) later, which is the time the
+/// guard's `pg_ctl stop -m immediate` has.
 pub fn guard_deadline(valid_until: Mono, lease: Duration) -> Mono {
-    valid_until - fence_margin(lease) / 2
+    let _ = lease;
+    valid_until
+}
+
+/// How often the holder renews: five renewals per lease, so that losing the leader for a
+/// short election costs at most one or two of them.
+pub fn renew_every(lease: Duration) -> Duration {
+    lease / 5
 }
 
 /// Whether a lease valid until `valid_until` leaves the member time to take writes at `now`.
@@ -386,20 +398,23 @@ fn drive_one(
                     lease,
                 );
                 holding.renewals.insert(id, now);
-                holding.next_renewal = now + lease / 4;
+                holding.next_renewal = now + renew_every(lease);
             }
             if usable(holding.valid_until, now, lease) {
                 Some(Want::Lifted { epoch: state.epoch })
             } else if holding.valid_until.is_none()
-                && now.since(holding.taken_at) < fence_margin(lease)
+                && now.since(holding.taken_at) + fence_margin(lease) < lease
                 && local.fence.known() != Known::Fenced
             {
-                // A primary this node takes over without having promoted it (first
-                // discovery, or this daemon restarted beside it) is left as it is for a
-                // fence margin while its first renewal commits: a fence would end every
-                // client session for nothing. The leader counts such a lease from its own
-                // sight of the primary, a whole lease wait; a restarted daemon's old lease
-                // is covered by the guard it left armed.
+                // A primary this node takes over without having promoted it (the group's
+                // first primary, or this daemon restarted beside it) is left as it is while
+                // its first renewal commits, for at most what a renewal sent now would allow:
+                // fencing at once would end every client session at every restart, and at
+                // start-up, when there is no Raft leader yet, for nothing. The leader counts
+                // such a lease from its own sight of the primary, a whole lease wait, so this
+                // is safe as long as this node applied that change less than the fence margin
+                // and the leader's safety margin after the leader did; a restarted daemon's
+                // old lease is also covered by the guard it left armed.
                 None
             } else {
                 Some(Want::Fenced { stale: false })
@@ -606,7 +621,7 @@ mod tests {
         let deadline = guard_deadline(valid_until, LEASE);
         let fence_at = valid_until - fence_margin(LEASE);
         assert!(deadline > fence_at, "the guard acts after this node would have fenced");
-        assert!(deadline < valid_until, "and before the lease runs out");
+        assert!(deadline <= valid_until, "and no later than the lease runs out by this node's clock");
     }
 
     #[test]

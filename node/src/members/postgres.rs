@@ -115,9 +115,12 @@ impl PgMember {
             .map_err(|e| failure_in("confirming it stopped", e))
     }
 
-    /// The read-only fence, confirmed; a stop, confirmed, if that fails and this node can
-    /// stop the server.
-    async fn fence_read_only_or_stop(&self) -> ActionResult {
+    /// The read-only fence, confirmed. When it cannot be set, a server this node confirms down
+    /// (on its own host) is as good as fenced. Nothing is stopped here: under load a fence or
+    /// its confirmation may merely be slow, and stopping the primary would turn that into a
+    /// failover; the coordinator tries again, and the fence guard, armed until a fence is
+    /// confirmed, stops the server should the lease run out first.
+    async fn fence_read_only_or_down(&self) -> ActionResult {
         let read_only = match self.target() {
             Ok(target) => fence_read_only_confirmed(&target).await,
             Err(failure) => Err(failure),
@@ -129,30 +132,24 @@ impl PgMember {
             }
             Err(failure) => failure,
         };
-        // Without the data directory this node cannot stop the server: the read-only
-        // failure stands, and the coordinator retries.
-        let Ok(ctl) = pg_ctl(&self.group, &self.member) else {
-            error!(group = %self.group.name, member = %self.member.name, reason = %read_only_failure,
-                "the read-only fence failed, and this node cannot stop the server (no data_dir)");
-            return Err(read_only_failure);
-        };
-        error!(group = %self.group.name, member = %self.member.name, reason = %read_only_failure,
-            "the read-only fence failed; stopping the server instead");
-        match self.stop_confirmed(&ctl).await {
-            Ok(evidence) => {
-                warn!(group = %self.group.name, member = %self.member.name, %evidence, "fenced: stopped");
-                Ok(ActionReport::done(format!(
-                    "read-only fence failed ({}); stopped: {evidence}",
-                    read_only_failure.detail
-                )))
+        let down = match pg_ctl(&self.group, &self.member) {
+            Ok(ctl) => {
+                vigil_actions::confirm_stopped(&ctl, &self.member.host, self.member.port, CONFIRM_STOPPED_TIMEOUT)
+                    .await
+                    .ok()
             }
-            Err(stop_failure) => Err(ActionFailure::new(
-                stop_failure.kind,
-                format!(
-                    "read-only fence failed ({}), and so did stopping: {}",
-                    read_only_failure.detail, stop_failure.detail
-                ),
-            )),
+            Err(_) => None,
+        };
+        match down {
+            Some(evidence) => Ok(ActionReport::done(format!(
+                "not running, so it takes no writes: {evidence} (read-only fence: {})",
+                read_only_failure.detail
+            ))),
+            None => {
+                error!(group = %self.group.name, member = %self.member.name, reason = %read_only_failure,
+                    "the read-only fence failed; trying again");
+                Err(read_only_failure)
+            }
         }
     }
 
@@ -293,7 +290,7 @@ impl Member for PgMember {
         Box::pin(async move {
             // A stale primary is not the primary at all: read-only is enough for it.
             if stale || self.group.fence_method == FenceMethod::ReadOnly {
-                return self.fence_read_only_or_stop().await;
+                return self.fence_read_only_or_down().await;
             }
             let ctl = self.ctl()?;
             let evidence = self.stop_confirmed(&ctl).await?;
