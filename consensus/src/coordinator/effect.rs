@@ -117,8 +117,9 @@ pub enum Action {
         /// The group's epoch.
         epoch: u64,
     },
-    /// Make sure a member this node sees down cannot take writes, on positive evidence only
-    /// (its server refuses connections on its own host; the process is stopped).
+    /// Confirm that a member this node sees down cannot take writes, on positive evidence
+    /// only (its server is not running and refuses connections on its own host). Stops
+    /// nothing.
     MakeSureDown,
     /// Start a stopped primary again, refusing writes from its first moment.
     StartFenced,

@@ -8,9 +8,9 @@
 //! Otherwise it is fenced, and the guard stays armed until the fence is confirmed.
 //!
 //! A promoted member starts fenced (the promotion fences it) and with no lease: it takes
-//! writes only after its first renewal commits. A member this node sees down is made sure
-//! of (stopped, or refusing connections on its own host) and its lease released, so the
-//! leader need not wait for it to run out; one left down with nothing to replace it is
+//! writes only after its first renewal commits. A member this node sees down is left alone
+//! (its lease renewed) until it is confirmed down on its own host (not running, refusing
+//! connections); then its lease is released, so the leader need not wait for it to run out; one left down with nothing to replace it is
 //! started again in place, fenced, after [`RESTART_IN_PLACE_AFTER`]. A member that is being
 //! replaced is fenced and its lease released once the fence holds. A stale primary (an old
 //! primary that came back writable) is fenced until it has rejoined.
@@ -380,11 +380,19 @@ fn drive_one(
         });
         if health == Some(Health::Down) {
             keep_down_primary(view, out, policy, member, local, state.running.is_none());
-            None
         } else {
             holding.down_since = None;
-            // Renewals, never more than a few at once: one sent to a leader that was then cut
-            // off must not hold up the next, and a new leader is renewed with at once.
+        }
+        let holding = local.holding.as_mut().expect("a holding was just made");
+        if health == Some(Health::Down) && (holding.released || holding.release_in_flight) {
+            // Confirmed down and given up: no renewal, so that the failover need not wait.
+            None
+        } else {
+            // Renewals go on while this node merely cannot reach its primary: a member only
+            // slow to answer it keeps its lease, and if a majority finds it down, the failover
+            // that follows refuses renewals anyway. Never more than a few at once: one sent to
+            // a leader that was then cut off must not hold up the next, and a new leader is
+            // renewed with at once.
             if holding.renewals.len() < MAX_RENEWALS_IN_FLIGHT && (now >= holding.next_renewal || new_leader) {
                 let command = Command::RenewLease {
                     group: group.to_string(),
@@ -400,7 +408,10 @@ fn drive_one(
                 holding.renewals.insert(id, now);
                 holding.next_renewal = now + renew_every(lease);
             }
-            if usable(holding.valid_until, now, lease) {
+            if health == Some(Health::Down) {
+                // Unreachable from here: no fence or lift could land; the guard covers it.
+                None
+            } else if usable(holding.valid_until, now, lease) {
                 Some(Want::Lifted { epoch: state.epoch })
             } else if holding.valid_until.is_none()
                 && now.since(holding.taken_at) + fence_margin(lease) < lease
@@ -452,7 +463,12 @@ fn drive_one(
         drive_fence(view, out, policy, member, local, want);
     }
     // A confirmed fence outlives this daemon: the guard's harder fence is no longer needed.
-    if local.guard_armed && local.fence.known() == Known::Fenced && !matches!(want, Some(Want::Lifted { .. })) {
+    // Not while a lift may still land.
+    if local.guard_armed
+        && local.fence.known() == Known::Fenced
+        && local.fence.in_flight().is_none()
+        && !matches!(want, Some(Want::Lifted { .. }))
+    {
         out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: group.to_string() });
         local.guard_armed = false;
     }
@@ -530,9 +546,9 @@ fn drive_fence(
     }
 }
 
-/// The primary beside this node is down by this node's own probes: make sure it stays down
-/// (a half-dead server must not come back writable), then give the lease up so the leader
-/// need not wait for it to run out. Once released and still not replaced long after, start
+/// The primary beside this node is down by this node's own probes: once it is confirmed down
+/// on its own host (not running, refusing connections), give the lease up so the leader need
+/// not wait for it to run out. Once released and still not replaced long after, start
 /// it again, fenced: the group has no primary at all otherwise (strict synchronous mode with
 /// no confirmed standby, every replica `nofailover`), and the next committed renewal, which
 /// only succeeds while it is still the primary of the current epoch, lifts the fence.

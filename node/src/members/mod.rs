@@ -51,8 +51,9 @@ pub trait Member: Send + Sync + 'static {
     /// brought to the spec's.
     fn lift(&self, epoch: u64) -> BoxFuture<'_, ActionResult>;
 
-    /// Makes sure a member this node sees down cannot take writes, on positive evidence only:
-    /// its server is stopped and refuses connections on its own host.
+    /// Confirms that a member this node sees down cannot take writes, on positive evidence
+    /// only (its server is not running and refuses connections on its own host). Stops
+    /// nothing: a member merely slow to answer this node must not be killed on its word.
     fn make_sure_down(&self) -> BoxFuture<'_, ActionResult>;
 
     /// Starts a stopped primary again, refusing writes from its first moment.

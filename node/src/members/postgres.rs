@@ -325,8 +325,13 @@ impl Member for PgMember {
     fn make_sure_down(&self) -> BoxFuture<'_, ActionResult> {
         Box::pin(async move {
             let ctl = self.ctl()?;
-            let evidence = self.stop_confirmed(&ctl).await?;
-            Ok(ActionReport::done(format!("stopped: {evidence}")))
+            // Nothing is stopped: a server this node merely cannot reach in time (its own
+            // host loaded) must not be killed on this node's word alone.
+            let evidence =
+                vigil_actions::confirm_stopped(&ctl, &self.member.host, self.member.port, CONFIRM_STOPPED_TIMEOUT)
+                    .await
+                    .map_err(|e| failure_in("confirming it is down", e))?;
+            Ok(ActionReport::done(format!("not running: {evidence}")))
         })
     }
 
