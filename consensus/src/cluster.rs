@@ -68,19 +68,48 @@ pub struct Applied {
 }
 
 /// A node's handle on Raft, the replicated state and the transport.
+///
+/// What a node does with the cluster goes through its methods: commit a command
+/// ([`Cluster::propose`]), read the applied state ([`Cluster::state`]), be told of changes
+/// ([`Cluster::changes`]), confirm leadership, catch up. Raft itself, the shared state and the
+/// transport stay inside this crate.
 #[derive(Clone)]
 pub struct Cluster {
     /// The local Raft node.
-    pub raft: Raft,
+    pub(crate) raft: Raft,
     /// The replicated state as applied on this node.
-    pub state: SharedState,
+    pub(crate) state: SharedState,
     /// The outgoing transport, for forwarding and for peer link status.
-    pub transport: Arc<Transport>,
+    pub(crate) transport: Arc<Transport>,
     /// This node's id.
     pub node_id: NodeId,
 }
 
+/// Changes whenever this node's Raft metrics change: every applied entry, every change of
+/// leader or term.
+pub type Changes = openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
+
 impl Cluster {
+    /// The replicated state as this node has applied it, read-locked: hold it briefly.
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, crate::state::ClusterState> {
+        self.state.read().expect("state lock poisoned")
+    }
+
+    /// A receiver that changes with every applied entry and every change of leader.
+    pub fn changes(&self) -> Changes {
+        self.raft.metrics()
+    }
+
+    /// Waits until this node has applied the entry at `index`, at most `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ProposeError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "waiting for an entry to be applied")
+            .await
+            .map(drop)
+            .map_err(|_| ProposeError::TimedOut)
+    }
+
     /// A copy of openraft's current metrics of this node (term, leader, log indexes, ...).
     pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
@@ -141,13 +170,7 @@ impl Cluster {
             }
             Ok(Err(SubmitError::Refused(reason))) => return Err(ProposeError::Failed(reason)),
         };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "catching up with the cluster")
-            .await
-            .map(drop)
-            .map_err(|_| ProposeError::TimedOut)
+        self.wait_applied(index, deadline.saturating_duration_since(tokio::time::Instant::now())).await
     }
 
     /// Confirms with a quorum that this node still leads (a read index): an isolated old

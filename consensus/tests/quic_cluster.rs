@@ -108,13 +108,8 @@ async fn follower_write_is_forwarded_and_applied_everywhere() {
     let response = follower.cluster.submit(LeaderRequest::Write { command: note("hello") }).await.unwrap();
     let LeaderResponse::Done { log_index, .. } = response else { panic!("not done: {response:?}") };
     for node in &lab.nodes {
-        node.cluster
-            .raft
-            .wait(Some(Duration::from_secs(5)))
-            .applied_index_at_least(Some(log_index), "applied")
-            .await
-            .unwrap();
-        let state = node.cluster.state.read().unwrap();
+        node.cluster.wait_applied(log_index, Duration::from_secs(5)).await.unwrap();
+        let state = node.cluster.state();
         assert!(state.history.iter().any(|e| matches!(&e.kind, EventKind::Note { text, .. } if text == "hello")));
     }
     for node in lab.nodes {

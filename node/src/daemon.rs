@@ -91,7 +91,7 @@ async fn wait_for_termination() -> anyhow::Result<()> {
 /// Logs every change of leader or term as this node sees it, and keeps the Prometheus
 /// gauges current.
 async fn log_leader_changes(cluster: vigil_consensus::Cluster, cancel: CancellationToken) {
-    let mut watch = cluster.raft.metrics();
+    let mut watch = cluster.changes();
     let mut last = (None, 0);
     loop {
         let metrics = cluster.metrics();

@@ -61,7 +61,7 @@ pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<Apply
 
 /// `GET /spec`.
 pub async fn get_spec(State(state): State<ApiState>) -> Json<ClusterSpec> {
-    Json(state.cluster.state.read().expect("state lock poisoned").spec.clone())
+    Json(state.cluster.state().spec.clone())
 }
 
 async fn set_paused(state: &ApiState, group: String, paused: bool, author: String) -> Response {
@@ -90,7 +90,7 @@ pub async fn resume(
 
 async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, forced: bool) -> Response {
     let plan = {
-        let replicated = state.cluster.state.read().expect("state lock poisoned");
+        let replicated = state.cluster.state();
         let Some(spec) = replicated.spec.group(group).map(|group| group.policy()) else {
             return error_response(StatusCode::NOT_FOUND, "not_found", format!("no group is named {group:?}"));
         };
@@ -161,7 +161,7 @@ pub async fn failover(
 
 /// `GET /groups/{group}`.
 pub async fn group(State(state): State<ApiState>, Path(group): Path<String>) -> Response {
-    let replicated = state.cluster.state.read().expect("state lock poisoned");
+    let replicated = state.cluster.state();
     match group_statuses(&replicated, unix_millis_now()).into_iter().find(|status| status.name == group) {
         Some(status) => Json(status).into_response(),
         None => error_response(StatusCode::NOT_FOUND, "not_found", format!("no group is named {group:?}")),
@@ -268,7 +268,7 @@ fn member_statuses(
 /// The member beside this node in `group`, whether it is the recorded primary, and whether
 /// this node's latest verdict on it is "up" in that role.
 fn role_here(state: &ApiState, group: &str) -> Result<(String, bool, bool), String> {
-    let replicated = state.cluster.state.read().expect("state lock poisoned");
+    let replicated = state.cluster.state();
     let Some(spec) = replicated.spec.group(group).map(|group| group.policy()) else {
         return Err(format!("no group is named {group:?}"));
     };

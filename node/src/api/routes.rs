@@ -111,7 +111,7 @@ pub fn status_report(state: &ApiState) -> StatusReport {
     let cluster = &state.cluster;
     let metrics = cluster.metrics();
     let (nodes, voters, groups) = {
-        let replicated = cluster.state.read().expect("state lock poisoned");
+        let replicated = cluster.state();
         (replicated.nodes(), replicated.voter_ids(), group_routes::group_statuses(&replicated, unix_millis_now()))
     };
     // openraft's membership is newer than the applied state while a change is in flight.
@@ -177,10 +177,7 @@ async fn members(State(state): State<ApiState>) -> Json<Vec<MemberStatus>> {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     crate::telemetry::record_raft_metrics(&state.cluster.metrics());
-    crate::telemetry::record_group_metrics(
-        &state.cluster.state.read().expect("state lock poisoned"),
-        state.cluster.node_id,
-    );
+    crate::telemetry::record_group_metrics(&state.cluster.state(), state.cluster.node_id);
     ([("content-type", "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 
@@ -231,7 +228,7 @@ struct HistoryQuery {
 }
 
 async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> Json<HistoryReport> {
-    let replicated = state.cluster.state.read().expect("state lock poisoned");
+    let replicated = state.cluster.state();
     let failovers = replicated
         .groups
         .iter()

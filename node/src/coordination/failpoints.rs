@@ -49,7 +49,7 @@ impl Failpoints {
         if step_name(action) != Some(armed.as_str()) {
             return false;
         }
-        let state = cluster.state.read().expect("state lock poisoned");
+        let state = cluster.state();
         let Some(run) = state.groups.get(group).and_then(|group| group.running.as_ref()) else { return false };
         let first_attempt = run
             .current_step()

@@ -88,7 +88,7 @@ impl Loop {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Every applied entry changes openraft's metrics: waking on them lets the next step of
         // a failover follow the commit of the last one at once.
-        let mut applied = self.cluster.raft.metrics();
+        let mut applied = self.cluster.changes();
         loop {
             let event = tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -103,7 +103,7 @@ impl Loop {
             };
             self.refresh_members();
             let effects = {
-                let state = self.cluster.state.read().expect("state lock poisoned");
+                let state = self.cluster.state();
                 let ctx = Ctx { now: self.now(), state: &state, leader: self.cluster.current_leader() };
                 coordinator.handle(&ctx, event)
             };
@@ -121,7 +121,7 @@ impl Loop {
 
     /// Rebuilds the members and their probes when the spec changed.
     fn refresh_members(&mut self) {
-        let spec = self.cluster.state.read().expect("state lock poisoned").spec.clone();
+        let spec = self.cluster.state().spec.clone();
         if self.spec.as_ref() == Some(&spec) {
             return;
         }
