@@ -39,7 +39,7 @@ pub fn validate(spec: &ClusterSpec, nodes: &BTreeMap<NodeId, NodeInfo>) -> Resul
                 .map_err(|message| SpecError { field: format!("redis[{index}].password"), message })?;
         }
         crate::members::targets::redis_tls(group)
-            .map_err(|message| SpecError { field: format!("redis[{index}].tls"), message })?;
+            .map_err(|error| SpecError { field: format!("redis[{index}].tls"), message: error.to_string() })?;
     }
     Ok(())
 }

@@ -147,8 +147,8 @@ pub fn failure(error: vigil_actions::ActionError) -> ActionFailure {
 
 /// A failure that no retry mends until the spec or this node's configuration changes (no
 /// data directory, a secret that cannot be read).
-pub fn misconfigured(detail: impl Into<String>) -> ActionFailure {
-    ActionFailure::new(FailureKind::Unexpected, detail)
+pub fn misconfigured(detail: impl std::fmt::Display) -> ActionFailure {
+    ActionFailure::new(FailureKind::Unexpected, detail.to_string())
 }
 
 /// An action error met while doing `what` ("stopping it", "REPLICAOF"), of the kind

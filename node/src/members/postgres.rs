@@ -79,7 +79,7 @@ impl PgMember {
     }
 
     /// The kept probe, built now if it was not yet.
-    fn kept_probe(&self) -> Result<Arc<PgProbe>, String> {
+    fn kept_probe(&self) -> Result<Arc<PgProbe>, super::targets::TargetError> {
         let mut kept = self.probe.lock().expect("probe lock poisoned");
         if let Some(probe) = kept.as_ref() {
             return Ok(Arc::clone(probe));

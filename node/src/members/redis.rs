@@ -83,7 +83,7 @@ impl RedisMember {
     }
 
     /// The kept probe, built now if it was not yet.
-    fn kept_probe(&self) -> Result<Arc<RedisProbe>, String> {
+    fn kept_probe(&self) -> Result<Arc<RedisProbe>, super::targets::TargetError> {
         let mut kept = self.probe.lock().expect("probe lock poisoned");
         if let Some(probe) = kept.as_ref() {
             return Ok(Arc::clone(probe));

@@ -10,9 +10,36 @@ use vigil_probes::{PgTarget, RedisTarget, RedisTls};
 
 use crate::spec_file::resolve_secret;
 
+/// Why a member's settings could not be made on this node: nothing a retry mends until the
+/// spec or this node's files change.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Host-local control needs the member's data directory.
+    #[error("member {member} has no data_dir in the spec")]
+    NoDataDir {
+        /// The member.
+        member: String,
+    },
+    /// A secret or a file the spec names could not be read on this node.
+    #[error("group {group} {field}: {reason}")]
+    Unreadable {
+        /// The group.
+        group: String,
+        /// The spec field naming it.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn unreadable(group: &str, field: &'static str) -> impl FnOnce(String) -> TargetError {
+    let group = group.to_string();
+    move |reason| TargetError::Unreadable { group, field, reason }
+}
+
 /// Connection settings for vigil's own role on `member`.
-pub fn pg_target(group: &PostgresGroup, member: &PostgresMember) -> Result<PgTarget, String> {
-    let password = resolve_secret(&group.password).map_err(|e| format!("group {} password: {e}", group.name))?;
+pub fn pg_target(group: &PostgresGroup, member: &PostgresMember) -> Result<PgTarget, TargetError> {
+    let password = resolve_secret(&group.password).map_err(unreadable(&group.name, "password"))?;
     Ok(PgTarget {
         host: member.host.clone(),
         port: member.port,
@@ -24,9 +51,8 @@ pub fn pg_target(group: &PostgresGroup, member: &PostgresMember) -> Result<PgTar
 }
 
 /// Host-local control of `member`'s server.
-pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, String> {
-    let data_dir =
-        member.data_dir.clone().ok_or_else(|| format!("member {} has no data_dir in the spec", member.name))?;
+pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, TargetError> {
+    let data_dir = member.data_dir.clone().ok_or_else(|| TargetError::NoDataDir { member: member.name.clone() })?;
     Ok(PgCtl {
         bin_dir: PathBuf::from(&group.bin_dir),
         data_dir: PathBuf::from(data_dir),
@@ -37,16 +63,16 @@ pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, S
 }
 
 /// The `primary_conninfo` a replica named `replica` uses to stream from `primary`.
-pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica: &str) -> Result<String, String> {
-    let password = resolve_secret(&group.replication_password)
-        .map_err(|e| format!("group {} replication_password: {e}", group.name))?;
+pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica: &str) -> Result<String, TargetError> {
+    let password =
+        resolve_secret(&group.replication_password).map_err(unreadable(&group.name, "replication_password"))?;
     Ok(vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica))
 }
 
 /// Connection settings for vigil on the Redis `member`.
-pub fn redis_target(group: &RedisGroup, member: &RedisMember) -> Result<RedisTarget, String> {
+pub fn redis_target(group: &RedisGroup, member: &RedisMember) -> Result<RedisTarget, TargetError> {
     let password = match &group.password {
-        Some(source) => Some(resolve_secret(source).map_err(|e| format!("group {} password: {e}", group.name))?),
+        Some(source) => Some(resolve_secret(source).map_err(unreadable(&group.name, "password"))?),
         None => None,
     };
     Ok(RedisTarget {
@@ -60,10 +86,11 @@ pub fn redis_target(group: &RedisGroup, member: &RedisMember) -> Result<RedisTar
 }
 
 /// The group's TLS files, read on this host.
-pub fn redis_tls(group: &RedisGroup) -> Result<Option<RedisTls>, String> {
+pub fn redis_tls(group: &RedisGroup) -> Result<Option<RedisTls>, TargetError> {
     let Some(files) = &group.tls else { return Ok(None) };
-    let read =
-        |path: &str| std::fs::read(path).map_err(|e| format!("group {} tls: cannot read {path}: {e}", group.name));
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| unreadable(&group.name, "tls")(format!("cannot read {path}: {e}")))
+    };
     let client = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
