@@ -24,6 +24,10 @@ use serde_json::Value;
 
 /// The `vigil` binary under test.
 pub fn vigil_bin() -> PathBuf {
+    // A benchmark may measure another build side by side (`VIGIL_BIN=/path/to/vigil`).
+    if let Some(path) = std::env::var_os("VIGIL_BIN") {
+        return PathBuf::from(path);
+    }
     PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
 }
 
