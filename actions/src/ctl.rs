@@ -272,6 +272,19 @@ pub async fn start_fenced(ctl: &PgCtl, timeout: Duration) -> Result<(), ActionEr
     .await
 }
 
+/// Writes the read-only fence into a stopped server's `postgresql.auto.conf`, so that
+/// whoever starts it again (an operator, a service manager) gets a server that refuses
+/// writes until vigil lifts the fence. Refused while a server runs in the data directory.
+pub async fn persist_fence(ctl: &PgCtl) -> Result<(), ActionError> {
+    if server_running(ctl).await? {
+        return Err(ActionError::Unexpected(format!(
+            "a server runs in {}: its fence is set over SQL, not in its files",
+            ctl.data_dir.display()
+        )));
+    }
+    write_auto_conf(ctl, &fenced_auto_conf(&read_auto_conf(ctl)?))
+}
+
 /// Rewinds a stopped server's data directory onto `source_conninfo`'s timeline with
 /// `pg_rewind` (the server needs `wal_log_hints = on` or data checksums). A replica that
 /// crashed first finishes its crash recovery as a standby; any other server that was not

@@ -32,11 +32,12 @@ pub use self::redis::{
 };
 pub use conninfo::primary_conninfo;
 pub use ctl::{
-    PgCtl, confirm_stopped, is_running, reclone, rewind, start_as_replica, start_fenced, start_server,
+    PgCtl, confirm_stopped, is_running, persist_fence, reclone, rewind, start_as_replica, start_fenced, start_server,
     stop_immediately, stop_server,
 };
 pub use error::ActionError;
 pub use sql::{
-    Promoted, checkpoint, fence_read_only, in_recovery, promote, read_only_in_force, repoint, require_all,
-    set_synchronous_standby_names, synchronous_state, unfence, wait_for_replay, wait_for_upstream, write_epoch,
+    Promoted, SynchronousState, checkpoint, fence_read_only, in_recovery, promote, read_only_in_force, repoint,
+    require_all, set_synchronous_standby_names, synchronous_state, unfence, wait_for_replay, wait_for_upstream,
+    write_epoch,
 };

@@ -333,28 +333,49 @@ pub async fn set_synchronous_standby_names(target: &PgTarget, value: &str) -> Re
     .await
 }
 
-/// The primary's view of its standbys: `synchronous_standby_names` in force, and each
-/// streaming standby's `application_name` with its `sync_state` (`sync`, `quorum`, `async`...).
-pub async fn synchronous_state(target: &PgTarget) -> Result<(String, BTreeMap<String, String>), ActionError> {
+/// The primary's view of its standbys, as [`synchronous_state`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SynchronousState {
+    /// `synchronous_standby_names` in force.
+    pub setting: String,
+    /// The primary's current WAL position.
+    pub position: Option<u64>,
+    /// Each streaming standby by `application_name`: its `sync_state` (`sync`, `quorum`,
+    /// `async`...) and the WAL position it has flushed.
+    pub standbys: BTreeMap<String, (String, Option<u64>)>,
+}
+
+/// The primary's view of its standbys: the setting in force, its own WAL position, and each
+/// streaming standby's state and flushed position.
+pub async fn synchronous_state(target: &PgTarget) -> Result<SynchronousState, ActionError> {
     let address = target.address();
     bounded(target.timeout * 2, format!("reading the standbys of {address}"), async {
         let connection = Connection::open(target, target.timeout).await?;
         let row = connection
-            .query_one("SELECT current_setting('synchronous_standby_names')", &[], "reading synchronous_standby_names")
+            .query_one(
+                "SELECT current_setting('synchronous_standby_names'), pg_current_wal_lsn()",
+                &[],
+                "reading synchronous_standby_names",
+            )
             .await?;
-        let names: String = connection.column(&row, 0)?;
+        let setting: String = connection.column(&row, 0)?;
+        let position: Option<PgLsn> = connection.column(&row, 1)?;
         let rows = connection
             .client
-            .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
+            .query(
+                "SELECT application_name, sync_state, flush_lsn FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
             .await
             .map_err(|error| connection.error("reading pg_stat_replication", &error))?;
         let mut standbys = BTreeMap::new();
         for row in &rows {
             let name: String = connection.column(row, 0)?;
             let state: String = connection.column(row, 1)?;
-            standbys.insert(name, state);
+            let flushed: Option<PgLsn> = connection.column(row, 2)?;
+            standbys.insert(name, (state, flushed.map(u64::from)));
         }
-        Ok((names, standbys))
+        Ok(SynchronousState { setting, position: position.map(u64::from), standbys })
     })
     .await
 }

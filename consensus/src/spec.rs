@@ -422,6 +422,8 @@ pub struct GroupPolicy {
     /// See the group specs.
     pub probe_interval: Duration,
     /// See the group specs.
+    pub probe_timeout: Duration,
+    /// See the group specs.
     pub lease_duration: Duration,
     /// Strict synchronous mode (PostgreSQL only).
     pub synchronous: SyncMode,
@@ -610,6 +612,7 @@ impl PostgresGroup {
             maximum_lag_on_failover: self.maximum_lag_on_failover,
             down_after: self.down_after,
             probe_interval: self.probe_interval,
+            probe_timeout: self.probe_timeout,
             lease_duration: self.lease_duration,
             synchronous: self.synchronous,
             datacenter_preference: self.datacenter_preference.clone(),
@@ -785,6 +788,7 @@ impl RedisGroup {
             maximum_lag_on_failover: self.maximum_lag_on_failover,
             down_after: self.down_after,
             probe_interval: self.probe_interval,
+            probe_timeout: self.probe_timeout,
             lease_duration: self.lease_duration,
             synchronous: SyncMode::Off,
             datacenter_preference: self.datacenter_preference.clone(),

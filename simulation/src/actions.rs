@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, SyncState};
+use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, StandbyState, SyncState};
 use vigil_consensus::group::StepFacts;
 
 use crate::net::{Host, Net};
@@ -32,7 +32,7 @@ pub struct Context<'a> {
     pub actor_host: Host,
     /// The network now.
     pub net: &'a Net,
-    /// A fault: fencing this member fails (read-only cannot be set).
+    /// A fault: fencing this member fails (read-only, or the refusal of writes, cannot be set).
     pub failing_fence: bool,
     /// The `unfenced_promotion` mutation: a promoted member takes writes at once.
     pub unfenced_promotion: bool,
@@ -59,23 +59,16 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
     let name = server.name.clone();
     match action {
         Action::Fence { .. } | Action::RemoteFence => {
-            let remote = matches!(action, Action::RemoteFence);
+            let beside = kind == Kind::Postgres && local && matches!(action, Action::Fence { .. });
             if !server.running {
-                return if kind == Kind::Postgres && local && !remote {
-                    done("stopped: the server is not running")
-                } else {
-                    refused_connection(&name)
-                };
+                // The node beside a PostgreSQL member confirms on its own host that a server
+                // which does not run takes no writes; over the network it cannot connect.
+                return if beside { done("not running, so it takes no writes") } else { refused_connection(&name) };
             }
             if context.failing_fence {
-                // The read-only fence fails; only the node beside a PostgreSQL member can
-                // escalate to a stop.
-                return if kind == Kind::Postgres && local && !remote {
-                    group.servers[member].running = false;
-                    done("read-only fence failed; stopped: confirmed down")
-                } else {
-                    fail(FailureKind::Refused, format!("{name} refused the fence"))
-                };
+                // Nothing escalates to a stop (node/src/members/postgres.rs): the coordinator
+                // tries again, and the guard covers the lease's end meanwhile.
+                return fail(FailureKind::Refused, format!("{name} refused the fence"));
             }
             group.servers[member].fenced = true;
             done(match kind {
@@ -90,14 +83,17 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
             group.servers[member].fenced = false;
             done(format!("fence lifted (epoch {epoch})"))
         }
-        Action::MakeSureDown => match kind {
-            Kind::Postgres => {
-                group.servers[member].running = false;
-                done("stopped: confirmed down")
+        // Confirms, stops nothing: a server merely slow to answer is not killed on one node's
+        // word.
+        Action::MakeSureDown if !server.running => {
+            // PostgreSQL's fence is written into its files: started again by anyone, it
+            // refuses writes until its node lifts the fence.
+            if kind == Kind::Postgres {
+                group.servers[member].fenced = true;
             }
-            Kind::Redis if !server.running => done("not listening"),
-            Kind::Redis => fail(FailureKind::Refused, format!("{name} still accepts connections")),
-        },
+            done("not running: confirmed down")
+        }
+        Action::MakeSureDown => fail(FailureKind::Refused, format!("{name} still runs")),
         Action::StartFenced => match kind {
             Kind::Postgres => {
                 let server = &mut group.servers[member];
@@ -158,7 +154,7 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
                 return fail(FailureKind::Unexpected, format!("no member {primary}"));
             };
             let restarts = matches!(action, Action::RestartAsReplica { .. });
-            if !server.running && !(restarts && kind == Kind::Postgres) {
+            if !(server.running || (restarts && kind == Kind::Postgres)) {
                 return refused_connection(&name);
             }
             if server.primary && !restarts {
@@ -199,7 +195,8 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
             if *strict_sync && kind == Kind::Postgres {
                 target.sync = SyncSetting::Any;
             }
-            report(format!("{name} promoted into epoch {epoch}, fenced"))
+            let how = if target.fenced { "refusing writes" } else { "taking writes at once" };
+            report(format!("{name} promoted into epoch {epoch}, {how}"))
         }
         Action::SetSyncStandbys { standbys } => {
             if kind == Kind::Redis {
@@ -305,9 +302,10 @@ fn sync_state(group: &Group, primary: usize) -> SyncState {
             SyncSetting::Any => "potential",
             _ => "async",
         };
-        standbys.insert(server.name.clone(), state.to_string());
+        // A standby that stopped receiving still reports streaming, with what it flushed.
+        standbys.insert(server.name.clone(), StandbyState { state: state.to_string(), flushed: Some(server.lsn) });
     }
-    SyncState { in_force, standbys }
+    SyncState { in_force, position: Some(group.servers[primary].lsn), standbys }
 }
 
 impl Group {
@@ -341,15 +339,17 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_fence_escalates_to_a_stop_only_beside_a_postgresql_member() {
+    fn a_failing_fence_fails_until_the_server_is_confirmed_down() {
         let net = Net::new(3);
         let mut group = Group::new("main", Kind::Postgres, true, 3, 5432);
-        let failing = Context { failing_fence: true, ..context(&net, 1) };
-        let remote = land(&mut group, 0, &Action::RemoteFence, &failing);
-        assert!(matches!(remote, Landing::Done(Err(ref failure)) if failure.kind == FailureKind::Refused));
-        assert!(group.servers[0].writable());
-        let local = Context { actor_host: 0, ..failing };
-        assert!(matches!(land(&mut group, 0, &Action::Fence { stale: false }, &local), Landing::Done(Ok(_))));
-        assert!(!group.servers[0].running);
+        let failing = Context { failing_fence: true, ..context(&net, 0) };
+        let fence = Action::Fence { stale: false };
+        let refused = land(&mut group, 0, &fence, &failing);
+        assert!(matches!(refused, Landing::Done(Err(ref failure)) if failure.kind == FailureKind::Refused));
+        assert!(group.servers[0].writable(), "nothing is stopped");
+        group.servers[0].running = false;
+        assert!(matches!(land(&mut group, 0, &fence, &failing), Landing::Done(Ok(_))), "down counts as fenced");
+        let remote = land(&mut group, 0, &Action::RemoteFence, &Context { actor_host: 1, ..failing });
+        assert!(matches!(remote, Landing::Done(Err(ref failure)) if failure.kind == FailureKind::CannotConnect));
     }
 }

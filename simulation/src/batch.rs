@@ -4,7 +4,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::world::{Config, RunResult, run};
+use crate::config::{Config, RunResult};
+use crate::world::run;
 
 /// What a batch found.
 #[derive(Clone, Debug, Default)]

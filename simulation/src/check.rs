@@ -98,8 +98,8 @@ pub struct RunLedger {
     pub promotions: BTreeMap<(String, u64), u32>,
     /// When each step's current start committed, by (group, run, step).
     pub step_started_at: BTreeMap<(String, u64, usize), Micros>,
-    /// When each step last failed, by (group, run, step).
-    pub step_failed_at: BTreeMap<(String, u64, usize), Micros>,
+    /// When each step last failed, and at which log index, by (group, run, step).
+    pub step_failed_at: BTreeMap<(String, u64, usize), (Micros, u64)>,
 }
 
 /// Checker 3a: every failover run begun is finished exactly once.
@@ -141,24 +141,44 @@ pub fn promoted_once(
     })
 }
 
+/// A step's start or failure, as committed.
+#[derive(Clone, Copy, Debug)]
+pub enum StepEvent<'a> {
+    /// A start; `proposer_saw` is how far its proposer had applied when it proposed (`None`
+    /// when no node proposed it).
+    Started {
+        /// The proposer's applied index.
+        proposer_saw: Option<u64>,
+    },
+    /// A failure, with what it says.
+    Failed {
+        /// The step's result in words.
+        detail: &'a str,
+    },
+}
+
 /// Checker 5: step timeouts and retries are measured by the time that passed: a host-local
 /// step is declared unfinished only after `HOST_STEP_TIMEOUT` of true time (less the clock
-/// drift bound), and a failed step is started again only after `RETRY_AFTER`. Call it when a
-/// step's start (`failed: None`) or failure (`failed: Some(detail)`) commits.
+/// drift bound), and a failed step is started again by a leader that knew of the failure
+/// only after `RETRY_AFTER`. (A new leader that resumes a step it saw started, before it
+/// applied the step's failure, resumes rather than retries.) Call it when a step's start or
+/// failure commits at log index `index`.
 pub fn step_timed_by_elapsed_time(
     ledger: &mut RunLedger,
     key: (String, u64, usize),
-    failed: Option<&str>,
+    event: StepEvent<'_>,
+    index: u64,
     at_us: Micros,
 ) -> Option<Violation> {
     // A node's clock may run up to 1 % faster than another's (and ours by less).
     let slack = |span: std::time::Duration| (span.as_micros() as f64 * 0.99) as Micros;
-    match failed {
-        None => {
+    match event {
+        StepEvent::Started { proposer_saw } => {
             ledger.step_started_at.insert(key.clone(), at_us);
-            let failed_at = ledger.step_failed_at.get(&key).copied()?;
+            let (failed_at, failed_index) = ledger.step_failed_at.get(&key).copied()?;
             let elapsed = at_us.saturating_sub(failed_at);
-            (elapsed < slack(RETRY_AFTER)).then(|| Violation {
+            let a_retry = proposer_saw.is_some_and(|saw| saw >= failed_index);
+            (a_retry && elapsed < slack(RETRY_AFTER)).then(|| Violation {
                 at_us,
                 checker: "steps timed by elapsed time",
                 detail: format!(
@@ -171,8 +191,8 @@ pub fn step_timed_by_elapsed_time(
                 ),
             })
         }
-        Some(detail) => {
-            ledger.step_failed_at.insert(key.clone(), at_us);
+        StepEvent::Failed { detail } => {
+            ledger.step_failed_at.insert(key.clone(), (at_us, index));
             let started_at = ledger.step_started_at.get(&key).copied()?;
             let elapsed = at_us.saturating_sub(started_at);
             (detail.contains("did not finish it within") && elapsed < slack(HOST_STEP_TIMEOUT)).then(|| Violation {
@@ -299,18 +319,18 @@ mod tests {
     fn step_timing_bites_on_an_early_give_up_and_an_instant_retry() {
         let mut ledger = RunLedger::default();
         let key = ("main".to_string(), 0, 0);
-        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key.clone(), None, 1_000_000), None);
-        let early = step_timed_by_elapsed_time(
-            &mut ledger,
-            key.clone(),
-            Some("node 1 did not finish it within 90 s"),
-            3_000_000,
-        );
+        let started = |saw| StepEvent::Started { proposer_saw: Some(saw) };
+        let timed_out = StepEvent::Failed { detail: "node 1 did not finish it within 90 s" };
+        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key.clone(), started(9), 10, 1_000_000), None);
+        let early = step_timed_by_elapsed_time(&mut ledger, key.clone(), timed_out, 20, 3_000_000);
         assert!(early.is_some(), "declared failed after 2 s");
-        let instant = step_timed_by_elapsed_time(&mut ledger, key.clone(), None, 3_100_000);
-        assert!(instant.is_some(), "retried after 100 ms");
-        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key.clone(), Some("refused"), 4_000_000), None);
-        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key, None, 5_100_000), None, "retried after 1.1 s");
+        let resumed = step_timed_by_elapsed_time(&mut ledger, key.clone(), started(19), 21, 3_050_000);
+        assert_eq!(resumed, None, "a leader that had not applied the failure resumes the step");
+        let instant = step_timed_by_elapsed_time(&mut ledger, key.clone(), started(20), 22, 3_100_000);
+        assert!(instant.is_some(), "retried 100 ms after the failure it knew of");
+        let refused = StepEvent::Failed { detail: "refused" };
+        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key.clone(), refused, 30, 4_000_000), None);
+        assert_eq!(step_timed_by_elapsed_time(&mut ledger, key, started(30), 31, 5_100_000), None, "after 1.1 s");
     }
 
     #[test]

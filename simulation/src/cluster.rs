@@ -17,6 +17,10 @@ use crate::servers::host_address;
 pub const POSTGRES_GROUP: &str = "main";
 /// The Redis group's name.
 pub const REDIS_GROUP: &str = "cache";
+/// The PostgreSQL group's index among the world's groups (what fault targets name).
+pub const POSTGRES: usize = 0;
+/// The Redis group's index among the world's groups.
+pub const REDIS: usize = 1;
 /// A replica further behind than this is never promoted (far more than any fault here lets
 /// a replica fall behind, so the lag policy never blocks a failover).
 pub const MAXIMUM_LAG: u64 = 64 << 20;

@@ -57,6 +57,7 @@ impl World {
             Effect::Act { id, group, member, action, timeout, requires_leadership } => {
                 self.act(node, id, &group, &member, action, timeout, requires_leadership)
             }
+            Effect::CatchUp { id, timeout } => self.catch_up(node, id, timeout),
             Effect::Guard { id, order } => self.guard(node, id, order),
         }
     }
@@ -73,17 +74,20 @@ impl World {
         requires_leadership: bool,
     ) {
         let incarnation = self.nodes[node].incarnation;
-        if std::env::var_os("VIGIL_SIM_DEBUG").is_some() {
-            let running =
-                self.nodes[node].state.groups.get(group_name).map(|g| (g.primary.clone(), g.running.is_some()));
+        if self.config.verbose {
+            // What the node believed when it acted: its applied index against the log's, and
+            // the primary and running failover in its state.
+            let seen = self.nodes[node]
+                .state
+                .groups
+                .get(group_name)
+                .map(|state| (state.primary.clone(), state.running.is_some()));
+            let (applied, last) = (self.raft.peers[node].applied, self.raft.last_index());
             self.trace.note(
                 self.now,
                 format!(
-                    "DEBUG n{} issues {action} on {member_name} applied {}/{} {:?}",
-                    node + 1,
-                    self.raft.peers[node].applied,
-                    self.raft.last_index(),
-                    running
+                    "  n{} asks: {action} on {member_name} (applied {applied}/{last}, primary and run {seen:?})",
+                    node + 1
                 ),
             );
         }
@@ -95,7 +99,7 @@ impl World {
         let Some((group, member)) = found else {
             let failure = ActionFailure::new(FailureKind::Unexpected, format!("no member {group_name}/{member_name}"));
             let event = Event::Done { id: effect, outcome: Outcome::Acted(Err(failure)) };
-            self.schedule(self.now, Ev::Node { node, incarnation, what: NodeEv::Deliver(event) });
+            self.schedule(self.now, Ev::Node { node, incarnation, what: NodeEv::Deliver(Box::new(event)) });
             return;
         };
         let deadline = self.now + self.nodes[node].clock.true_span(timeout);
@@ -302,7 +306,7 @@ impl World {
             self.actions.remove(&id);
         }
         let event = Event::Done { id: effect, outcome: Outcome::Acted(outcome) };
-        self.to_node(node, incarnation, NodeEv::Deliver(event));
+        self.at_node(node, incarnation, NodeEv::Deliver(Box::new(event)));
     }
 
     /// An action's timeout, unless its outcome came first.
@@ -326,13 +330,15 @@ impl World {
                 }
             }
             GuardOrder::Disarm { group } => {
-                if let Some(group) = self.groups.iter().position(|candidate| candidate.name == group) {
-                    self.guards[node].disarm(group);
+                if let Some(index) = self.groups.iter().position(|candidate| candidate.name == group)
+                    && self.guards[node].disarm(index)
+                {
+                    self.trace.note(self.now, format!("n{} disarms its guard of {group}", node + 1));
                 }
             }
         }
         let incarnation = self.nodes[node].incarnation;
         let event = Event::Done { id: effect, outcome: Outcome::Guarded(Ok(())) };
-        self.schedule(self.now + 100, Ev::Node { node, incarnation, what: NodeEv::Deliver(event) });
+        self.schedule(self.now + 100, Ev::Node { node, incarnation, what: NodeEv::Deliver(Box::new(event)) });
     }
 }

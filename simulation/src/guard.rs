@@ -34,9 +34,9 @@ impl Guard {
         generation
     }
 
-    /// Disarms the guard of `group`.
-    pub fn disarm(&mut self, group: usize) {
-        self.armed.remove(&group);
+    /// Disarms the guard of `group`; whether it was armed.
+    pub fn disarm(&mut self, group: usize) -> bool {
+        self.armed.remove(&group).is_some()
     }
 
     /// The deadline of `group` whose generation is `generation`, taken off if it is still the

@@ -19,16 +19,32 @@ use crate::clock::Micros;
 use crate::raft::{self, ELECTION_TIMEOUT_US, Reply};
 use crate::world::{Ev, NodeEv, World};
 
-/// A proposal whose proposer waits for its answer.
+/// What a node asks of the leader.
+#[derive(Clone, Debug)]
+pub(crate) enum Request {
+    /// Commit this command; `seen` is how far the proposer had applied when it asked.
+    Write {
+        /// The command (boxed: a read index carries nothing).
+        command: Box<Command>,
+        /// The proposer's applied index when it proposed.
+        seen: u64,
+    },
+    /// Say how far the log is committed (a read index), for a node catching up.
+    ReadIndex,
+}
+
+/// A request whose node waits for its answer.
 #[derive(Clone, Debug)]
 pub(crate) struct Proposal {
     pub(crate) node: usize,
     pub(crate) incarnation: u32,
     pub(crate) effect: EffectId,
-    pub(crate) command: Command,
+    pub(crate) request: Request,
     pub(crate) started: Micros,
     pub(crate) idempotent: bool,
     pub(crate) relayed: bool,
+    /// A catch-up that has its read index: it is answered once its node applied this far.
+    pub(crate) awaiting_index: Option<u64>,
 }
 
 /// How often a proposer with no leader asks again.
@@ -41,13 +57,34 @@ fn is_idempotent(command: &Command) -> bool {
 impl World {
     /// `node` proposes `command` for its effect `effect`, answered within `timeout` of its clock.
     pub(crate) fn propose(&mut self, node: usize, effect: EffectId, command: Command, timeout: std::time::Duration) {
+        let seen = self.raft.peers[node].applied;
+        self.submit(node, effect, Request::Write { command: Box::new(command), seen }, timeout);
+    }
+
+    /// `node` catches up with the cluster (`Cluster::catch_up`): it asks the leader for a read
+    /// index as it would submit a write (never relayed), then waits until it has applied
+    /// that far; answered within `timeout` of its clock.
+    pub(crate) fn catch_up(&mut self, node: usize, effect: EffectId, timeout: std::time::Duration) {
+        self.submit(node, effect, Request::ReadIndex, timeout);
+    }
+
+    fn submit(&mut self, node: usize, effect: EffectId, request: Request, timeout: std::time::Duration) {
         let proposal = self.next_proposal;
         self.next_proposal += 1;
-        let idempotent = is_idempotent(&command);
+        let idempotent = matches!(&request, Request::Write { command, .. } if is_idempotent(command));
         let incarnation = self.nodes[node].incarnation;
         self.proposals.insert(
             proposal,
-            Proposal { node, incarnation, effect, command, started: self.now, idempotent, relayed: false },
+            Proposal {
+                node,
+                incarnation,
+                effect,
+                request,
+                started: self.now,
+                idempotent,
+                relayed: false,
+                awaiting_index: None,
+            },
         );
         let deadline = self.now + self.nodes[node].clock.true_span(timeout);
         self.schedule(deadline, Ev::ProposalTimeout { proposal });
@@ -57,14 +94,17 @@ impl World {
     /// Sends the proposal to the leader its proposer believes in now.
     pub(crate) fn route(&mut self, proposal: u64) {
         let Some(waiting) = self.proposals.get(&proposal) else { return };
-        let (from, idempotent, relayed, command) =
-            (waiting.node, waiting.idempotent, waiting.relayed, waiting.command.clone());
+        if waiting.awaiting_index.is_some() {
+            return;
+        }
+        let (from, idempotent, relayed, request) =
+            (waiting.node, waiting.idempotent, waiting.relayed, waiting.request.clone());
         match self.raft.believed(from) {
-            Some(leader) if leader == from => self.arrive(proposal, from, vec![from], command),
+            Some(leader) if leader == from => self.arrive(proposal, from, vec![from], request),
             Some(leader) => {
                 if self.net.delivers_raft(from, leader, &mut self.rng) {
                     let at = self.now + self.latency(from, leader);
-                    self.schedule(at, Ev::Arrive { proposal, at: leader, path: vec![from, leader], command });
+                    self.schedule(at, Ev::Arrive { proposal, at: leader, path: vec![from, leader], request });
                 }
                 // A cut link hangs the forward: only the timeout, or a relay, answers.
                 if idempotent && !relayed {
@@ -104,11 +144,11 @@ impl World {
     /// whether one could.
     fn relay(&mut self, proposal: u64) -> bool {
         let Some(waiting) = self.proposals.get(&proposal) else { return false };
-        let (from, command) = (waiting.node, waiting.command.clone());
+        let (from, request) = (waiting.node, waiting.request.clone());
         let direct = self.raft.believed(from);
         let alive = self.alive();
-        for peer in 0..self.nodes.len() {
-            if peer == from || Some(peer) == direct || !alive[peer] || !self.net.raft_link(from, peer) {
+        for (peer, &up) in alive.iter().enumerate() {
+            if peer == from || Some(peer) == direct || !up || !self.net.raft_link(from, peer) {
                 continue;
             }
             let Some(leader) = self.raft.believed(peer) else { continue };
@@ -124,28 +164,44 @@ impl World {
                 at += self.latency(peer, leader);
                 path.push(leader);
             }
-            self.schedule(at, Ev::Arrive { proposal, at: leader, path, command });
+            self.schedule(at, Ev::Arrive { proposal, at: leader, path, request });
             return true;
         }
         false
     }
 
-    /// A proposal reaches node `at`: queued for commit if it is the leader, dropped if it only
-    /// believes it leads (it will step down), sent back if it follows.
-    pub(crate) fn arrive(&mut self, proposal: u64, at: usize, path: Vec<usize>, command: Command) {
+    /// A request reaches node `at`. A write is queued for commit if `at` is the leader; a read
+    /// index is answered if `at` leads with a majority (a heartbeat round confirms it); either
+    /// is dropped if `at` only believes it leads (it will step down), sent back if it follows.
+    pub(crate) fn arrive(&mut self, proposal: u64, at: usize, path: Vec<usize>, request: Request) {
         let node = &mut self.nodes[at];
         if !node.up {
             return;
         }
         if node.frozen {
-            node.deferred.push(Ev::Arrive { proposal, at, path, command });
+            node.deferred.push(Ev::Arrive { proposal, at, path, request });
             return;
         }
         if self.raft.leader == Some(at) {
-            let pending = self.raft.enqueue(command, Reply { proposal, path });
             let alive = self.alive();
-            if self.raft.effective(&alive, &self.net).is_some() {
-                self.schedule_commit(pending);
+            let effective = self.raft.effective(&alive, &self.net).is_some();
+            match request {
+                Request::Write { command, seen } => {
+                    let pending = self.raft.enqueue(*command, seen, Reply { proposal, path });
+                    if effective {
+                        self.schedule_commit(pending);
+                    }
+                }
+                Request::ReadIndex if effective => {
+                    let index = self.raft.last_index();
+                    let heartbeat = self.rng.random_range(1_000..=4_000);
+                    let back: Vec<usize> = path.iter().rev().copied().collect();
+                    if let Some(after) = self.path_latency(&back) {
+                        self.schedule(self.now + heartbeat + after, Ev::ReadIndex { proposal, index });
+                    }
+                }
+                // A leader without its majority cannot confirm a read: the node times out.
+                Request::ReadIndex => {}
             }
         } else if self.raft.believed(at) != Some(at) {
             // A follower answers "not the leader"; the proposer asks again.
@@ -178,23 +234,24 @@ impl World {
             return;
         }
         let Some(entry) = self.raft.take_pending(pending) else { return };
-        self.commit(entry.command, Some(entry.reply));
+        self.commit(entry.command, Some(entry.reply), Some(entry.seen));
     }
 
-    /// Commits `command` now; its answer, if any, waits for the leader to apply it.
-    pub(crate) fn commit(&mut self, command: Command, reply: Option<Reply>) {
+    /// Commits `command` now; its answer, if any, waits for the leader to apply it. `seen` is
+    /// how far its proposer had applied when it proposed, if a node proposed it.
+    pub(crate) fn commit(&mut self, command: Command, reply: Option<Reply>, seen: Option<u64>) {
         let leader = self.raft.leader.expect("a commit has a leader");
         let (index, response) = self.raft.commit(command, self.now);
         if let Some(reply) = reply {
             self.raft.waiting_answers.insert(index, (leader, reply, response.clone()));
         }
-        self.committed(index, &response);
+        self.committed(index, &response, seen);
         // Scenario faults that wait for this commit come first: a host cut "right after the
         // promotion commits" is cut before any node but the leader holds the entry.
         self.fire_commit_triggers(index);
         let alive = self.alive();
-        for node in 0..self.nodes.len() {
-            if alive[node] && (node == leader || self.net.raft_link(leader, node)) {
+        for (node, &up) in alive.iter().enumerate() {
+            if up && (node == leader || self.net.raft_link(leader, node)) {
                 self.raft.peers[node].replicated = index;
                 self.schedule_apply(node);
             }
@@ -233,6 +290,15 @@ impl World {
         self.raft.peers[node].applied = last;
         // Told at the node's next tick, or seen by whatever call comes first.
         self.nodes[node].applied_unseen = true;
+        let caught_up: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, waiting)| waiting.node == node && waiting.awaiting_index.is_some_and(|index| index <= last))
+            .map(|(proposal, _)| *proposal)
+            .collect();
+        for proposal in caught_up {
+            self.answer(proposal, Ok(CommandResponse::Empty));
+        }
     }
 
     /// How long a message takes along `path` (node by node), if every hop delivers it now.
@@ -247,11 +313,24 @@ impl World {
         Some(total)
     }
 
+    /// A catch-up has its read index: it is answered once its node applied that far.
+    pub(crate) fn read_index(&mut self, proposal: u64, index: u64) {
+        let Some(waiting) = self.proposals.get_mut(&proposal) else { return };
+        waiting.awaiting_index = Some(index);
+        if self.raft.peers[waiting.node].applied >= index {
+            self.answer(proposal, Ok(CommandResponse::Empty));
+        }
+    }
+
     /// The proposer gets its answer, unless it already had one (or restarted since).
     pub(crate) fn answer(&mut self, proposal: u64, outcome: Result<CommandResponse, ProposeError>) {
         let Some(waiting) = self.proposals.remove(&proposal) else { return };
-        let event = Event::Done { id: waiting.effect, outcome: Outcome::Proposed(outcome) };
-        self.to_node(waiting.node, waiting.incarnation, NodeEv::Deliver(event));
+        let outcome = match waiting.request {
+            Request::Write { .. } => Outcome::Proposed(outcome),
+            Request::ReadIndex => Outcome::CaughtUp(outcome.map(drop)),
+        };
+        let event = Event::Done { id: waiting.effect, outcome };
+        self.at_node(waiting.node, waiting.incarnation, NodeEv::Deliver(Box::new(event)));
     }
 
     /// Raft's rhythm: who hears whom; an election when the leader is not effective;
@@ -263,9 +342,9 @@ impl World {
             Some(leader) => {
                 self.raft.election_at = None;
                 let last = self.raft.last_index();
-                for node in 0..self.nodes.len() {
+                for (node, &up) in alive.iter().enumerate() {
                     let behind = self.raft.peers[node].replicated < last;
-                    if alive[node] && behind && (node == leader || self.net.raft_link(leader, node)) {
+                    if up && behind && (node == leader || self.net.raft_link(leader, node)) {
                         self.raft.peers[node].replicated = last;
                         self.schedule_apply(node);
                     }
@@ -300,7 +379,7 @@ impl World {
                 self.trace.note(self.now, format!("leader n{} (term {term})", winner + 1));
                 for entry in left {
                     if self.rng.random_bool(0.5) {
-                        self.commit(entry.command, None);
+                        self.commit(entry.command, None, Some(entry.seen));
                     }
                 }
             }
@@ -314,9 +393,12 @@ impl World {
     }
 
     /// What a commit means for the checkers and the trace.
-    fn committed(&mut self, index: u64, response: &CommandResponse) {
+    fn committed(&mut self, index: u64, response: &CommandResponse, seen: Option<u64>) {
         let raft::Payload::Command(command) = self.raft.entries[index as usize - 1].payload.clone() else { return };
         let applied = !matches!(response, CommandResponse::Refused { .. });
+        if self.config.verbose && !matches!(command, Command::ReportVerdict { .. }) {
+            self.trace.note(self.now, format!("  commit #{index}: {command} -> {response:?}"));
+        }
         match (&command, response) {
             (
                 Command::BeginFailover { group, candidate, reason, .. },
@@ -328,26 +410,26 @@ impl World {
                     format!("begin failover of {group} #{run_id} to {candidate} (epoch {epoch}): {reason}"),
                 );
             }
+            (Command::BeginFailover { group, candidate, .. }, CommandResponse::Refused { reason }) => {
+                self.trace.note(self.now, format!("failover of {group} to {candidate} refused: {reason}"));
+            }
             (Command::FinishFailover { group, run_id, succeeded, outcome, .. }, _) if applied => {
                 *self.ledger.finished.entry((group.clone(), *run_id)).or_default() += 1;
                 self.trace.note(self.now, format!("finish failover of {group} #{run_id} ok={succeeded}: {outcome}"));
             }
             (Command::StepStarted { group, run_id, index: step, by, .. }, _) if applied => {
-                let violation = check::step_timed_by_elapsed_time(
-                    &mut self.ledger,
-                    (group.clone(), *run_id, *step),
-                    None,
-                    self.now,
-                );
+                let key = (group.clone(), *run_id, *step);
+                let started = check::StepEvent::Started { proposer_saw: seen };
+                let violation = check::step_timed_by_elapsed_time(&mut self.ledger, key, started, index, self.now);
                 self.violated(violation);
                 let name = self.step_name(group, *step);
                 self.trace.note(self.now, format!("{group} #{run_id} step {step} ({name}) started on n{by}"));
             }
             (Command::StepFinished { group, run_id, index: step, succeeded, detail, .. }, _) if applied => {
-                let key = (group.clone(), *run_id, *step);
-                let failed = (!succeeded).then_some(detail.as_str());
-                if failed.is_some() {
-                    let violation = check::step_timed_by_elapsed_time(&mut self.ledger, key, failed, self.now);
+                if !succeeded {
+                    let key = (group.clone(), *run_id, *step);
+                    let failed = check::StepEvent::Failed { detail };
+                    let violation = check::step_timed_by_elapsed_time(&mut self.ledger, key, failed, index, self.now);
                     self.violated(violation);
                 }
                 let name = self.step_name(group, *step);

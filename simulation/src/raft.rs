@@ -11,8 +11,9 @@
 //! applied at commit time (`canonical`) gives the answers to proposals and lets the checkers
 //! read what was decided.
 //!
-//! Proposals travel as messages in the world ([`crate::world`]); here is only where they wait
-//! for a commit (`pending`) and whose answer waits for the leader to apply its entry.
+//! Proposals travel as messages in the world (`world.rs`, `proposals.rs`); here is only
+//! where they wait for a commit (`pending`) and whose answer waits for the leader to apply
+//! its entry.
 
 use std::collections::BTreeMap;
 
@@ -72,6 +73,8 @@ pub struct Pending {
     pub id: u64,
     /// The command.
     pub command: Command,
+    /// How far its proposer had applied when it proposed.
+    pub seen: u64,
     /// Who to answer, and by which path.
     pub reply: Reply,
     /// Whether its commit is scheduled.
@@ -234,8 +237,8 @@ impl Raft {
         let winner = candidates[rng.random_range(0..candidates.len())];
         self.term += 1;
         self.leader = Some(winner);
-        for node in 0..self.peers.len() {
-            if alive[node] && (node == winner || net.raft_link(winner, node)) {
+        for (node, &up) in alive.iter().enumerate() {
+            if up && (node == winner || net.raft_link(winner, node)) {
                 let peer = &mut self.peers[node];
                 (peer.believed, peer.known_term, peer.lost_since) = (Some(winner), self.term, None);
             }
@@ -244,10 +247,10 @@ impl Raft {
     }
 
     /// Queues a proposal on the leader; returns its wait's id.
-    pub fn enqueue(&mut self, command: Command, reply: Reply) -> u64 {
+    pub fn enqueue(&mut self, command: Command, seen: u64, reply: Reply) -> u64 {
         let id = self.next_pending;
         self.next_pending += 1;
-        self.pending.push(Pending { id, command, reply, commit_scheduled: false });
+        self.pending.push(Pending { id, command, seen, reply, commit_scheduled: false });
         id
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::world::RunResult;
+use crate::config::RunResult;
 
 /// What a soak found.
 #[derive(Clone, Debug, Default)]

@@ -11,121 +11,34 @@
 //! `handle` runs every rule. Entries a node applies are in its state at once; its
 //! coordinator is told with [`Event::Applied`] at its next tick (at most a tick later, as
 //! part of the apply lag), or sees them in the call of whatever event comes first — for the
-//! coordinator, `Applied` and `Tick` are the same call — which spares a call per entry. A frozen node handles nothing: the events meant for it wait and
-//! are handled, in order, when it thaws. A crashed node's coordinator is dropped with
+//! coordinator, `Applied` and `Tick` are the same call — which spares a call per entry.
+//!
+//! A frozen node handles nothing: the events meant for it wait and are handled, in order,
+//! when it thaws. A crashed node's coordinator is dropped with
 //! everything in flight; what it started still happens in the world, but no outcome reaches
 //! the new coordinator, which starts on the state the node had applied.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vigil_consensus::coordinator::{
-    self, ActionFailure, ActionReport, Coordinator, Ctx, Event, Mutations, ProposeError, Seen, TICK,
+    self, ActionFailure, ActionReport, Coordinator, Ctx, Event, ProposeError, Seen, TICK,
 };
 use vigil_consensus::spec::{DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
-use vigil_consensus::{ClusterState, Command, CommandResponse};
+use vigil_consensus::{ClusterState, CommandResponse};
 
 use crate::check::{self, RunLedger, Violation};
 use crate::clock::{Clock, MAX_RATE_DEVIATION, Micros};
 use crate::cluster::{self, POSTGRES_GROUP, REDIS_GROUP};
-use crate::faults::{self, Active, Episode, EpisodeState};
+use crate::config::{Config, RunResult, Stats};
+use crate::faults::{self, Active, EpisodeState};
 use crate::guard::Guard;
 use crate::net::{self, Net};
 use crate::raft::{Payload, Raft};
 use crate::servers::{Group, Kind};
 use crate::trace::Trace;
-
-/// How a run is set up.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// How many nodes (3 or 5); each has a host with one member of each group.
-    pub nodes: usize,
-    /// The coordinator's old rules to put back.
-    pub mutations: Mutations,
-    /// How long the cluster runs before the first fault may come.
-    pub warm_up: Duration,
-    /// How long the run goes on after the last fault healed, before the liveness check.
-    pub settle: Duration,
-    /// How long after the last fault healed a run that has not converged by the end of the
-    /// settle phase may go on converging (checked every second); past it, not converging is
-    /// a violation. Some repairs wait by design (a failed rejoin is tried again after a
-    /// minute), so this bound is the liveness guarantee the checker holds the cluster to.
-    pub settle_limit: Duration,
-    /// How many fault episodes a drawn schedule has.
-    pub episodes: std::ops::RangeInclusive<usize>,
-    /// A fixed schedule instead of one drawn from the seed.
-    pub schedule: Option<Vec<Episode>>,
-    /// How long the run lasts, instead of the last heal plus the settle phase.
-    pub duration: Option<Duration>,
-    /// The first leader (by node index) instead of one drawn from the seed.
-    pub first_leader: Option<usize>,
-    /// Whether drawn schedules may fail the fences of Redis members, which no guard backs.
-    pub fence_faults_on_redis: bool,
-    /// Whether the liveness checker runs at the end.
-    pub check_liveness: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            nodes: 3,
-            mutations: Mutations::default(),
-            warm_up: Duration::from_secs(3),
-            settle: Duration::from_secs(25),
-            settle_limit: Duration::from_secs(100),
-            episodes: 2..=4,
-            schedule: None,
-            duration: None,
-            first_leader: None,
-            fence_faults_on_redis: false,
-            check_liveness: true,
-        }
-    }
-}
-
-/// What a run found.
-#[derive(Clone, Debug)]
-pub struct RunResult {
-    /// The seed.
-    pub seed: u64,
-    /// Every guarantee broken, in order.
-    pub violations: Vec<Violation>,
-    /// What happened, in short lines.
-    pub trace: Vec<String>,
-    /// How much work the run was.
-    pub stats: Stats,
-}
-
-impl RunResult {
-    /// Whether every checker passed.
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-
-    /// The first violation with the command that reproduces the run.
-    pub fn failure_message(&self) -> String {
-        let first = self.violations.first().map(ToString::to_string).unwrap_or_default();
-        format!("seed {}: {first} (--reproduce {0}: `vigil-sim run --seed {0}`)", self.seed)
-    }
-}
-
-/// How much work one run was.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    /// Calls of `Coordinator::handle`.
-    pub handle_calls: u64,
-    /// Events taken off the queue.
-    pub events: u64,
-    /// True time simulated, µs.
-    pub simulated_us: Micros,
-    /// Entries committed.
-    pub committed: u64,
-    /// How long after the last heal the cluster was found converged, µs.
-    pub converged_after_us: Option<Micros>,
-}
 
 /// Runs the schedule of `seed` (or the fixed one in `config`) and checks it.
 pub fn run(seed: u64, config: &Config) -> RunResult {
@@ -159,8 +72,10 @@ pub(crate) enum Ev {
     RaftTick,
     /// The pending election is held.
     Election,
-    /// A proposal's message reaches node `at`, having come along `path`.
-    Arrive { proposal: u64, at: usize, path: Vec<usize>, command: Command },
+    /// A request's message reaches node `at`, having come along `path`.
+    Arrive { proposal: u64, at: usize, path: Vec<usize>, request: crate::proposals::Request },
+    /// A catch-up's read index reaches its node.
+    ReadIndex { proposal: u64, index: u64 },
     /// A leader told the proposer it does not lead: the proposer asks again.
     Bounce { proposal: u64 },
     /// The leader commits a pending proposal.
@@ -200,10 +115,10 @@ pub(crate) enum Ev {
 pub(crate) enum NodeEv {
     /// Its ticker.
     Tick,
-    /// It probes every member.
-    ProbeRound,
-    /// An event for its coordinator.
-    Deliver(Event),
+    /// It probes one member (one probe task per member, as the node's prober runs them).
+    Probe { group: usize, member: usize },
+    /// An event for its coordinator (boxed: most events of the queue are small).
+    Deliver(Box<Event>),
     /// It applies the entries it holds, up to `upto`.
     Apply { upto: u64 },
 }
@@ -282,7 +197,7 @@ impl World {
             Some(schedule) => schedule.clone(),
             None => faults::draw(&mut schedule_rng, &config),
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_c1a5_7e25);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_c1a5_7e25);
         let first_leader = config.first_leader.unwrap_or_else(|| rng.random_range(0..nodes_count));
         let bootstrap = vec![
             Payload::Membership(cluster::membership(nodes_count)),
@@ -306,6 +221,7 @@ impl World {
                 }
             })
             .collect();
+        // In the order of `cluster::POSTGRES` and `cluster::REDIS`.
         let groups = vec![
             Group::new(POSTGRES_GROUP, Kind::Postgres, true, nodes_count, 5432),
             Group::new(REDIS_GROUP, Kind::Redis, false, nodes_count, 6379),
@@ -375,9 +291,14 @@ impl World {
     /// Starts the ticker and the prober of `node`'s current life.
     pub(crate) fn start_node_timers(&mut self, node: usize) {
         let incarnation = self.nodes[node].incarnation;
-        let first_probe = self.rng.random_range(0..self.nodes[node].clock.true_span(DEFAULT_PROBE_INTERVAL));
         self.schedule(self.now, Ev::Node { node, incarnation, what: NodeEv::Tick });
-        self.schedule(self.now + first_probe, Ev::Node { node, incarnation, what: NodeEv::ProbeRound });
+        let interval = self.nodes[node].clock.true_span(DEFAULT_PROBE_INTERVAL);
+        for group in 0..self.groups.len() {
+            for member in 0..self.groups[group].servers.len() {
+                let first = self.now + self.rng.random_range(0..interval);
+                self.schedule(first, Ev::Node { node, incarnation, what: NodeEv::Probe { group, member } });
+            }
+        }
     }
 
     fn run(mut self) -> RunResult {
@@ -391,7 +312,17 @@ impl World {
         }
         self.stats.simulated_us = self.now;
         self.stats.committed = self.raft.last_index();
-        RunResult { seed: self.seed, violations: self.violations, trace: self.trace.into_lines(), stats: self.stats }
+        let mut failovers: Vec<(String, u64, Micros)> =
+            self.ledger.begun.iter().map(|((group, run), at)| (group.clone(), *run, *at)).collect();
+        failovers.sort_by_key(|(_, _, at)| *at);
+        RunResult {
+            seed: self.seed,
+            violations: self.violations,
+            trace: self.trace.into_lines(),
+            stats: self.stats,
+            failovers,
+            reproduce: crate::config::reproduce(self.seed, &self.config),
+        }
     }
 
     /// Schedules `ev` at true time `at` (never before now).
@@ -402,13 +333,14 @@ impl World {
 
     pub(crate) fn process(&mut self, ev: Ev) {
         match ev {
-            Ev::Node { node, incarnation, what } => self.to_node(node, incarnation, what),
+            Ev::Node { node, incarnation, what } => self.at_node(node, incarnation, what),
             Ev::RaftTick => {
                 self.raft_tick();
                 self.schedule(self.now + RAFT_TICK_US, Ev::RaftTick);
             }
             Ev::Election => self.election(),
-            Ev::Arrive { proposal, at, path, command } => self.arrive(proposal, at, path, command),
+            Ev::Arrive { proposal, at, path, request } => self.arrive(proposal, at, path, request),
+            Ev::ReadIndex { proposal, index } => self.read_index(proposal, index),
             Ev::Bounce { proposal } => self.retry_later(proposal),
             Ev::Commit { pending } => self.commit_pending(pending),
             Ev::Answer { proposal, outcome } => self.answer(proposal, outcome),
@@ -450,7 +382,7 @@ impl World {
 
     /// Takes an event meant for one life of `node`: handles it, keeps it for the thaw, or
     /// drops it (the node crashed since).
-    pub(crate) fn to_node(&mut self, node: usize, incarnation: u32, what: NodeEv) {
+    pub(crate) fn at_node(&mut self, node: usize, incarnation: u32, what: NodeEv) {
         let sim = &mut self.nodes[node];
         if !sim.up || sim.incarnation != incarnation {
             return;
@@ -470,12 +402,15 @@ impl World {
                 let next = (self.nodes[node].last_handled + span).max(self.now + 1);
                 self.schedule(next, Ev::Node { node, incarnation, what: NodeEv::Tick });
             }
-            NodeEv::ProbeRound => {
-                self.probe_round(node);
-                let next = self.now + self.nodes[node].clock.true_span(DEFAULT_PROBE_INTERVAL);
-                self.schedule(next, Ev::Node { node, incarnation, what: NodeEv::ProbeRound });
+            NodeEv::Probe { group, member } => {
+                let took = self.probe(node, group, member);
+                // A ticker that skips what it missed: the next probe starts an interval after
+                // this one started, or as soon as this one ended if it took longer.
+                let interval = self.nodes[node].clock.true_span(DEFAULT_PROBE_INTERVAL);
+                let next = self.now + took.max(interval);
+                self.schedule(next, Ev::Node { node, incarnation, what: NodeEv::Probe { group, member } });
             }
-            NodeEv::Deliver(event) => self.handle(node, event),
+            NodeEv::Deliver(event) => self.handle(node, *event),
             NodeEv::Apply { upto } => self.apply_entries(node, upto),
         }
     }
@@ -495,32 +430,29 @@ impl World {
         }
     }
 
-    /// `node` probes every member of every group: each answers after 1–3 ms, is refused
-    /// after about 1 ms if its server does not run, or times out when its host is out of
-    /// reach (or the probe was lost).
-    fn probe_round(&mut self, node: usize) {
+    /// `node` probes `member` of `group`: it answers after 1–3 ms, is refused after about
+    /// 1 ms if its server does not run, or times out when its host is out of reach (or the
+    /// probe was lost). Returns how long the probe takes.
+    fn probe(&mut self, node: usize, group: usize, member: usize) -> Micros {
         let incarnation = self.nodes[node].incarnation;
         let timeout = self.nodes[node].clock.true_span(DEFAULT_PROBE_TIMEOUT);
-        for group in 0..self.groups.len() {
-            for member in 0..self.groups[group].servers.len() {
-                let server = &self.groups[group].servers[member];
-                let (after, seen) = if !self.net.delivers(node, server.host, &mut self.rng)
-                    || !self.net.delivers(server.host, node, &mut self.rng)
-                {
-                    (timeout, Seen::Failed { reason: "timeout".to_string() })
-                } else if !server.running {
-                    (self.rng.random_range(500..=1_500), Seen::Failed { reason: "connection refused".to_string() })
-                } else {
-                    (self.rng.random_range(1_000..=3_000), Seen::Answered(self.groups[group].verdict(member)))
-                };
-                let event = Event::Probed {
-                    group: self.groups[group].name.clone(),
-                    member: self.groups[group].servers[member].name.clone(),
-                    seen,
-                };
-                self.schedule(self.now + after, Ev::Node { node, incarnation, what: NodeEv::Deliver(event) });
-            }
-        }
+        let server = &self.groups[group].servers[member];
+        let (took, seen) = if !self.net.delivers(node, server.host, &mut self.rng)
+            || !self.net.delivers(server.host, node, &mut self.rng)
+        {
+            (timeout, Seen::Failed { reason: "timeout".to_string() })
+        } else if !server.running {
+            (self.rng.random_range(500..=1_500), Seen::Failed { reason: "connection refused".to_string() })
+        } else {
+            (self.rng.random_range(1_000..=3_000), Seen::Answered(self.groups[group].verdict(member)))
+        };
+        let event = Event::Probed {
+            group: self.groups[group].name.clone(),
+            member: self.groups[group].servers[member].name.clone(),
+            seen,
+        };
+        self.schedule(self.now + took, Ev::Node { node, incarnation, what: NodeEv::Deliver(Box::new(event)) });
+        took
     }
 
     /// Checks that no group has two writers now; one violation per overlap.

@@ -117,7 +117,9 @@ pub struct Driver {
 
 impl Driver {
     pub(super) fn drive(&mut self, view: &View<'_>, out: &mut Out<'_>) {
-        self.note_statuses(view);
+        if view.state_changed {
+            self.note_statuses(view);
+        }
         self.send_results(view, out);
         for policy in view.policies {
             let Some(state) = view.group_state(&policy.name) else { continue };
@@ -183,13 +185,11 @@ impl Driver {
                 LeaseView::RunOut { since_renewal } => since_renewal >= policy.lease_wait() + policy.lease_duration,
                 LeaseView::Held { .. } => false,
             });
-        let voters = view.state().voter_ids();
-        let nodes = view.state().nodes();
         let situation = Situation {
             spec: policy,
             state,
-            voters: &voters,
-            nodes: &nodes,
+            voters: view.voters,
+            nodes: view.nodes,
             now_ms: view.ctx.now.wall_ms,
             primary_lease_run_out,
         };
@@ -555,7 +555,7 @@ fn executor_of(view: &View<'_>, policy: &GroupPolicy, step: &Step) -> Option<Nod
     match step.host_local_member() {
         Some(member) => {
             let node_name = &policy.member(member)?.node;
-            view.state().nodes().into_iter().find(|(_, info)| &info.name == node_name).map(|(id, _)| id)
+            view.nodes.iter().find(|(_, info)| &info.name == node_name).map(|(id, _)| *id)
         }
         None => Some(view.node),
     }

@@ -219,8 +219,20 @@ impl ActionReport {
 pub struct SyncState {
     /// The standbys its setting makes commits wait for, all of them.
     pub in_force: BTreeSet<String>,
-    /// Each connected standby's state by name (`sync`, `quorum`, `async`, `potential`).
-    pub standbys: BTreeMap<String, String>,
+    /// The primary's own position.
+    pub position: Option<u64>,
+    /// Each connected standby by name: its state (`sync`, `quorum`, `async`, `potential`)
+    /// and the position it has flushed.
+    pub standbys: BTreeMap<String, StandbyState>,
+}
+
+/// One standby as its primary reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StandbyState {
+    /// `sync`, `quorum`, `async` or `potential`.
+    pub state: String,
+    /// The position it has flushed.
+    pub flushed: Option<u64>,
 }
 
 /// Why an action failed, by what the caller can do about it.

@@ -58,11 +58,20 @@ pub struct FenceTrack {
     failures: u32,
     retry_at: Mono,
     fenced_at: Option<Mono>,
+    /// When the last action finished (or the state was otherwise established).
+    settled_at: Mono,
 }
 
 impl Default for FenceTrack {
     fn default() -> Self {
-        FenceTrack { known: Known::Unknown, in_flight: None, failures: 0, retry_at: Mono::default(), fenced_at: None }
+        FenceTrack {
+            known: Known::Unknown,
+            in_flight: None,
+            failures: 0,
+            retry_at: Mono::default(),
+            fenced_at: None,
+            settled_at: Mono::default(),
+        }
     }
 }
 
@@ -70,6 +79,23 @@ impl FenceTrack {
     /// What the last finished action established.
     pub fn known(&self) -> Known {
         self.known
+    }
+
+    /// Whether the member is confirmed fenced and no action that could change that is in
+    /// flight (a lift still on its way may land after any fence confirmed before it).
+    pub fn settled_fenced(&self) -> bool {
+        self.known == Known::Fenced && self.in_flight.is_none()
+    }
+
+    /// Whether the member is known lifted and no action is in flight.
+    pub fn settled_lifted(&self) -> bool {
+        self.known == Known::Lifted && self.in_flight.is_none()
+    }
+
+    /// Whether a probe that ended at `probed_at` surely started after what is known was
+    /// settled (a probe lasts at most `probe_timeout`), so that it may contradict it.
+    pub fn probed_since_settled(&self, probed_at: Mono, probe_timeout: std::time::Duration) -> bool {
+        probed_at > self.settled_at + probe_timeout
     }
 
     /// Whether an action is in flight.
@@ -107,6 +133,7 @@ impl FenceTrack {
         if self.in_flight == Some(op) {
             self.in_flight = None;
         }
+        self.settled_at = now;
         if succeeded {
             self.failures = 0;
             self.retry_at = now;
@@ -130,6 +157,7 @@ impl FenceTrack {
     pub fn confirmed_fenced(&mut self, now: Mono) {
         self.known = Known::Fenced;
         self.fenced_at = Some(now);
+        self.settled_at = now;
     }
 
     /// Forgets what was known: the member changed role (it rejoined as a replica, whose

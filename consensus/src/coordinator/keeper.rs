@@ -365,6 +365,21 @@ fn drive_one(
     let replaced = run.is_some_and(|run| run.old_primary.as_deref() == Some(member.name.as_str()));
     let promoting = run.is_some_and(|run| run.candidate == member.name);
 
+    // This node's own probe found the member taking writes although the last fence was
+    // confirmed: it was started again (by hand, by its service manager) since. The fence is
+    // done again rather than trusted.
+    // Likewise a member found refusing writes although the last lift was confirmed (started
+    // again fenced, by an operator following the README) is lifted again if it should be.
+    let as_primary = verdict.filter(|v| v.facts.as_ref().is_some_and(|facts| !facts.in_recovery));
+    let takes_writes = as_primary.is_some_and(|v| v.health == Health::Up);
+    let refuses_writes = as_primary.is_some_and(|v| v.health == Health::Degraded);
+    let fresh = verdicts
+        .probed_at(group, &member.name)
+        .is_some_and(|probed_at| local.fence.probed_since_settled(probed_at, policy.probe_timeout));
+    if fresh && ((takes_writes && local.fence.settled_fenced()) || (refuses_writes && local.fence.settled_lifted())) {
+        local.fence.forget();
+    }
+
     let want = if is_primary && !replaced {
         local.handed_over = false;
         if local.holding.is_none() && promoted_in_epoch(state, &member.name) && !view.mutations.unfenced_promotion() {
@@ -464,15 +479,11 @@ fn drive_one(
     }
     // A confirmed fence outlives this daemon: the guard's harder fence is no longer needed.
     // Not while a lift may still land.
-    if local.guard_armed
-        && local.fence.known() == Known::Fenced
-        && local.fence.in_flight().is_none()
-        && !matches!(want, Some(Want::Lifted { .. }))
-    {
+    if local.guard_armed && local.fence.settled_fenced() && !matches!(want, Some(Want::Lifted { .. })) {
         out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: group.to_string() });
         local.guard_armed = false;
     }
-    if !is_primary && !replaced && local.fence.known() == Known::Fenced && local.handed_over {
+    if !is_primary && !replaced && local.fence.settled_fenced() && local.handed_over {
         local.holding = None;
     }
 }
@@ -607,7 +618,7 @@ fn keep_down_primary(
 /// A member being replaced: once its fence holds, release its lease so the leader need not
 /// wait for it to run out.
 fn hand_over(view: &View<'_>, out: &mut Out<'_>, policy: &GroupPolicy, member: &MemberPolicy, local: &mut Local) {
-    if local.handed_over || local.hand_over_in_flight || local.fence.known() != Known::Fenced {
+    if local.handed_over || local.hand_over_in_flight || !local.fence.settled_fenced() {
         return;
     }
     if local.holding.as_ref().is_some_and(|holding| holding.released) {

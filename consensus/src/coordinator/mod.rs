@@ -44,7 +44,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use effect::{
-    Action, ActionFailure, ActionReport, Effect, EffectId, FailureKind, GuardOrder, Outcome, ProposeError, SyncState,
+    Action, ActionFailure, ActionReport, Effect, EffectId, FailureKind, GuardOrder, Outcome, ProposeError,
+    StandbyState, SyncState,
 };
 pub use mutations::Mutations;
 pub use time::{Mono, Now};
@@ -113,6 +114,7 @@ pub struct Coordinator {
     /// Members this node is acting on with its own hands, and the effect doing it: one action
     /// at a time per member, so a lift and a fence never race.
     busy: BTreeMap<(String, String), EffectId>,
+    derived: Derived,
     verdicts: verdicts::Reporter,
     leases: lease_clock::LeaseClock,
     keeper: keeper::Keeper,
@@ -135,14 +137,17 @@ enum Purpose {
 impl Coordinator {
     /// The coordinator of node `node`.
     pub fn new(node: NodeId, config: Config) -> Self {
+        let record_only = config.mutations.unfenced_promotion();
         Coordinator {
             node,
             config,
             next_effect: 0,
             pending: BTreeMap::new(),
             busy: BTreeMap::new(),
+            derived: Derived::default(),
             verdicts: verdicts::Reporter::default(),
-            leases: lease_clock::LeaseClock::default(),
+            // The old rule restarted a lease only when its record changed (a mutation).
+            leases: lease_clock::LeaseClock::with_record_only(record_only),
             keeper: keeper::Keeper::default(),
             driver: driver::Driver::default(),
             rejoiner: rejoin::Rejoiner::default(),
@@ -168,9 +173,13 @@ impl Coordinator {
 
     /// Takes one event and returns what to do about it, in order.
     pub fn handle(&mut self, ctx: &Ctx<'_>, event: Event) -> Vec<Effect> {
-        let node_name = ctx.state.nodes().get(&self.node).map(|info| info.name.clone());
-        let policies: Vec<GroupPolicy> = ctx.state.spec.groups().map(|group| group.policy()).collect();
-        self.leases.observe(ctx.state, &policies, ctx.now.mono);
+        // Most calls are ticks and probe results, on a state that has not changed since the
+        // last call: what is derived from the state is derived again only when it has.
+        let state_changed = self.derived.refresh(ctx.state, self.node);
+        if state_changed {
+            self.leases.observe(ctx.state, &self.derived.policies, ctx.now.mono);
+        }
+        let derived = &self.derived;
         let new_leader = ctx.leader.is_some() && ctx.leader != self.last_leader;
         self.last_leader = ctx.leader;
         let mut out = Out {
@@ -182,8 +191,11 @@ impl Coordinator {
         let view = View {
             ctx,
             node: self.node,
-            node_name: node_name.as_deref(),
-            policies: &policies,
+            node_name: derived.node_name.as_deref(),
+            policies: &derived.policies,
+            nodes: &derived.nodes,
+            voters: &derived.voters,
+            state_changed,
             leases: &self.leases,
             mutations: self.config.mutations,
         };
@@ -214,6 +226,38 @@ impl Coordinator {
     }
 }
 
+/// What the coordinator derives from the applied state, kept until the state changes.
+#[derive(Debug, Default)]
+struct Derived {
+    /// The entry the state was at when this was derived.
+    applied: Option<crate::types::LogId>,
+    spec: crate::spec::ClusterSpec,
+    policies: Vec<GroupPolicy>,
+    node_name: Option<String>,
+    nodes: BTreeMap<NodeId, crate::types::NodeInfo>,
+    voters: std::collections::BTreeSet<NodeId>,
+    initialised: bool,
+}
+
+impl Derived {
+    /// Derives again what changed; whether the state changed since the last call.
+    fn refresh(&mut self, state: &ClusterState, node: NodeId) -> bool {
+        if self.initialised && self.applied == state.last_applied {
+            return false;
+        }
+        self.initialised = true;
+        self.applied = state.last_applied;
+        if self.spec != state.spec || self.policies.is_empty() {
+            self.spec = state.spec.clone();
+            self.policies = state.spec.groups().map(|group| group.policy()).collect();
+        }
+        self.nodes = state.nodes();
+        self.voters = state.voter_ids();
+        self.node_name = self.nodes.get(&node).map(|info| info.name.clone());
+        true
+    }
+}
+
 /// What every rule reads during one call.
 #[derive(Clone, Copy)]
 struct View<'a> {
@@ -222,6 +266,11 @@ struct View<'a> {
     /// This node's name in the membership, once it is a member.
     node_name: Option<&'a str>,
     policies: &'a [GroupPolicy],
+    /// Every node of the membership, and the voters.
+    nodes: &'a BTreeMap<NodeId, crate::types::NodeInfo>,
+    voters: &'a std::collections::BTreeSet<NodeId>,
+    /// Whether the applied state changed since the previous call.
+    state_changed: bool,
     leases: &'a lease_clock::LeaseClock,
     mutations: Mutations,
 }

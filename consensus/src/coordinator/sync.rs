@@ -31,6 +31,13 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const CONFIRM_POLL: Duration = Duration::from_millis(50);
 /// How long one setting change or reading may take.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long catching up with the cluster before a round may take.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a catch-up vouches for this node's state.
+const CAUGHT_UP_FOR: Duration = Duration::from_secs(1);
+
+/// When this node applied each verdict report, by group, member and observer.
+type AppliedAt = BTreeMap<String, BTreeMap<String, BTreeMap<NodeId, (u64, Mono)>>>;
 
 /// An effect of the settler in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +49,10 @@ pub struct Pending {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// Catching up with the cluster: a leader just elected may not have applied every
+    /// committed entry yet, and a round decided on such a state could set the primary's
+    /// standbys back to a set the cluster has moved on from.
+    CatchingUp,
     /// Synchronous mode was turned off: the set is emptied, then the setting.
     TurningOff {
         committed: bool,
@@ -59,13 +70,16 @@ enum Phase {
         desired: BTreeSet<String>,
         both: BTreeSet<String>,
     },
-    /// Waiting for the new standbys to be reported synchronous.
+    /// Waiting for the new standbys to be reported synchronous and to have flushed what the
+    /// primary had written when commits started waiting for them (`must_reach`, read at the
+    /// first poll): every commit acknowledged before then is on them.
     Confirming {
         desired: BTreeSet<String>,
         both: BTreeSet<String>,
         deadline: Mono,
         next_poll: Mono,
         asking: bool,
+        must_reach: Option<u64>,
     },
     /// The replicated set takes the old and the new, then the new alone.
     Committing {
@@ -84,20 +98,24 @@ struct Settling {
     epoch: u64,
     next_check: Mono,
     in_flight: bool,
+    caught_up_at: Option<Mono>,
 }
 
 /// The leader's synchronous-standby settler.
 #[derive(Clone, Debug, Default)]
 pub struct Settler {
     groups: BTreeMap<String, Settling>,
-    /// When this node applied each verdict report it holds, by observer.
-    applied_at: BTreeMap<(String, String, NodeId), (u64, Mono)>,
+    /// When this node applied each verdict report it holds (its observer's stamp, and this
+    /// node's reading then), by group, member and observer.
+    applied_at: AppliedAt,
 }
 
 impl Settler {
     pub(super) fn drive(&mut self, view: &View<'_>, out: &mut Out<'_>) {
         let now = view.now();
-        self.note_reports(view);
+        if view.state_changed {
+            self.note_reports(view);
+        }
         self.groups.retain(|group, _| view.policy(group).is_some());
         for policy in view.policies {
             let Some(state) = view.group_state(&policy.name) else { continue };
@@ -115,6 +133,7 @@ impl Settler {
                 epoch: state.epoch,
                 next_check: now,
                 in_flight: false,
+                caught_up_at: None,
             });
             if settling.in_flight {
                 continue;
@@ -130,6 +149,7 @@ impl Settler {
                     epoch: state.epoch,
                     next_check: now,
                     in_flight: false,
+                    caught_up_at: None,
                 };
                 if !view.is_leader() || state.running.is_some() {
                     continue;
@@ -140,26 +160,35 @@ impl Settler {
         }
     }
 
-    /// Notes when this node applied each verdict report, by its own clock.
+    /// Notes when this node applied each verdict report of a strict group, by its own clock.
     fn note_reports(&mut self, view: &View<'_>) {
         let now = view.now();
-        let mut live = BTreeSet::new();
-        for (group, state) in &view.state().groups {
+        let strict = |group: &str| view.policy(group).is_some_and(|policy| policy.synchronous == SyncMode::Strict);
+        self.applied_at.retain(|group, _| strict(group));
+        for policy in view.policies.iter().filter(|policy| policy.synchronous == SyncMode::Strict) {
+            let Some(state) = view.group_state(&policy.name) else { continue };
+            if !self.applied_at.contains_key(&policy.name) {
+                self.applied_at.insert(policy.name.clone(), BTreeMap::new());
+            }
+            let members = self.applied_at.get_mut(&policy.name).expect("inserted above");
+            members.retain(|member, _| state.verdicts.contains_key(member));
             for (member, reports) in &state.verdicts {
+                if !members.contains_key(member) {
+                    members.insert(member.clone(), BTreeMap::new());
+                }
+                let nodes = members.get_mut(member).expect("inserted above");
+                nodes.retain(|node, _| reports.contains_key(node));
                 for (node, report) in reports {
-                    let key = (group.clone(), member.clone(), *node);
-                    match self.applied_at.get_mut(&key) {
+                    match nodes.get_mut(node) {
                         Some((observed, _)) if *observed == report.observed_at_ms => {}
                         Some(seen) => *seen = (report.observed_at_ms, now),
                         None => {
-                            self.applied_at.insert(key.clone(), (report.observed_at_ms, now));
+                            nodes.insert(*node, (report.observed_at_ms, now));
                         }
                     }
-                    live.insert(key);
                 }
             }
         }
-        self.applied_at.retain(|key, _| live.contains(key));
     }
 
     pub(super) fn done(&mut self, view: &View<'_>, pending: Pending, outcome: Outcome) {
@@ -181,7 +210,12 @@ impl Settler {
                 tracing::warn!(group, %failure, "synchronous standbys not settled");
                 false
             }
-            Outcome::CaughtUp(_) | Outcome::Guarded(_) => false,
+            Outcome::CaughtUp(Ok(())) => true,
+            Outcome::CaughtUp(Err(error)) => {
+                tracing::info!(group, %error, "cannot catch up with the cluster; synchronous standbys not settled now");
+                false
+            }
+            Outcome::Guarded(_) => false,
         };
         if !ok {
             settling.phase = Phase::Idle;
@@ -190,6 +224,11 @@ impl Settler {
         }
         let phase = std::mem::replace(&mut settling.phase, Phase::Idle);
         settling.phase = match phase {
+            Phase::CatchingUp => {
+                settling.caught_up_at = Some(now);
+                settling.next_check = now;
+                return;
+            }
             Phase::TurningOff { committed: false } => Phase::TurningOff { committed: true },
             Phase::TurningOff { committed: true } => {
                 tracing::info!(group, "synchronous mode off: commits no longer wait for a standby");
@@ -202,23 +241,44 @@ impl Settler {
                 };
                 if in_force.as_ref() == Some(&current) { Phase::Idle } else { Phase::Repairing }
             }
-            Phase::Widening { desired, both } => {
-                Phase::Confirming { desired, both, deadline: now + CONFIRM_TIMEOUT, next_poll: now, asking: false }
-            }
-            Phase::Confirming { desired, both, deadline, .. } => {
-                let confirmed = match outcome {
-                    Outcome::Acted(Ok(report)) => report.sync.is_some_and(|sync| {
-                        desired.iter().all(|name| sync.standbys.get(name).is_some_and(|s| s == "sync" || s == "quorum"))
-                    }),
-                    _ => false,
+            Phase::Widening { desired, both } => Phase::Confirming {
+                desired,
+                both,
+                deadline: now + CONFIRM_TIMEOUT,
+                next_poll: now,
+                asking: false,
+                must_reach: None,
+            },
+            Phase::Confirming { desired, both, deadline, must_reach, .. } => {
+                let sync = match outcome {
+                    Outcome::Acted(Ok(report)) => report.sync,
+                    _ => None,
                 };
+                // Read once, after the primary's setting named the new standbys: every commit
+                // acknowledged before is at or below this position.
+                let must_reach = must_reach.or_else(|| sync.as_ref().and_then(|sync| sync.position));
+                let confirmed = sync.as_ref().zip(must_reach).is_some_and(|(sync, must_reach)| {
+                    desired.iter().all(|name| {
+                        sync.standbys.get(name).is_some_and(|standby| {
+                            (standby.state == "sync" || standby.state == "quorum")
+                                && standby.flushed.is_some_and(|flushed| flushed >= must_reach)
+                        })
+                    })
+                });
                 if confirmed {
                     Phase::Committing { desired, both_done: false }
                 } else if now > deadline {
-                    tracing::warn!(group, standbys = ?desired, "not reported synchronous within {CONFIRM_TIMEOUT:?}");
+                    tracing::warn!(group, standbys = ?desired, "not confirmed synchronous within {CONFIRM_TIMEOUT:?}");
                     Phase::Idle
                 } else {
-                    Phase::Confirming { desired, both, deadline, next_poll: now + CONFIRM_POLL, asking: false }
+                    Phase::Confirming {
+                        desired,
+                        both,
+                        deadline,
+                        next_poll: now + CONFIRM_POLL,
+                        asking: false,
+                        must_reach,
+                    }
                 }
             }
             Phase::Committing { desired, both_done: false } => Phase::Committing { desired, both_done: true },
@@ -259,6 +319,12 @@ fn step(
     match &mut settling.phase {
         Phase::Idle => {
             if now < settling.next_check {
+                return;
+            }
+            if settling.caught_up_at.is_none_or(|at| now.since(at) > CAUGHT_UP_FOR) {
+                out.catch_up(purpose(), CATCH_UP_TIMEOUT);
+                settling.phase = Phase::CatchingUp;
+                settling.in_flight = true;
                 return;
             }
             if policy.synchronous == SyncMode::Off {
@@ -319,7 +385,11 @@ fn step(
             out.act(purpose(), group, &primary, set(current), ACTION_TIMEOUT, true);
         }
         // Waiting for an outcome.
-        Phase::TurningOff { committed: false } | Phase::Noting | Phase::Reading { .. } | Phase::Widening { .. } => {
+        Phase::CatchingUp
+        | Phase::TurningOff { committed: false }
+        | Phase::Noting
+        | Phase::Reading { .. }
+        | Phase::Widening { .. } => {
             return;
         }
     }
@@ -332,7 +402,7 @@ fn healthy_standbys(
     policy: &GroupPolicy,
     state: &GroupState,
     primary: &str,
-    applied_at: &BTreeMap<(String, String, NodeId), (u64, Mono)>,
+    applied_at: &AppliedAt,
 ) -> Vec<String> {
     let now = view.now();
     let stale_after = Duration::from_millis(STALE_AFTER_MS);
@@ -350,7 +420,7 @@ fn healthy_standbys(
                     let age = if view.mutations.wall_clock_step_timeouts() {
                         Duration::from_millis(view.ctx.now.wall_ms.saturating_sub(report.observed_at_ms))
                     } else {
-                        let (_, applied) = applied_at.get(&(policy.name.clone(), member.name.clone(), *node))?;
+                        let (_, applied) = applied_at.get(&policy.name)?.get(&member.name)?.get(node)?;
                         now.since(*applied)
                     };
                     (age <= stale_after).then_some((age, report))

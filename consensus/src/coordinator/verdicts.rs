@@ -136,6 +136,8 @@ pub struct Pending {
     group: String,
     member: String,
     report: VerdictReport,
+    /// Which send of this member's reports it was: an answer to a superseded one is ignored.
+    send: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -143,10 +145,14 @@ struct MemberReports {
     tracker: VerdictTracker,
     /// The newest report not yet sent.
     unsent: Option<VerdictReport>,
-    in_flight: bool,
+    /// The report in flight: its send number, and the leader it went to.
+    in_flight: Option<(u64, Option<crate::types::NodeId>)>,
+    sends: u64,
     retry_at: Mono,
     /// When the last probe ended.
     probed_at: Mono,
+    /// The last report sent, to send again to a new leader.
+    last_sent: Option<VerdictReport>,
 }
 
 /// This node's verdicts on every member and their reports.
@@ -175,9 +181,11 @@ impl Reporter {
         let entry = self.members.entry(key).or_insert_with(|| MemberReports {
             tracker: VerdictTracker::new(policy.down_after),
             unsent: None,
-            in_flight: false,
+            in_flight: None,
+            sends: 0,
             retry_at: Mono::default(),
             probed_at: Mono::default(),
+            last_sent: None,
         });
         if entry.tracker.down_after != policy.down_after {
             entry.tracker = VerdictTracker::new(policy.down_after);
@@ -196,7 +204,11 @@ impl Reporter {
 
     pub(super) fn done(&mut self, view: &View<'_>, pending: Pending, outcome: Outcome) {
         let Some(entry) = self.members.get_mut(&(pending.group.clone(), pending.member.clone())) else { return };
-        entry.in_flight = false;
+        if entry.in_flight.is_none_or(|(send, _)| send != pending.send) {
+            // Superseded by a send to a newer leader.
+            return;
+        }
+        entry.in_flight = None;
         let committed = matches!(outcome, Outcome::Proposed(Ok(_)));
         if !committed {
             if let Outcome::Proposed(Err(error)) = &outcome {
@@ -212,20 +224,30 @@ impl Reporter {
         // Members that left the spec are forgotten.
         self.members
             .retain(|(group, member), _| view.policy(group).is_some_and(|policy| policy.member(member).is_some()));
+        let leader = view.ctx.leader;
         for ((group, member), entry) in &mut self.members {
-            if entry.in_flight || view.now() < entry.retry_at {
+            // A report sent to a leader that has since been replaced may wait out its whole
+            // timeout (a dead leader does not answer): the new leader gets it at once.
+            let to_old_leader = entry.in_flight.is_some_and(|(_, sent_to)| leader.is_some() && sent_to != leader);
+            if (entry.in_flight.is_some() && !to_old_leader) || view.now() < entry.retry_at {
                 continue;
             }
-            let Some(report) = entry.unsent.take() else { continue };
+            let report = match (entry.unsent.take(), &entry.last_sent) {
+                (Some(report), _) => report,
+                (None, Some(last)) if to_old_leader => last.clone(),
+                _ => continue,
+            };
+            entry.last_sent = Some(report.clone());
             let command = Command::ReportVerdict {
                 node: view.node,
                 group: group.clone(),
                 member: member.clone(),
                 report: report.clone(),
             };
-            let pending = Pending { group: group.clone(), member: member.clone(), report };
+            entry.sends += 1;
+            let pending = Pending { group: group.clone(), member: member.clone(), report, send: entry.sends };
             out.propose(Purpose::Verdict(pending), command, REPORT_TIMEOUT);
-            entry.in_flight = true;
+            entry.in_flight = Some((entry.sends, leader));
         }
     }
 }

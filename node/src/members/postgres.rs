@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, warn};
 use vigil_actions::{ActionError, PgCtl};
-use vigil_consensus::coordinator::{ActionFailure, ActionReport, FailureKind, Seen, SyncState};
+use vigil_consensus::coordinator::{ActionFailure, ActionReport, FailureKind, Seen, StandbyState, SyncState};
 use vigil_consensus::group::{Health, MemberFacts, StepFacts, Verdict};
 use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -331,7 +331,10 @@ impl Member for PgMember {
                 vigil_actions::confirm_stopped(&ctl, &self.member.host, self.member.port, CONFIRM_STOPPED_TIMEOUT)
                     .await
                     .map_err(|e| failure_in("confirming it is down", e))?;
-            Ok(ActionReport::done(format!("not running: {evidence}")))
+            // Once its lease is released another member may be promoted: should anyone start
+            // this one again meanwhile, it must come back refusing writes.
+            vigil_actions::persist_fence(&ctl).await.map_err(|e| failure_in("writing the fence into its files", e))?;
+            Ok(ActionReport::done(format!("not running, and fenced in its files: {evidence}")))
         })
     }
 
@@ -448,10 +451,19 @@ impl Member for PgMember {
     fn read_sync_state(&self) -> BoxFuture<'_, ActionResult> {
         Box::pin(async move {
             let target = self.target()?;
-            let (setting, standbys) = vigil_actions::synchronous_state(&target).await.map_err(failure)?;
+            let read = vigil_actions::synchronous_state(&target).await.map_err(failure)?;
+            let standbys = read
+                .standbys
+                .into_iter()
+                .map(|(name, (state, flushed))| (name, StandbyState { state, flushed }))
+                .collect();
             Ok(ActionReport {
-                sync: Some(SyncState { in_force: sync_names_in_force(&setting), standbys }),
-                ..ActionReport::done(format!("synchronous_standby_names is '{setting}'"))
+                sync: Some(SyncState {
+                    in_force: sync_names_in_force(&read.setting),
+                    position: read.position,
+                    standbys,
+                }),
+                ..ActionReport::done(format!("synchronous_standby_names is '{}'", read.setting))
             })
         })
     }

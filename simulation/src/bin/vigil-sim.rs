@@ -2,9 +2,12 @@
 //! from a random start until the time is up) and writes a Markdown report.
 //!
 //! ```text
-//! vigil-sim run --seed N [--mutation NAME] [--nodes 5] [--redis-fence-faults]
+//! vigil-sim run --seed N [--scenario NAME] [--mutation NAME] [--nodes 5] [--redis-fence-faults] [--verbose]
 //! vigil-sim soak --minutes M --report PATH [--mutation NAME] [--nodes 5] [--start SEED]
 //! ```
+//! Scenarios: isolated-leader, promoted-then-cut-off, stuck-fence, late-lift,
+//! wall-step-during-host-step, wall-step-back-while-retry-waits,
+//! wall-step-ahead-while-retry-waits.
 //! Mutations: skip_lease_wait, silent_fence_failure, unfenced_promotion, unconfirmed_fence,
 //! unordered_fence_and_lift, wall_clock_step_timeouts.
 
@@ -22,10 +25,12 @@ fn main() -> ExitCode {
         Ok(Command::Soak { minutes, report, start, config, mutation }) => {
             soak(minutes, &report, start, &config, mutation)
         }
-        Ok(Command::Bench { seeds, config }) => bench(seeds, &config),
+        Ok(Command::Bench { start, seeds, config }) => bench(start, seeds, &config),
         Err(message) => {
             eprintln!("vigil-sim: {message}");
-            eprintln!("usage: vigil-sim run --seed N [--mutation NAME] [--nodes 5] [--redis-fence-faults]");
+            eprintln!(
+                "usage: vigil-sim run --seed N [--scenario NAME] [--mutation NAME] [--nodes 5] [--redis-fence-faults] [--verbose]"
+            );
             eprintln!("       vigil-sim soak --minutes M --report PATH [--mutation NAME] [--nodes 5] [--start SEED]");
             ExitCode::from(2)
         }
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
 enum Command {
     Run { seed: u64, config: Config },
     Soak { minutes: f64, report: String, start: Option<u64>, config: Config, mutation: Option<String> },
-    Bench { seeds: u64, config: Config },
+    Bench { start: u64, seeds: u64, config: Config },
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
@@ -45,7 +50,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut words = rest.iter();
     while let Some(word) = words.next() {
         let name = word.strip_prefix("--").ok_or_else(|| format!("unexpected argument {word:?}"))?;
-        if name == "redis-fence-faults" {
+        if name == "redis-fence-faults" || name == "verbose" {
             flags.insert(name.to_string());
             continue;
         }
@@ -59,6 +64,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut config = Config {
         mutations: mutation.as_deref().map(mutations).transpose()?.unwrap_or_default(),
         fence_faults_on_redis: flags.contains("redis-fence-faults"),
+        verbose: flags.contains("verbose"),
         ..Config::default()
     };
     if let Some(settle) = number("settle")? {
@@ -71,7 +77,16 @@ fn parse(args: &[String]) -> Result<Command, String> {
         config.nodes = nodes as usize;
     }
     match verb.as_str() {
-        "run" => Ok(Command::Run { seed: number("seed")?.ok_or("run needs --seed N")?, config }),
+        "run" => {
+            let seed = number("seed")?.ok_or("run needs --seed N")?;
+            if let Some(name) = options.get("scenario") {
+                let scenario = vigil_simulation::scenarios::named(name).ok_or_else(|| {
+                    format!("no scenario {name:?}; scenarios: {}", vigil_simulation::scenarios::NAMES.join(", "))
+                })?;
+                config = Config { mutations: config.mutations, verbose: config.verbose, ..scenario };
+            }
+            Ok(Command::Run { seed, config })
+        }
         "soak" => {
             let minutes = options
                 .get("minutes")
@@ -81,7 +96,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
             let report = options.get("report").cloned().ok_or("soak needs --report PATH")?;
             Ok(Command::Soak { minutes, report, start: number("start")?, config, mutation })
         }
-        "bench" => Ok(Command::Bench { seeds: number("seeds")?.unwrap_or(100), config }),
+        "bench" => {
+            Ok(Command::Bench { start: number("start")?.unwrap_or(0), seeds: number("seeds")?.unwrap_or(100), config })
+        }
         other => Err(format!("unknown command {other:?}")),
     }
 }
@@ -124,12 +141,12 @@ fn run_one(seed: u64, config: &Config) -> ExitCode {
     }
 }
 
-/// Runs seeds 0..N on one thread and says what a run costs: coordinator calls, simulated
-/// time, wall time.
+/// Runs seeds START..START+N on one thread and says what a run costs: coordinator calls,
+/// simulated time, wall time; and prints every seed that failed.
 #[allow(clippy::disallowed_types)]
-fn bench(seeds: u64, config: &Config) -> ExitCode {
+fn bench(start: u64, seeds: u64, config: &Config) -> ExitCode {
     let started = std::time::Instant::now();
-    let found = batch::run_seeds(0..seeds, config, 1, &|| true);
+    let found = batch::run_seeds(start..start + seeds, config, 1, &|| true);
     for failed in &found.failed {
         println!("{}", failed.failure_message());
     }

@@ -1,0 +1,149 @@
+//! The named scenarios: fixed fault schedules, each built to put one rule of the coordinator
+//! to the test (the tests in `tests/scenarios.rs` say which property each proves). The
+//! `vigil-sim` binary runs them by name (`vigil-sim run --scenario NAME --seed N`), the seed
+//! choosing only the world's latencies and clock rates.
+
+use std::time::Duration;
+
+use crate::clock::Micros;
+use crate::cluster::{POSTGRES, REDIS};
+use crate::config::Config;
+use crate::faults::{ActionKind, Episode, Fault, StepKind, Target, Trigger, TweakKind};
+
+/// Every scenario by name, with its schedule, its length and its first leader.
+pub fn named(name: &str) -> Option<Config> {
+    let (schedule, seconds, first_leader) = match name {
+        "isolated-leader" => (isolated_leader(), 40, 1),
+        "promoted-then-cut-off" => (promoted_then_cut_off(), 150, 2),
+        "stuck-fence" => (fence_stuck_beside_a_cut_off_primary(), 60, 2),
+        "late-lift" => (a_late_lift(), 50, 2),
+        "wall-step-during-host-step" => (a_wall_step_during_a_host_local_step(), 60, 2),
+        "wall-step-back-while-retry-waits" => (a_wall_step_while_a_retry_waits(-300_000), 40, 2),
+        "wall-step-ahead-while-retry-waits" => (a_wall_step_while_a_retry_waits(300_000), 40, 2),
+        "lagging-standby" => (a_lagging_standby_made_synchronous(), 40, 2),
+        _ => return None,
+    };
+    Some(Config {
+        schedule: Some(schedule),
+        scenario: Some(name.to_string()),
+        duration: Some(Duration::from_secs(seconds)),
+        first_leader: Some(first_leader),
+        ..Config::default()
+    })
+}
+
+/// The names [`named`] knows.
+pub const NAMES: [&str; 8] = [
+    "isolated-leader",
+    "promoted-then-cut-off",
+    "stuck-fence",
+    "late-lift",
+    "wall-step-during-host-step",
+    "wall-step-back-while-retry-waits",
+    "wall-step-ahead-while-retry-waits",
+    "lagging-standby",
+];
+
+fn seconds(value: f64) -> Micros {
+    (value * 1e6) as Micros
+}
+
+/// The Raft port of node 2, the leader, is blocked for 8 s (it is cut off from the cluster;
+/// the servers on its host are not); the primaries sit beside node 1.
+pub fn isolated_leader() -> Vec<Episode> {
+    vec![Episode::at(seconds(5.0), seconds(8.0), Fault::BlockRaftPort(Target::Index(1)))]
+}
+
+/// Hole 1: the Redis primary dies, and the member promoted in its place has its host cut off
+/// right after its promotion commits, before its own node heard of it; that run is given up
+/// and another member promoted, while the first stays cut off for 70 s.
+pub fn promoted_then_cut_off() -> Vec<Episode> {
+    vec![
+        Episode::at(seconds(5.0), seconds(60.0), Fault::KillPrimary(REDIS)),
+        Episode {
+            trigger: Trigger::OnStep { group: REDIS, step: StepKind::Promote, succeeded: Some(true), delay: 0 },
+            hold: Some(seconds(70.0)),
+            fault: Fault::Isolate(Target::Candidate(REDIS)),
+        },
+    ]
+}
+
+/// Hole 2: every fence of the PostgreSQL primary hangs, and its host is cut off for 20 s, so
+/// its node can neither renew its lease nor fence it: only its guard can stop it.
+pub fn fence_stuck_beside_a_cut_off_primary() -> Vec<Episode> {
+    vec![
+        Episode::at(
+            seconds(4.0),
+            seconds(22.0),
+            Fault::StuckFence { group: POSTGRES, member: Target::Primary(POSTGRES) },
+        ),
+        Episode::at(seconds(5.0), seconds(20.0), Fault::Isolate(Target::Index(0))),
+    ]
+}
+
+/// Hole 3: the PostgreSQL primary's node loses Raft for 1.4 s and fences it; once it renews
+/// again it lifts the fence, but that lift takes 6 s to land; meanwhile the node loses Raft
+/// again, for 15 s, and the cluster fails the fenced primary over.
+pub fn a_late_lift() -> Vec<Episode> {
+    let slow_lift = Fault::Tweak {
+        group: POSTGRES,
+        member: Target::Index(0),
+        action: ActionKind::Lift,
+        tweak: TweakKind::Slow(seconds(6.0)),
+    };
+    vec![
+        Episode::at(seconds(5.0), seconds(1.4), Fault::BlockRaftPort(Target::Index(0))),
+        Episode::at(seconds(5.0), seconds(10.0), slow_lift),
+        Episode::at(seconds(6.8), seconds(15.0), Fault::BlockRaftPort(Target::Index(0))),
+    ]
+}
+
+/// Hole 5, first half: an operator's switchover of PostgreSQL to a confirmed standby, whose
+/// host-local step (stopping the old primary cleanly) takes 3 s, while the leader's wall
+/// clock is stepped 300 s ahead for 20 s.
+pub fn a_wall_step_during_a_host_local_step() -> Vec<Episode> {
+    let slow_stop = Fault::Tweak {
+        group: POSTGRES,
+        member: Target::Index(0),
+        action: ActionKind::StopForSwitchover,
+        tweak: TweakKind::Slow(seconds(3.0)),
+    };
+    vec![
+        Episode::at(seconds(4.0), seconds(30.0), slow_stop),
+        Episode::at(seconds(5.0), 0, Fault::Switchover { group: POSTGRES, to: Target::Standby(POSTGRES) }),
+        Episode::at(seconds(6.0), seconds(20.0), Fault::WallClockStep { node: Target::Leader, delta_ms: 300_000 }),
+    ]
+}
+
+/// Hole 5, second half: the Redis primary dies, the promotion of its replacement fails once,
+/// and the leader's wall clock is stepped by `delta_ms` (for good) right after the failure
+/// is committed, while the step waits for its retry.
+pub fn a_wall_step_while_a_retry_waits(delta_ms: i64) -> Vec<Episode> {
+    let fail_promotion = |member| Fault::Tweak {
+        group: REDIS,
+        member: Target::Index(member),
+        action: ActionKind::Promote,
+        tweak: TweakKind::Fail,
+    };
+    vec![
+        Episode::at(seconds(4.0), seconds(20.0), fail_promotion(1)),
+        Episode::at(seconds(4.0), seconds(20.0), fail_promotion(2)),
+        Episode::at(seconds(5.0), seconds(10.0), Fault::KillPrimary(REDIS)),
+        Episode {
+            trigger: Trigger::OnStep { group: REDIS, step: StepKind::Promote, succeeded: Some(false), delay: 0 },
+            hold: None,
+            fault: Fault::WallClockStep { node: Target::Leader, delta_ms },
+        },
+    ]
+}
+
+/// Strict synchronous mode: pg3 stops receiving (it still reports streaming) at 4 s; pg2,
+/// the confirmed synchronous standby, is cut off from the primary at 5 s, so the leader
+/// looks for another standby; the primary dies at 9 s.
+pub fn a_lagging_standby_made_synchronous() -> Vec<Episode> {
+    vec![
+        Episode::at(seconds(4.0), seconds(30.0), Fault::ReplicaLag { group: POSTGRES, member: Target::Index(2) }),
+        Episode::at(seconds(5.0), seconds(30.0), Fault::Cut(Target::Index(0), Target::Index(1))),
+        Episode::at(seconds(9.0), seconds(30.0), Fault::KillPrimary(POSTGRES)),
+    ]
+}
