@@ -462,9 +462,10 @@ pub struct MemberPolicy {
     /// Whether its writes can be stopped cleanly for a switchover: a PostgreSQL member needs
     /// its `data_dir`; a Redis master's writes are paused with `CLIENT PAUSE`.
     pub stoppable: bool,
-    /// Whether the fence guard can stop it should the vigil beside it die while it takes
-    /// writes (a PostgreSQL member with its `data_dir`). An unguarded member stays writable
-    /// after its vigil crashed until the leader fences it over the network.
+    /// Whether the fence guard can fence it should the vigil beside it die or hang while it
+    /// takes writes (a PostgreSQL member with its `data_dir` is stopped; a Redis master is
+    /// made to refuse writes). An unguarded member stays writable after its vigil crashed
+    /// until the leader fences it over the network.
     pub guarded: bool,
     /// Why the member is not guarded, in words, when it is not.
     pub unguarded_because: Option<&'static str>,
@@ -813,11 +814,9 @@ impl RedisGroup {
                     priority: member.priority,
                     nofailover: member.nofailover,
                     stoppable: true,
-                    guarded: false,
-                    unguarded_because: Some(
-                        "vigil does not stop redis-server: should the vigil beside the master die, the master stays \
-                         writable until the leader fences it over the network",
-                    ),
+                    // The guard makes the master refuse writes when its lease runs out.
+                    guarded: true,
+                    unguarded_because: None,
                     restarts_in_place: false,
                 })
                 .collect(),

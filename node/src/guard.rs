@@ -1,11 +1,13 @@
-//! The fence guard: a small process that outlives a crash of `vigil run` and stops the
+//! The fence guard: a small process that outlives a crash of `vigil run` and fences the
 //! primary beside it when its lease runs out with nobody left to renew it.
 //!
 //! `vigil run` starts the guard (`vigil fence-guard --socket PATH`) once per data dir, in a
-//! process group of its own so it survives the daemon, and tells it over a Unix socket, at
-//! every lease renewal, until when the primary may take writes. If the daemon dies (or hangs
-//! and stops telling), the guard stops the primary (`pg_ctl stop -m immediate`) when that
-//! time comes. A daemon restarted in time connects to the same guard and renews: a quick
+//! process group of its own so it survives the daemon, and tells it over a Unix socket (only
+//! its owner may connect), at every lease renewal, until when the primary may take writes.
+//! If the daemon dies (or hangs and stops telling), the guard fences the primary when that
+//! time comes: a PostgreSQL primary is stopped (`pg_ctl stop -m immediate`); a Redis master
+//! is made to refuse writes (`min-replicas-to-write` beyond reach, retried for a while if
+//! the server does not answer). A daemon restarted in time connects to the same guard and renews: a quick
 //! restart does not cost the primary a restart. The guard only knows monotonic time of its
 //! own, so no clock is compared across processes either: the daemon sends a duration.
 
@@ -28,15 +30,92 @@ pub const SOCKET_FILE: &str = "fence-guard.sock";
 /// How long the guard lingers with nothing armed and no daemon connected.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
-/// Host-local control of one server, as the guard needs it (no secrets: it only stops).
+/// How many times the guard tries to make a Redis master refuse writes.
+const REDIS_FENCE_ATTEMPTS: u32 = 20;
+/// The pause between two of those tries.
+const REDIS_FENCE_RETRY: Duration = Duration::from_millis(250);
+/// Bound on one of those tries.
+const REDIS_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Host-local control of one server, as the guard needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuardedServer {
-    /// `pg_ctl`'s directory.
-    pub bin_dir: PathBuf,
-    /// The data directory.
-    pub data_dir: PathBuf,
-    /// The OS user to run `pg_ctl` as, when the guard runs as root.
-    pub run_as: Option<String>,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuardedServer {
+    /// A PostgreSQL server, stopped at the deadline (no secrets: it only stops).
+    Postgres {
+        /// `pg_ctl`'s directory.
+        bin_dir: PathBuf,
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The OS user to run `pg_ctl` as, when the guard runs as root.
+        run_as: Option<String>,
+    },
+    /// A Redis master, made to refuse writes at the deadline.
+    Redis(GuardedRedis),
+}
+
+/// What the guard needs to fence a Redis master: vigil's own connection settings, the
+/// secrets already read by the daemon (they travel only over the guard's owner-only socket).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardedRedis {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user, `None` for the default user.
+    pub username: Option<String>,
+    /// vigil's password on the member.
+    pub password: Option<String>,
+    /// The CA certificates (PEM) when the member takes TLS.
+    pub tls_ca: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), when the member asks for one.
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    /// `min-replicas-to-write` that refuses every write.
+    pub refuse_all: u32,
+    /// `min-replicas-max-lag` set with it (never zero, which would turn the check off).
+    pub max_lag_s: u32,
+}
+
+impl std::fmt::Debug for GuardedRedis {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("GuardedRedis")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("tls", &self.tls_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedRedis {
+    /// The settings from the daemon's connection settings for the member.
+    pub fn new(target: &vigil_probes::RedisTarget, refuse_all: u32, max_lag_s: u32) -> Self {
+        GuardedRedis {
+            host: target.host.clone(),
+            port: target.port,
+            username: target.username.clone(),
+            password: target.password.clone(),
+            tls_ca: target.tls.as_ref().map(|tls| tls.ca.clone()),
+            tls_client: target.tls.as_ref().and_then(|tls| tls.client.clone()),
+            refuse_all,
+            max_lag_s: max_lag_s.max(1),
+        }
+    }
+
+    fn target(&self) -> vigil_probes::RedisTarget {
+        vigil_probes::RedisTarget {
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            timeout: REDIS_FENCE_TIMEOUT,
+            tls: self
+                .tls_ca
+                .as_ref()
+                .map(|ca| vigil_probes::RedisTls { ca: ca.clone(), client: self.tls_client.clone() }),
+        }
+    }
 }
 
 /// What the daemon tells the guard, one JSON object per line.
@@ -157,6 +236,9 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
+    // Whoever may connect may stop a primary (and reads Redis passwords sent to the guard):
+    // only the owner.
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     // Who runs the guard, so whoever started the daemon can find and end it too.
     let pid_file = pid_file_of(socket);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
@@ -164,6 +246,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     let mut armed: BTreeMap<String, Armed> = BTreeMap::new();
     let connected = Arc::new(AtomicUsize::new(0));
     let mut idle_since = Some(Instant::now());
+    let mut fencing = tokio::task::JoinSet::new();
     info!(socket = %socket.display(), "fence guard listening");
     loop {
         let next_deadline = armed.values().map(|entry| entry.deadline).min();
@@ -205,13 +288,11 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             armed.iter().filter(|(_, entry)| entry.deadline <= now).map(|(g, _)| g.clone()).collect();
         for group in due {
             let entry = armed.remove(&group).expect("due entries are armed");
-            warn!(group, data_dir = %entry.server.data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
-            let ctl = vigil_actions::PgCtl::new(entry.server.bin_dir, entry.server.data_dir, entry.server.run_as);
-            if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
-                error!(group, %error, "the fence guard could not stop the primary");
-            }
+            // Apart, so that a member slow to answer delays no other group's fence.
+            fencing.spawn(async move { fence(&group, entry.server).await });
         }
-        if armed.is_empty() && connected.load(Ordering::SeqCst) == 0 {
+        while fencing.try_join_next().is_some() {}
+        if armed.is_empty() && fencing.is_empty() && connected.load(Ordering::SeqCst) == 0 {
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) > IDLE_EXIT {
                 info!("fence guard: nothing to guard; exiting");
@@ -221,6 +302,39 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             }
         } else {
             idle_since = None;
+        }
+    }
+}
+
+/// Fences the primary of `group` whose lease ran out.
+async fn fence(group: &str, server: GuardedServer) {
+    match server {
+        GuardedServer::Postgres { bin_dir, data_dir, run_as } => {
+            warn!(group, data_dir = %data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
+            let ctl = vigil_actions::PgCtl::new(bin_dir, data_dir, run_as);
+            if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
+                error!(group, %error, "the fence guard could not stop the primary");
+            }
+        }
+        GuardedServer::Redis(redis) => {
+            let target = redis.target();
+            let address = target.address();
+            warn!(group, %address, "lease ran out with nobody renewing: making the master refuse writes");
+            for attempt in 1..=REDIS_FENCE_ATTEMPTS {
+                match vigil_actions::redis_set_min_replicas(&target, redis.refuse_all, redis.max_lag_s).await {
+                    Ok(()) => {
+                        info!(group, %address, "the master refuses writes");
+                        return;
+                    }
+                    Err(error) if attempt == REDIS_FENCE_ATTEMPTS => {
+                        error!(group, %address, %error, "the fence guard could not fence the master; giving up");
+                    }
+                    Err(error) => {
+                        warn!(group, %address, %error, attempt, "the fence guard could not fence the master yet");
+                        tokio::time::sleep(REDIS_FENCE_RETRY).await;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Real redis-server processes (a master and two replicas) watched by three real `vigil`
-//! processes: failover on a killed master, the lag policy, a switchover that loses no
-//! acknowledged write, a one-node partition that must not fail over, and bad specs.
+//! processes: failover on a killed master, the fence guard of a master whose vigil died, the
+//! lag policy, a switchover that loses no acknowledged write, a one-node partition that must
+//! not fail over, and bad specs.
 
 // These tests wait for real processes with the OS clock.
 #![allow(clippy::disallowed_types)]
@@ -150,6 +151,30 @@ fn switchover_loses_no_acknowledged_write() {
     let run = lab.wait_for_run(0);
     assert_eq!(run["kind"], "switchover");
     assert_eq!(run["succeeded"], true, "{run:#}");
+}
+
+/// The vigil beside the master is killed: when the master's lease runs out, the fence guard
+/// it left behind makes the master refuse writes (the guard's own log says so), and another
+/// member is promoted.
+#[test]
+fn a_master_whose_vigil_dies_is_fenced_by_its_guard() {
+    let mut lab = RedisLab::start("", &[], &[]);
+    lab.vigil.wait_until("node 1's fence guard to be up", Duration::from_secs(30), || {
+        lab.vigil.log_of(1).contains("fence guard started")
+    });
+    // A few renewals (every 300 ms) have armed the guard.
+    std::thread::sleep(Duration::from_secs(1));
+    lab.vigil.kill(1);
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "run: {run:#}");
+    assert_ne!(run["candidate"], "redis1", "run: {run:#}");
+    lab.vigil.wait_until("the guard to report its fence", Duration::from_secs(10), || {
+        lab.vigil.log_of(1).contains("the master refuses writes")
+    });
+    let log = lab.vigil.log_of(1);
+    assert!(log.contains("lease ran out with nobody renewing: making the master refuse writes"), "{log}");
+    let refusal = lab.redis.command(0, &["SET", "after-the-lease", "1"]).expect_err("redis1 took a write");
+    assert!(refusal.to_string().contains("NOREPLICAS"), "{refusal}");
 }
 
 /// One node that cannot reach the master (a failpoint cuts its probes) is one opinion, not a

@@ -20,7 +20,7 @@ pub fn named(name: &str) -> Option<Config> {
         "wall-step-during-host-step" => (a_wall_step_during_a_host_local_step(), 60, 2),
         "wall-step-back-while-retry-waits" => (a_wall_step_while_a_retry_waits(-300_000), 40, 2),
         "wall-step-ahead-while-retry-waits" => (a_wall_step_while_a_retry_waits(300_000), 40, 2),
-        "lagging-standby" => (a_lagging_standby_made_synchronous(), 40, 2),
+        "lagging-standby" => (a_lagging_standby_made_synchronous(), 80, 2),
         _ => return None,
     };
     Some(Config {

@@ -24,7 +24,8 @@ pub const WRITE_BYTES: u64 = 100;
 pub enum Kind {
     /// PostgreSQL: fenced read-only, stoppable by its node, guarded.
     Postgres,
-    /// Redis: fenced by refusing writes; vigil never starts or stops it.
+    /// Redis: fenced by refusing writes (by its node, or by the guard); vigil never starts
+    /// or stops it.
     Redis,
 }
 

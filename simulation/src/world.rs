@@ -360,11 +360,20 @@ impl World {
             }
             Ev::GuardFire { host, group, generation } => {
                 if let Some(member) = self.guards[host].fire(group, generation) {
+                    let kind = self.groups[group].kind;
                     let server = &mut self.groups[group].servers[member];
-                    if server.running {
-                        server.running = false;
-                        let name = server.name.clone();
-                        self.trace.note(self.now, format!("guard of host {} stops {name}", host + 1));
+                    let name = server.name.clone();
+                    match kind {
+                        // A PostgreSQL primary is stopped; a Redis master made to refuse writes.
+                        Kind::Postgres if server.running => {
+                            server.running = false;
+                            self.trace.note(self.now, format!("guard of host {} stops {name}", host + 1));
+                        }
+                        Kind::Redis if server.running && !server.fenced => {
+                            server.fenced = true;
+                            self.trace.note(self.now, format!("guard of host {} fences {name}", host + 1));
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -20,8 +20,18 @@ use crate::state::Command;
 
 /// How long a replica may go without streaming from the primary before it is rejoined.
 pub const NOT_STREAMING_GRACE: Duration = Duration::from_secs(15);
-/// How long after a failed rejoin the next attempt waits (unless the primary changed).
-pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long after a first failed rejoin the next attempt waits (unless the primary changed);
+/// each further failure against the same primary doubles it, up to [`RETRY_AFTER_AT_MOST`].
+/// A rejoin often fails for a passing reason (the new primary not yet reachable after a
+/// cut): the first retries come soon, and a member that keeps failing is not hammered.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest wait between two rejoin attempts.
+pub const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(60);
+
+/// The wait after the `failures`-th failure in a row (1 for the first).
+pub fn retry_after(failures: u32) -> Duration {
+    RETRY_AFTER.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(RETRY_AFTER_AT_MOST)
+}
 /// How long a rejoin may take (a re-clone copies the whole data directory).
 pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long checking whether the server runs may take.
@@ -86,6 +96,8 @@ struct Rejoining {
     not_streaming_since: Option<Mono>,
     /// After a failure: when to try again, and against which primary.
     retry: Option<(Mono, String)>,
+    /// Failed attempts in a row against the primary of `retry`.
+    failures: u32,
     /// Verdicts made before this (the last attempt's end) say nothing of what it did.
     judged_after: Option<Mono>,
     /// A check found it stopped: rejoin it at once.
@@ -212,11 +224,14 @@ impl Rejoiner {
                     Outcome::Acted(Ok(report)) => {
                         tracing::info!(%group, %member, detail = %report.detail, "rejoined");
                         entry.retry = None;
+                        entry.failures = 0;
                         (true, report.detail)
                     }
                     Outcome::Acted(Err(failure)) => {
                         tracing::error!(%group, %member, %failure, "rejoin failed");
-                        entry.retry = Some((now + RETRY_AFTER, primary.clone()));
+                        let same_primary = entry.retry.as_ref().is_some_and(|(_, against)| *against == primary);
+                        entry.failures = if same_primary { entry.failures + 1 } else { 1 };
+                        entry.retry = Some((now + retry_after(entry.failures), primary.clone()));
                         (false, failure.detail)
                     }
                     _ => return,
@@ -253,5 +268,19 @@ impl Rejoiner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Retries come soon after a first failure, then less and less often, never rarer than
+    /// once a minute.
+    #[test]
+    fn rejoin_retries_back_off_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=7).map(|failures| retry_after(failures).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60, 60]);
+        assert_eq!(retry_after(u32::MAX), RETRY_AFTER_AT_MOST);
     }
 }

@@ -279,7 +279,7 @@ impl Member for PgMember {
     }
 
     fn guarded_server(&self) -> Option<GuardedServer> {
-        pg_ctl(&self.group, &self.member).ok().map(|ctl| GuardedServer {
+        pg_ctl(&self.group, &self.member).ok().map(|ctl| GuardedServer::Postgres {
             bin_dir: ctl.bin_dir,
             data_dir: ctl.data_dir,
             run_as: ctl.run_as,
@@ -719,9 +719,11 @@ mod tests {
     /// Only a member with a data directory can be guarded, stopped or started by its node.
     #[tokio::test]
     async fn without_a_data_dir_nothing_is_done_on_the_host() {
-        let guarded = member(Some("/srv/pg1")).guarded_server().expect("a data directory is guarded");
-        assert_eq!(guarded.data_dir, std::path::PathBuf::from("/srv/pg1"));
-        assert_eq!(guarded.run_as.as_deref(), Some("postgres"));
+        let Some(GuardedServer::Postgres { data_dir, run_as, .. }) = member(Some("/srv/pg1")).guarded_server() else {
+            panic!("a data directory is guarded, by stopping the server")
+        };
+        assert_eq!(data_dir, std::path::PathBuf::from("/srv/pg1"));
+        assert_eq!(run_as.as_deref(), Some("postgres"));
         let member = member(None);
         assert!(member.guarded_server().is_none());
         for failure in [member.make_sure_down().await, member.fence(false).await, member.start_fenced().await]

@@ -2,7 +2,9 @@
 //!
 //! vigil does not start or stop redis-server: a master is fenced by refusing its writes
 //! (`min-replicas-to-write` beyond any number of replicas, which holds even if vigil dies)
-//! or by pausing them (`CLIENT PAUSE WRITE`, renewed while fenced). A refusal is confirmed by
+//! or by pausing them (`CLIENT PAUSE WRITE`, renewed while fenced). Should the daemon die or
+//! hang while its master holds the lease, the fence guard raises the refusal fence when the
+//! lease runs out. A refusal is confirmed by
 //! a write that the member refuses. A promoted replica is born fenced by refusal; its own
 //! node lifts the fence once it holds the new master's lease, and the leader waits for that
 //! before it writes the epoch.
@@ -24,7 +26,7 @@ use vigil_probes::{RedisObservation, RedisOutcome, RedisProbe, RedisTarget};
 
 use super::targets::redis_target;
 use super::{ActionResult, BoxFuture, Member, failure, failure_in, misconfigured};
-use crate::guard::GuardedServer;
+use crate::guard::{GuardedRedis, GuardedServer};
 
 /// How long a Redis pause fence lasts; the keeper renews it well before.
 pub const REDIS_PAUSE: Duration = Duration::from_secs(10);
@@ -228,8 +230,10 @@ impl Member for RedisMember {
     }
 
     fn guarded_server(&self) -> Option<GuardedServer> {
-        // vigil does not stop redis-server; the refusal fence outlives vigil by itself.
-        None
+        // The guard raises the refusal fence itself should this daemon die or hang; once up,
+        // the fence outlives vigil by itself.
+        let target = self.target().ok()?;
+        Some(GuardedServer::Redis(GuardedRedis::new(&target, REFUSE_ALL_WRITES, self.fence_max_lag())))
     }
 
     fn fence(&self, _stale: bool) -> BoxFuture<'_, ActionResult> {
