@@ -120,6 +120,24 @@ impl Cluster {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// When this node leads: how long ago each other node last acknowledged it (`None`: not
+    /// since this node became leader). `None` when this node does not lead.
+    pub fn follower_acks(&self) -> Option<std::collections::BTreeMap<NodeId, Option<Duration>>> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader != Some(self.node_id) {
+            return None;
+        }
+        let heartbeat = metrics.heartbeat.as_ref()?;
+        Some(
+            heartbeat
+                .iter()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, acked)| (*id, acked.as_ref().map(|at| openraft::Instant::elapsed(&**at))))
+                .collect(),
+        )
+    }
+
     /// Every node of the cluster as this node knows it: the applied membership, completed with
     /// openraft's own view, which is newer while a node is still catching up.
     pub fn known_nodes(&self) -> std::collections::BTreeMap<NodeId, crate::types::NodeInfo> {

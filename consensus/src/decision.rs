@@ -33,6 +33,9 @@ pub struct Situation<'a> {
     /// Whether the primary's lease has run out (or was released) by the leader's own clock:
     /// nobody guarantees its writes any more, so a primary that refuses writes is failed.
     pub primary_lease_run_out: bool,
+    /// Nodes the leader has not heard from lately: a member beside one is never promoted,
+    /// since a promoted member takes writes only once its own node lifts its fence.
+    pub unreachable: &'a BTreeSet<NodeId>,
 }
 
 /// What the leader should do about a group now.
@@ -147,6 +150,10 @@ impl Situation<'_> {
         self.state.last_primary_lsn.get(member).copied()
     }
 
+    fn node_id_of(&self, node_name: &str) -> Option<NodeId> {
+        self.nodes.iter().find(|(_, node)| node.name == node_name).map(|(id, _)| *id)
+    }
+
     fn datacenter_of(&self, node_name: &str) -> Option<&str> {
         self.nodes.values().find(|node| node.name == node_name).map(|node| node.datacenter.as_str())
     }
@@ -185,6 +192,13 @@ pub fn choose_candidate(
         }
         if member.nofailover {
             passed_over.push(format!("{} is nofailover", member.name));
+            continue;
+        }
+        if situation.node_id_of(&member.node).is_some_and(|node| situation.unreachable.contains(&node)) {
+            passed_over.push(format!(
+                "{}'s node {} is out of the leader's reach (nobody could lift its fence)",
+                member.name, member.node
+            ));
             continue;
         }
         let mut answering = false;

@@ -122,6 +122,7 @@ fn decide_for(spec: &PostgresGroup, state: &GroupState) -> Decision {
         nodes: &nodes,
         now_ms: NOW,
         primary_lease_run_out: false,
+        unreachable: &BTreeSet::new(),
     })
 }
 
@@ -151,6 +152,28 @@ fn primary_down_for_a_majority_promotes_the_most_advanced_replica() {
     assert_eq!(plan.old_primary_lsn, Some(10_000));
     assert_eq!(plan.candidate_lsn, Some(9_950));
     assert_eq!(plan.detected_at_ms, Some(NOW - 50 - 600));
+}
+
+/// The most advanced replica sits beside a node the leader does not hear from: nobody could
+/// lift the fence it would be promoted with, so the next one is chosen, and the reason shows.
+#[test]
+fn a_replica_whose_node_is_out_of_reach_is_passed_over() {
+    let mut state = healthy(9_900, 9_950);
+    down(&mut state, &[1, 2], "pg1");
+    let (voters, nodes, policy) = (BTreeSet::from([1, 2, 3]), nodes(), spec().policy());
+    let situation = Situation {
+        spec: &policy,
+        state: &state,
+        voters: &voters,
+        nodes: &nodes,
+        now_ms: NOW,
+        primary_lease_run_out: false,
+        unreachable: &BTreeSet::from([3]),
+    };
+    assert_eq!(begun(decide(&situation)).candidate, "pg2");
+    let why = choose_candidate(&Situation { unreachable: &BTreeSet::from([2, 3]), ..situation }, Some("pg1"), false)
+        .expect_err("no candidate left");
+    assert!(why.contains("pg3's node n3 is out of the leader's reach"), "{why}");
 }
 
 #[test]
@@ -252,6 +275,7 @@ fn fenced_primary_is_failed_over_only_after_its_lease_ran_out() {
         nodes: &nodes,
         now_ms: NOW,
         primary_lease_run_out: false,
+        unreachable: &BTreeSet::new(),
     };
     assert_eq!(decide(&held), Decision::Nothing);
     let run_out = Situation { primary_lease_run_out: true, ..held };
@@ -289,6 +313,7 @@ fn switchover_refuses_a_lagging_candidate_and_a_paused_group() {
         nodes: &nodes,
         now_ms: NOW,
         primary_lease_run_out: false,
+        unreachable: &BTreeSet::new(),
     };
     let refusal = plan_requested(&situation, Some("pg2"), false).unwrap_err();
     assert!(refusal.contains("cannot promote pg2: pg2 lags 5000 bytes"), "{refusal}");
@@ -415,8 +440,8 @@ proptest! {
         }
         let voters = BTreeSet::from([1, 2, 3]);
         let nodes = nodes();
-        let a = choose_candidate(&Situation { spec: &policy, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
-        let b = choose_candidate(&Situation { spec: &policy, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false }, Some("pg1"), false);
+        let a = choose_candidate(&Situation { spec: &policy, state: &state, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false, unreachable: &BTreeSet::new() }, Some("pg1"), false);
+        let b = choose_candidate(&Situation { spec: &policy, state: &reversed, voters: &voters, nodes: &nodes, now_ms: NOW, primary_lease_run_out: false, unreachable: &BTreeSet::new() }, Some("pg1"), false);
         prop_assert_eq!(a, b);
     }
 }

@@ -147,6 +147,7 @@ fn the_replica_with_the_highest_offset_within_the_lag_policy_wins() {
         nodes: &nodes,
         now_ms: NOW,
         primary_lease_run_out: false,
+        unreachable: &BTreeSet::new(),
     };
     let Decision::Begin(plan) = decide(&situation) else { panic!("expected a failover") };
     assert_eq!(plan.candidate, "r3");
@@ -172,6 +173,7 @@ fn the_replica_with_the_highest_offset_within_the_lag_policy_wins() {
         nodes: &nodes,
         now_ms: NOW,
         primary_lease_run_out: false,
+        unreachable: &BTreeSet::new(),
     };
     let Decision::Begin(plan) = decide(&situation) else { panic!("expected a failover") };
     assert_eq!(plan.candidate, "r2");

@@ -275,6 +275,8 @@ impl World {
             nodes: &nodes,
             now_ms,
             primary_lease_run_out: false,
+            // As the API plans it: the leader's promote step judges the node's reach.
+            unreachable: &std::collections::BTreeSet::new(),
         };
         match plan_requested(&situation, Some(&candidate), false) {
             Ok(plan) => {

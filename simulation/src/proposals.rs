@@ -375,6 +375,7 @@ impl World {
         let alive = self.alive();
         match self.raft.elect(&alive, &self.net, &mut self.rng) {
             Some((winner, left)) => {
+                self.raft.elected_at = self.now;
                 let term = self.raft.term;
                 self.trace.note(self.now, format!("leader n{} (term {term})", winner + 1));
                 for entry in left {

@@ -106,6 +106,8 @@ pub struct Raft {
     pub peers: Vec<Peer>,
     /// When the pending election is held.
     pub election_at: Option<Micros>,
+    /// When the current leader was elected.
+    pub elected_at: Micros,
     /// Proposals on the current leader, waiting for their commit.
     pub pending: Vec<Pending>,
     next_pending: u64,
@@ -141,6 +143,7 @@ impl Raft {
             canonical,
             peers,
             election_at: None,
+            elected_at: 0,
             pending: Vec::new(),
             next_pending: 0,
             waiting_answers: BTreeMap::new(),

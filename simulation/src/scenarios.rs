@@ -21,6 +21,7 @@ pub fn named(name: &str) -> Option<Config> {
         "wall-step-back-while-retry-waits" => (a_wall_step_while_a_retry_waits(-300_000), 40, 2),
         "wall-step-ahead-while-retry-waits" => (a_wall_step_while_a_retry_waits(300_000), 40, 2),
         "lagging-standby" => (a_lagging_standby_made_synchronous(), 80, 2),
+        "candidate-node-dies" => (the_candidates_node_dies_mid_failover(), 80, 2),
         _ => return None,
     };
     Some(Config {
@@ -33,7 +34,7 @@ pub fn named(name: &str) -> Option<Config> {
 }
 
 /// The names [`named`] knows.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "isolated-leader",
     "promoted-then-cut-off",
     "stuck-fence",
@@ -42,6 +43,7 @@ pub const NAMES: [&str; 8] = [
     "wall-step-back-while-retry-waits",
     "wall-step-ahead-while-retry-waits",
     "lagging-standby",
+    "candidate-node-dies",
 ];
 
 fn seconds(value: f64) -> Micros {
@@ -145,5 +147,19 @@ pub fn a_lagging_standby_made_synchronous() -> Vec<Episode> {
         Episode::at(seconds(4.0), seconds(30.0), Fault::ReplicaLag { group: POSTGRES, member: Target::Index(2) }),
         Episode::at(seconds(5.0), seconds(30.0), Fault::Cut(Target::Index(0), Target::Index(1))),
         Episode::at(seconds(9.0), seconds(30.0), Fault::KillPrimary(POSTGRES)),
+    ]
+}
+
+/// The Redis master dies at 5 s, and the node beside the candidate chosen to replace it
+/// crashes as the failover starts (as when the leader that began it was that node), for
+/// 30 s: a promoted member takes writes only once its own node lifts its fence.
+pub fn the_candidates_node_dies_mid_failover() -> Vec<Episode> {
+    vec![
+        Episode::at(seconds(5.0), seconds(40.0), Fault::KillPrimary(REDIS)),
+        Episode {
+            trigger: Trigger::OnStep { group: REDIS, step: StepKind::FenceOldPrimary, succeeded: None, delay: 0 },
+            hold: Some(seconds(30.0)),
+            fault: Fault::Crash(Target::Candidate(REDIS)),
+        },
     ]
 }

@@ -20,11 +20,12 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vigil_consensus::coordinator::{
-    self, ActionFailure, ActionReport, Coordinator, Ctx, Event, ProposeError, Seen, TICK,
+    self, ActionFailure, ActionReport, Coordinator, Ctx, Event, Followers, ProposeError, Seen, TICK,
 };
 use vigil_consensus::spec::{DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT};
 use vigil_consensus::{ClusterState, CommandResponse};
@@ -427,9 +428,10 @@ impl World {
     /// Calls `node`'s coordinator and carries out what it asks.
     pub(crate) fn handle(&mut self, node: usize, event: Event) {
         let leader = self.raft.believed(node).map(cluster::node_id);
+        let followers = self.followers_of(node);
         let sim = &mut self.nodes[node];
         let Some(coordinator) = sim.coordinator.as_mut() else { return };
-        let ctx = Ctx { now: sim.clock.now(self.now), state: &sim.state, leader };
+        let ctx = Ctx { now: sim.clock.now(self.now), state: &sim.state, leader, followers: followers.as_ref() };
         let effects = coordinator.handle(&ctx, event);
         sim.last_handled = self.now;
         sim.applied_unseen = false;
@@ -437,6 +439,27 @@ impl World {
         for effect in effects {
             self.carry_out(node, effect);
         }
+    }
+
+    /// What `node` knows of the others while it believes it leads, as openraft's heartbeat
+    /// metrics tell a real leader: a node it has a Raft link to answered just now; any other
+    /// not since it became leader. An old leader that still believes it leads has led long.
+    fn followers_of(&self, node: usize) -> Option<Followers> {
+        if self.raft.believed(node) != Some(node) {
+            return None;
+        }
+        let leading_for = match self.raft.leader {
+            Some(leader) if leader == node => self.now.saturating_sub(self.raft.elected_at),
+            _ => Micros::MAX / 2,
+        };
+        let last_ack = (0..self.nodes.len())
+            .filter(|&other| other != node)
+            .map(|other| {
+                let heard = self.nodes[other].up && !self.nodes[other].frozen && self.net.raft_link(node, other);
+                (cluster::node_id(other), heard.then_some(Duration::ZERO))
+            })
+            .collect();
+        Some(Followers { leading_for: Duration::from_micros(leading_for), last_ack })
     }
 
     /// `node` probes `member` of `group`: it answers after 1–3 ms, is refused after about

@@ -180,3 +180,28 @@ fn the_old_wall_clock_rule_holds_or_hastens_a_retry() {
 fn a_lagging_standby_is_never_confirmed_synchronous() {
     assert_all_pass(&scenario("lagging-standby", Mutations::default()));
 }
+
+/// The node beside the chosen candidate dies as the failover starts: the leader does not
+/// promote a member whose node it does not hear from (nobody could lift its fence); it gives
+/// that run up and promotes another member while the node is still down.
+#[test]
+fn no_member_is_promoted_whose_node_the_leader_does_not_hear_from() {
+    let results = scenario("candidate-node-dies", Mutations::default());
+    assert_all_pass(&results);
+    for result in &results {
+        let finished: Vec<&String> =
+            result.trace.iter().filter(|line| line.contains("finish failover of cache")).collect();
+        let given_up =
+            finished.iter().position(|line| line.contains("ok=false") && line.contains("out of the leader's reach"));
+        let replaced = finished.iter().position(|line| line.contains("ok=true"));
+        assert!(
+            matches!((given_up, replaced), (Some(a), Some(b)) if a < b),
+            "the run towards the dead node's member was not given up before another member was promoted:\n{}",
+            explain(result)
+        );
+        // The dead node is back only at 35 s or later: the group had a new master well before.
+        let (_, _, second_begun) =
+            result.failovers.iter().filter(|(group, _, _)| group == "cache").nth(1).expect("a second run");
+        assert!(*second_begun < 20_000_000, "the second run began only at {second_begun} us:\n{}", explain(result));
+    }
+}

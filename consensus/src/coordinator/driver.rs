@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::lease_clock::LeaseView;
-use super::{Action, EffectId, Mono, Out, Outcome, Purpose, View};
+use super::{Action, EffectId, Mono, Out, Outcome, Purpose, Reach, View};
 use crate::decision::{Decision, Situation, decide};
 use crate::group::{FailoverRun, GroupState, Step, StepFacts, StepStatus};
 use crate::spec::{GroupPolicy, SyncMode};
@@ -185,6 +185,10 @@ impl Driver {
                 LeaseView::RunOut { since_renewal } => since_renewal >= policy.lease_wait() + policy.lease_duration,
                 LeaseView::Held { .. } => false,
             });
+        let unreachable = match view.ctx.followers {
+            Some(followers) if followers.leading_for > super::reach::REACH_WITHIN => followers.unreachable(view.node),
+            _ => BTreeSet::new(),
+        };
         let situation = Situation {
             spec: policy,
             state,
@@ -192,6 +196,7 @@ impl Driver {
             nodes: view.nodes,
             now_ms: view.ctx.now.wall_ms,
             primary_lease_run_out,
+            unreachable: &unreachable,
         };
         let group = policy.name.clone();
         let command = match decide(&situation) {
@@ -256,6 +261,26 @@ impl Driver {
             return;
         };
         let host_local = step.step.host_local_member().is_some();
+        if step.step == Step::Promote && matches!(step.status, StepStatus::Pending | StepStatus::Failed { .. }) {
+            // The promoted member takes writes only once its own node lifts its fence: never
+            // promote towards a node this leader does not hear from (a new leader first
+            // waits until it could have heard from it).
+            let node_name = policy.member(&run.candidate).map(|member| member.node.as_str()).unwrap_or_default();
+            let node = view.nodes.iter().find(|(_, info)| info.name == node_name).map(|(id, _)| *id);
+            match node.map(|node| view.reach(node)) {
+                Some(Reach::Reachable) => {}
+                Some(Reach::NotYetKnown) => return,
+                Some(Reach::Unreachable) | None => {
+                    let outcome = format!(
+                        "not promoting {}: its node {node_name} is out of the leader's reach, so nobody could lift \
+                         its fence",
+                        run.candidate
+                    );
+                    self.finish(view, out, group, run.id, false, outcome);
+                    return;
+                }
+            }
+        }
         let start = match &step.status {
             StepStatus::Pending => true,
             StepStatus::Started { at_ms, by, .. } if host_local => {

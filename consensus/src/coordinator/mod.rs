@@ -18,8 +18,8 @@
 //! reported when they change), [`lease_clock`] (when this node saw each lease change),
 //! [`keeper`] (the primary beside this node: renew, fence, lift, release, restart in place,
 //! fence a stale primary, arm the guard), [`driver`] (the leader: decide, then run each
-//! failover one committed step at a time, and the host-local steps on the member's node),
-//! [`rejoin`] (bring the member beside this node back as a replica), and [`sync`] (the
+//! failover one committed step at a time, and the host-local steps on the member's node;
+//! with [`reach`], never towards a member whose node it does not hear from), [`rejoin`] (bring the member beside this node back as a replica), and [`sync`] (the
 //! leader keeps strict synchronous standbys in step).
 //!
 //! Architecture Invariant: this module and everything under it does no IO, reads no clock,
@@ -34,6 +34,7 @@ pub mod fence;
 pub mod keeper;
 pub mod lease_clock;
 pub mod mutations;
+pub mod reach;
 pub mod rejoin;
 pub mod sync;
 pub mod time;
@@ -48,6 +49,7 @@ pub use effect::{
     StandbyState, SyncState,
 };
 pub use mutations::Mutations;
+pub use reach::{Followers, Reach};
 pub use time::{Mono, Now};
 pub use verdicts::Seen;
 
@@ -69,6 +71,8 @@ pub struct Ctx<'a> {
     pub state: &'a ClusterState,
     /// The leader this node's Raft knows of, if any (itself when it leads).
     pub leader: Option<NodeId>,
+    /// When this node leads: which other nodes it hears from. `None` otherwise.
+    pub followers: Option<&'a Followers>,
 }
 
 /// Something that happened to this node.
@@ -286,6 +290,14 @@ impl<'a> View<'a> {
 
     fn is_leader(&self) -> bool {
         self.ctx.leader == Some(self.node)
+    }
+
+    /// Whether this node, as the leader, can count on `node`.
+    fn reach(&self, node: NodeId) -> Reach {
+        match self.ctx.followers {
+            Some(followers) => followers.reach(self.node, node),
+            None => Reach::NotYetKnown,
+        }
     }
 
     fn policy(&self, group: &str) -> Option<&'a GroupPolicy> {

@@ -106,6 +106,9 @@ async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, fo
             now_ms: unix_millis_now(),
             // Operator requests plan their own fencing; the lease does not matter here.
             primary_lease_run_out: false,
+            // This node may not lead: the leader itself refuses to promote towards a node it
+            // does not hear from, when it comes to the promotion.
+            unreachable: &std::collections::BTreeSet::new(),
         };
         match plan_requested(&situation, request.to.as_deref(), forced) {
             Ok(plan) => plan,

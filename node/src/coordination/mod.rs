@@ -33,7 +33,8 @@ use tracing::warn;
 use vigil_consensus::Cluster;
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::coordinator::{
-    self, Action, ActionFailure, Coordinator, Ctx, Effect, Event, FailureKind, GuardOrder, Mono, Now, Outcome,
+    self, Action, ActionFailure, Coordinator, Ctx, Effect, Event, FailureKind, Followers, GuardOrder, Mono, Now,
+    Outcome,
 };
 use vigil_consensus::spec::ClusterSpec;
 
@@ -62,6 +63,7 @@ pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel:
         members: Arc::new(Members::new()),
         spec: None,
         probes: probing::Probes::default(),
+        leading_since: None,
     };
     tasks.spawn(node_loop.run(events_rx));
 }
@@ -79,6 +81,8 @@ struct Loop {
     /// The spec the members and probes were built from.
     spec: Option<ClusterSpec>,
     probes: probing::Probes,
+    /// Since when this node leads, while it does.
+    leading_since: Option<Instant>,
 }
 
 impl Loop {
@@ -102,9 +106,15 @@ impl Loop {
                 Some(event) = events.recv() => event,
             };
             self.refresh_members();
+            let followers = self.followers();
             let effects = {
                 let state = self.cluster.state();
-                let ctx = Ctx { now: self.now(), state: &state, leader: self.cluster.current_leader() };
+                let ctx = Ctx {
+                    now: self.now(),
+                    state: &state,
+                    leader: self.cluster.current_leader(),
+                    followers: followers.as_ref(),
+                };
                 coordinator.handle(&ctx, event)
             };
             for effect in effects {
@@ -113,6 +123,16 @@ impl Loop {
         }
         self.probes.stop();
         tracing::info!(in_flight = coordinator.in_flight(), "coordination stopped");
+    }
+
+    /// What this node, when it leads, knows of the others (and since when it leads).
+    fn followers(&mut self) -> Option<Followers> {
+        let Some(last_ack) = self.cluster.follower_acks() else {
+            self.leading_since = None;
+            return None;
+        };
+        let since = *self.leading_since.get_or_insert_with(Instant::now);
+        Some(Followers { leading_for: since.elapsed(), last_ack })
     }
 
     fn now(&self) -> Now {
