@@ -443,7 +443,12 @@ fn inject(
             down.nodes.insert(leader);
             let moment = if running { "while it ran" } else { "just after it finished" };
             let mut expect = expect_losing(DATACENTERS[leader as usize - 1], view, Expect::Either)?;
-            expect.insert(group.clone(), Expect::Failover);
+            // The node beside a primary that dies keeps renewing its lease until it has made
+            // sure on its host that the server is down (a primary merely unreachable from its
+            // node keeps its lease). When that node is the leader killed here, it may die
+            // before it gave the lease up: the failover then waits for the lease to run out.
+            let own_node_killed = leader as usize == index + 1;
+            expect.insert(group.clone(), if own_node_killed { Expect::FailoverAfterLease } else { Expect::Failover });
             Ok((
                 format!(
                     "kill {} of {group}, then kill -9 the vigil leader n{leader} {moment}",

@@ -29,10 +29,13 @@ use crate::state::{Command, CommandResponse};
 /// behind it, or the lease runs out although a new leader could have renewed it.
 pub const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 /// How often a node tries again to make sure of its down primary before releasing its lease.
-pub const RELEASE_RETRY: Duration = Duration::from_secs(1);
+pub const RELEASE_RETRY: Duration = Duration::from_millis(250);
 /// How long a released primary stays down, with no failover started, before its own node
 /// starts it again: far beyond what the leader takes to fail over when it can.
 pub const RESTART_IN_PLACE_AFTER: Duration = Duration::from_secs(10);
+/// How long after its guard may have stopped the primary this node starts it again at once
+/// when the cluster confirms it as the primary.
+pub const GUARD_STOP_RECOVERY: Duration = Duration::from_secs(10);
 /// How long a fence or a lift may take.
 pub const FENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long making sure of a down member, or starting it again, may take.
@@ -152,6 +155,13 @@ struct Local {
     /// Whether the guard may have a deadline for this group (a daemon that just started cannot
     /// know what the previous one told it).
     guard_armed: bool,
+    /// When the guard was last armed to act, by this node's clock.
+    guard_deadline: Option<Mono>,
+    /// When that deadline passed with the guard still armed: the guard may have fenced.
+    guard_acted_at: Option<Mono>,
+    /// Starting the member again after its own guard stopped it, with the lease confirmed
+    /// since: this node's verdict on it is not Down meanwhile.
+    restarting: bool,
     /// After this node held the lease of a member being replaced: whether the release that
     /// lets the leader go on has been committed (or is under way).
     handed_over: bool,
@@ -165,6 +175,9 @@ impl Local {
             fence: FenceTrack::default(),
             holding: None,
             guard_armed: true,
+            guard_deadline: None,
+            guard_acted_at: None,
+            restarting: false,
             handed_over: false,
             hand_over_in_flight: false,
         }
@@ -178,6 +191,17 @@ pub struct Keeper {
 }
 
 impl Keeper {
+    /// Whether this node is starting `member` of `group` again after its own guard stopped it
+    /// while the cluster still confirms it as the primary: its probes failing meanwhile say
+    /// nothing new, and must not count towards a failover.
+    pub(super) fn restarting(&self, view: &View<'_>, group: &str, member: &str) -> bool {
+        let Some(local) = self.locals.get(group).filter(|local| local.member == member) else { return false };
+        let policy = view.policy(group);
+        local.restarting
+            || (policy.is_some_and(|policy| recovering_from_own_guard(view, policy, local))
+                && policy.and_then(|policy| policy.member(member)).is_some_and(|member| member.restarts_in_place))
+    }
+
     pub(super) fn drive(
         &mut self,
         view: &View<'_>,
@@ -221,6 +245,7 @@ impl Keeper {
                                 GuardOrder::Arm { group: group.clone(), member: local.member.clone(), valid_for };
                             out.guard(Purpose::Keeper(Pending::Guard), order);
                             local.guard_armed = true;
+                            local.guard_deadline = Some(now + valid_for);
                         }
                     }
                     // The cluster says this is not the primary of the current epoch: fence.
@@ -309,6 +334,7 @@ impl Keeper {
             }
             Pending::StartFenced { group } => {
                 let Some(local) = self.locals.get_mut(&group) else { return };
+                local.restarting = false;
                 match outcome {
                     Outcome::Acted(Ok(_)) => {
                         tracing::warn!(%group, member = %local.member, "started again, fenced");
@@ -354,6 +380,11 @@ fn drive_one(
     let now = view.now();
     let group = policy.name.as_str();
     let lease = policy.lease_duration;
+    if local.guard_armed && local.guard_deadline.is_some_and(|deadline| now >= deadline) {
+        // This node sent no renewal in time to push the guard's deadline on: it may have
+        // fenced the member (stopped a PostgreSQL server) by now.
+        local.guard_acted_at = local.guard_deadline.take();
+    }
     let default_state = crate::group::GroupState::default();
     let state = view.group_state(group).unwrap_or(&default_state);
     let verdict = verdicts.current(group, &member.name);
@@ -387,12 +418,21 @@ fn drive_one(
             // renewal commits, and there is nothing to fence now.
             local.fence.confirmed_fenced(now);
         }
-        let holding = local.holding.get_or_insert_with(|| {
+        local.holding.get_or_insert_with(|| {
             // With the old rule a primary this node just learnt of took writes for a lease
             // counted from now; now it takes none before its first renewal commits.
             let valid_until = view.mutations.unfenced_promotion().then(|| now + lease);
             Holding::new(now, valid_until)
         });
+        if state.running.is_none()
+            && member.restarts_in_place
+            && !local.restarting
+            && verdicts.last_failed(group, &member.name)
+            && recovering_from_own_guard(view, policy, local)
+        {
+            restart_after_own_guard(out, group, member, local);
+        }
+        let holding = local.holding.as_mut().expect("a holding was just made");
         if health == Some(Health::Down) {
             keep_down_primary(view, out, policy, member, local, state.running.is_none());
         } else {
@@ -482,6 +522,7 @@ fn drive_one(
     if local.guard_armed && local.fence.settled_fenced() && !matches!(want, Some(Want::Lifted { .. })) {
         out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: group.to_string() });
         local.guard_armed = false;
+        local.guard_deadline = None;
     }
     if !is_primary && !replaced && local.fence.settled_fenced() && local.handed_over {
         local.holding = None;
@@ -551,9 +592,47 @@ fn drive_fence(
         if op == Op::Fence && local.guard_armed {
             out.guard(Purpose::Keeper(Pending::Guard), GuardOrder::Disarm { group: policy.name.clone() });
             local.guard_armed = false;
+            local.guard_deadline = None;
         }
     } else {
         local.fence.started(op);
+    }
+}
+
+/// Whether this node's guard may have stopped its primary lately (its deadline passed with no
+/// renewal to push it on) and the cluster has confirmed the primary since: a renewal with time
+/// left has committed, and the lease was neither released nor handed over.
+fn recovering_from_own_guard(view: &View<'_>, policy: &GroupPolicy, local: &Local) -> bool {
+    let now = view.now();
+    local.guard_acted_at.is_some_and(|at| now.since(at) < GUARD_STOP_RECOVERY)
+        && local.holding.as_ref().is_some_and(|holding| {
+            !holding.released && !holding.release_in_flight && usable(holding.valid_until, now, policy.lease_duration)
+        })
+}
+
+/// Its own guard stopped the primary when its lease ran out (renewals could not commit for a
+/// while, as in a Raft election under load), and a renewal has committed since: the cluster
+/// still confirms it as the primary of the current epoch. Start it again at once, fenced (the
+/// next renewal lifts the fence), rather than give the lease up and cost the group a
+/// failover. Meanwhile this node's failed probes of it count as degraded, not down.
+fn restart_after_own_guard(out: &mut Out<'_>, group: &str, member: &MemberPolicy, local: &mut Local) {
+    if out
+        .act_alone(
+            Purpose::Keeper(Pending::StartFenced { group: group.to_string() }),
+            group,
+            &member.name,
+            Action::StartFenced,
+            HOST_ACTION_TIMEOUT,
+        )
+        .is_some()
+    {
+        tracing::warn!(
+            group,
+            member = %member.name,
+            "its fence guard stopped the primary, and the cluster confirms it since: starting it again, fenced"
+        );
+        local.restarting = true;
+        local.guard_acted_at = None;
     }
 }
 

@@ -205,7 +205,10 @@ impl Coordinator {
         };
         match event {
             Event::Tick | Event::Applied => {}
-            Event::Probed { group, member, seen } => self.verdicts.probed(&view, &group, &member, &seen),
+            Event::Probed { group, member, seen } => {
+                let restarting = self.keeper.restarting(&view, &group, &member);
+                self.verdicts.probed(&view, &group, &member, &seen, restarting)
+            }
             Event::Done { id, outcome } => {
                 let Some(purpose) = out.finish(id) else {
                     tracing::warn!(effect = %id, "an outcome for an effect this coordinator does not know");

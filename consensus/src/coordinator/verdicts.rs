@@ -151,6 +151,8 @@ struct MemberReports {
     retry_at: Mono,
     /// When the last probe ended.
     probed_at: Mono,
+    /// Whether the last probe failed (the member did not answer).
+    last_failed: bool,
     /// The last report sent, to send again to a new leader.
     last_sent: Option<VerdictReport>,
 }
@@ -172,7 +174,15 @@ impl Reporter {
         Some(self.members.get(&(group.to_string(), member.to_string()))?.probed_at)
     }
 
-    pub(super) fn probed(&mut self, view: &View<'_>, group: &str, member: &str, seen: &Seen) {
+    /// Whether the last probe of `member` of `group` failed.
+    pub fn last_failed(&self, group: &str, member: &str) -> bool {
+        self.members.get(&(group.to_string(), member.to_string())).is_some_and(|entry| entry.last_failed)
+    }
+
+    /// Takes one probe's result. `restarting`: this node is starting the member again after
+    /// its own guard stopped it (see the keeper), so a failed probe is no sign of a fault and
+    /// counts as degraded, never towards down.
+    pub(super) fn probed(&mut self, view: &View<'_>, group: &str, member: &str, seen: &Seen, restarting: bool) {
         let Some(policy) = view.policy(group) else { return };
         if policy.member(member).is_none() {
             return;
@@ -185,6 +195,7 @@ impl Reporter {
             sends: 0,
             retry_at: Mono::default(),
             probed_at: Mono::default(),
+            last_failed: false,
             last_sent: None,
         });
         if entry.tracker.down_after != policy.down_after {
@@ -192,6 +203,21 @@ impl Reporter {
         }
         let now = view.ctx.now;
         entry.probed_at = now.mono;
+        entry.last_failed = matches!(seen, Seen::Failed { .. });
+        let relabelled;
+        let seen = match seen {
+            Seen::Failed { reason } if restarting => {
+                relabelled = Seen::Answered(crate::group::Verdict {
+                    health: crate::group::Health::Degraded,
+                    facts: None,
+                    reason: Some(format!(
+                        "being started again by its own node after its fence guard stopped it ({reason})"
+                    )),
+                });
+                &relabelled
+            }
+            _ => seen,
+        };
         let before = entry.tracker.current().map(|verdict| verdict.health);
         if let Some(report) = entry.tracker.observe(seen, now.mono, now.wall_ms) {
             if before != Some(report.verdict.health) {

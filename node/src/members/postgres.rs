@@ -4,8 +4,9 @@
 //! A fence is `default_transaction_read_only = on` (reloaded, client sessions ended) or a
 //! stop, and is reported done only once seen in force: a session opened afterwards finds
 //! read-only on, or the server is confirmed stopped on its own host. A read-only fence that
-//! fails or cannot be confirmed escalates to a stop where this node holds the data
-//! directory. A promoted replica is born fenced (read-only is set while it still is a
+//! fails or cannot be confirmed is retried by the coordinator (never escalated to a stop: a
+//! server merely unreachable from here may be healthy); the fence guard stops the server
+//! when the lease runs out. A promoted replica is born fenced (read-only is set while it still is a
 //! standby); its own node lifts the fence once it holds the new primary's lease, and the
 //! leader waits for that before it writes the epoch.
 

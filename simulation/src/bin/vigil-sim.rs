@@ -186,7 +186,10 @@ fn soak(minutes: f64, report: &str, start: Option<u64>, config: &Config, mutatio
         println!("{}", failed.failure_message());
     }
     println!("{} schedules in {:.1} s, {} failed; report in {report}", soak.schedules, soak.seconds, soak.failed.len());
-    if let Err(error) = std::fs::write(report, soak.markdown()) {
+    let parent = std::path::Path::new(report).parent().filter(|parent| !parent.as_os_str().is_empty());
+    if let Err(error) =
+        parent.map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(report, soak.markdown()))
+    {
         eprintln!("vigil-sim: cannot write {report}: {error}");
         return ExitCode::FAILURE;
     }
