@@ -10,10 +10,13 @@
 //! A promoted member starts fenced (the promotion fences it) and with no lease: it takes
 //! writes only after its first renewal commits. A member this node sees down is left alone
 //! (its lease renewed) until it is confirmed down on its own host (not running, refusing
-//! connections); then its lease is released, so the leader need not wait for it to run out; one left down with nothing to replace it is
-//! started again in place, fenced, after [`RESTART_IN_PLACE_AFTER`]. A member that is being
-//! replaced is fenced and its lease released once the fence holds. A stale primary (an old
-//! primary that came back writable) is fenced until it has rejoined.
+//! connections); then its lease is released, so the leader need not wait for it to run out;
+//! one left down with nothing to replace it is started again in place, fenced, after
+//! [`RESTART_IN_PLACE_AFTER`]; one its own guard stopped while no renewal could commit is
+//! started again at once, fenced, when the cluster confirms its lease within
+//! [`GUARD_STOP_RECOVERY`]. A member that is being replaced is fenced and its lease released
+//! once the fence holds. A stale primary (an old primary that came back writable) is fenced
+//! until it has rejoined.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -46,6 +46,8 @@ const REJOIN_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const REMOTE_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a wait asks again.
 const POLL: Duration = Duration::from_millis(50);
+/// The least bound on each statement of a promotion or a lift.
+const ACTION_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many probe timeouts `verify_writable` waits at most for the new primary's node to
 /// lift its fence (the caller bounds the action too).
 const WRITABLE_WAIT_PROBE_TIMEOUTS: u32 = 40;
@@ -69,6 +71,16 @@ impl PgMember {
 
     fn target(&self) -> Result<PgTarget, ActionFailure> {
         pg_target(&self.group, &self.member).map_err(misconfigured)
+    }
+
+    /// The target for a step that changes the server (a promotion, a lift): each statement
+    /// may take up to [`ACTION_STATEMENT_TIMEOUT`], not just a probe's timeout. `ALTER SYSTEM`
+    /// and a reload on a loaded host can take longer than a probe may, and a promotion
+    /// cancelled half-way costs the failover a retry.
+    fn action_target(&self) -> Result<PgTarget, ActionFailure> {
+        let mut target = self.target()?;
+        target.timeout = target.timeout.max(ACTION_STATEMENT_TIMEOUT);
+        Ok(target)
     }
 
     fn ctl(&self) -> Result<PgCtl, ActionFailure> {
@@ -155,7 +167,7 @@ impl PgMember {
     }
 
     async fn promote_fenced(&self, epoch: u64, strict_sync: bool) -> ActionResult {
-        let target = self.target()?;
+        let target = self.action_target()?;
         let name = &self.member.name;
         let in_recovery =
             vigil_actions::in_recovery(&target).await.map_err(|e| failure_in("reading its recovery state", e))?;
@@ -316,7 +328,7 @@ impl Member for PgMember {
                 }
             }
             // Whatever the fence method, a promoted primary was born read-only.
-            let target = self.target()?;
+            let target = self.action_target()?;
             vigil_actions::unfence(&target).await.map_err(|e| failure_in("resetting read-only", e))?;
             let detail = if started { "started; fence lifted" } else { "fence lifted" };
             Ok(ActionReport::done(format!("{detail} (epoch {epoch}): default_transaction_read_only reset")))
