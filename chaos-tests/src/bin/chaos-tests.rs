@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, global = true, default_value = "chaos-reports")]
     out: PathBuf,
     /// The longest a failover may take, fault to the new primary's first acknowledged write.
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, default_value = "6500ms", value_parser = humantime::parse_duration)]
     rto_target: Duration,
     #[command(subcommand)]
     command: Command,

@@ -261,26 +261,6 @@ impl Driver {
             return;
         };
         let host_local = step.step.host_local_member().is_some();
-        if step.step == Step::Promote && matches!(step.status, StepStatus::Pending | StepStatus::Failed { .. }) {
-            // The promoted member takes writes only once its own node lifts its fence: never
-            // promote towards a node this leader does not hear from (a new leader first
-            // waits until it could have heard from it).
-            let node_name = policy.member(&run.candidate).map(|member| member.node.as_str()).unwrap_or_default();
-            let node = view.nodes.iter().find(|(_, info)| info.name == node_name).map(|(id, _)| *id);
-            match node.map(|node| view.reach(node)) {
-                Some(Reach::Reachable) => {}
-                Some(Reach::NotYetKnown) => return,
-                Some(Reach::Unreachable) | None => {
-                    let outcome = format!(
-                        "not promoting {}: its node {node_name} is out of the leader's reach, so nobody could lift \
-                         its fence",
-                        run.candidate
-                    );
-                    self.finish(view, out, group, run.id, false, outcome);
-                    return;
-                }
-            }
-        }
         let start = match &step.status {
             StepStatus::Pending => true,
             StepStatus::Started { at_ms, by, .. } if host_local => {
@@ -317,6 +297,27 @@ impl Driver {
             }
             StepStatus::Succeeded { .. } => false,
         };
+        if start && !self.starting.contains(&key) && step.step == Step::Promote {
+            // The promoted member takes writes only once its own node lifts its fence: never
+            // promote towards a node this leader does not hear from, also when resuming a
+            // promotion a dead leader started (it may have been that node). A new leader
+            // first waits until it could have heard from it.
+            let node_name = policy.member(&run.candidate).map(|member| member.node.as_str()).unwrap_or_default();
+            let node = view.nodes.iter().find(|(_, info)| info.name == node_name).map(|(id, _)| *id);
+            match node.map(|node| view.reach(node)) {
+                Some(Reach::Reachable) => {}
+                Some(Reach::NotYetKnown) => return,
+                Some(Reach::Unreachable) | None => {
+                    let outcome = format!(
+                        "not promoting {}: its node {node_name} is out of the leader's reach, so nobody could lift \
+                         its fence",
+                        run.candidate
+                    );
+                    self.finish(view, out, group, run.id, false, outcome);
+                    return;
+                }
+            }
+        }
         if start && !self.starting.contains(&key) {
             let command = Command::StepStarted {
                 group: group.to_string(),
