@@ -602,6 +602,19 @@ fn drive_fence(
     }
 }
 
+/// Asks to start `member` again, fenced; whether the action was started (none other of this
+/// node's on the member was under way).
+fn start_fenced(out: &mut Out<'_>, group: &str, member: &MemberPolicy) -> bool {
+    out.act_alone(
+        Purpose::Keeper(Pending::StartFenced { group: group.to_string() }),
+        group,
+        &member.name,
+        Action::StartFenced,
+        HOST_ACTION_TIMEOUT,
+    )
+    .is_some()
+}
+
 /// Whether this node's guard may have stopped its primary lately (its deadline passed with no
 /// renewal to push it on) and the cluster has confirmed the primary since: a renewal with time
 /// left has committed, and the lease was neither released nor handed over.
@@ -619,16 +632,7 @@ fn recovering_from_own_guard(view: &View<'_>, policy: &GroupPolicy, local: &Loca
 /// next renewal lifts the fence), rather than give the lease up and cost the group a
 /// failover. Meanwhile this node's failed probes of it count as degraded, not down.
 fn restart_after_own_guard(out: &mut Out<'_>, group: &str, member: &MemberPolicy, local: &mut Local) {
-    if out
-        .act_alone(
-            Purpose::Keeper(Pending::StartFenced { group: group.to_string() }),
-            group,
-            &member.name,
-            Action::StartFenced,
-            HOST_ACTION_TIMEOUT,
-        )
-        .is_some()
-    {
+    if start_fenced(out, group, member) {
         tracing::warn!(
             group,
             member = %member.name,
@@ -677,15 +681,7 @@ fn keep_down_primary(
         && member.restarts_in_place
         && now.since(down_since) >= RESTART_IN_PLACE_AFTER
         && holding.restart_attempt_at.is_none_or(|at| now.since(at) >= RESTART_IN_PLACE_AFTER)
-        && out
-            .act_alone(
-                Purpose::Keeper(Pending::StartFenced { group: group.to_string() }),
-                group,
-                &member.name,
-                Action::StartFenced,
-                HOST_ACTION_TIMEOUT,
-            )
-            .is_some()
+        && start_fenced(out, group, member)
     {
         holding.restart_attempt_at = Some(now);
         tracing::warn!(
