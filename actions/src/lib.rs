@@ -37,7 +37,7 @@ pub use ctl::{
 };
 pub use error::ActionError;
 pub use sql::{
-    Promoted, SynchronousState, checkpoint, fence_read_only, in_recovery, promote, read_only_in_force, repoint,
-    require_all, set_synchronous_standby_names, synchronous_state, unfence, wait_for_replay, wait_for_upstream,
-    write_epoch,
+    BornFenced, Promoted, SynchronousState, checkpoint, fence_read_only, in_recovery, promote, promote_born_fenced,
+    read_only_in_force, repoint, require_all, set_synchronous_standby_names, synchronous_state, unfence,
+    wait_for_replay, wait_for_upstream, write_epoch,
 };

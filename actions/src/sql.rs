@@ -36,58 +36,70 @@ pub async fn promote(target: &PgTarget, wait: Duration) -> Result<Promoted, Acti
     let address = target.address();
     let budget = target.timeout + wait;
     bounded(budget, format!("promoting {address} after {budget:?}"), async {
-        // The promotion may take up to `wait`; the statement timeout must not cut it short.
-        let connection = Connection::open(target, budget).await?;
-        let row = connection
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                 GREATEST(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn()), \
-                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
-                &[],
-                "reading the recovery state",
-            )
-            .await?;
-        let in_recovery: bool = connection.column(&row, 0)?;
-        if !in_recovery {
-            let current: Option<PgLsn> = connection.column(&row, 2)?;
-            return Ok(Promoted { already_primary: true, lsn: current.map(u64::from) });
+        let connection = Connection::open(target, target.timeout).await?;
+        let state = connection.recovery_state().await?;
+        if !state.in_recovery {
+            return Ok(Promoted { already_primary: true, lsn: state.current });
         }
-        let replay: Option<PgLsn> = connection.column(&row, 1)?;
+        connection.promote(state.received, wait).await
+    })
+    .await
+}
 
-        // Ask without waiting, then poll: pg_promote's own wait checks only ten times a second,
-        // and every millisecond of a failover counts.
-        let promoted = connection.client.query_one("SELECT pg_promote(false)", &[]).await;
-        match promoted {
-            Ok(row) => {
-                if !connection.column::<bool>(&row, 0)? {
-                    return Err(ActionError::Unexpected(format!("{address} refused the promotion request")));
-                }
-            }
-            // Someone else promoted it between our two statements: it is a primary now,
-            // and not by our hand.
-            Err(error) if error.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
-                if !connection.in_recovery().await? {
-                    let row =
-                        connection.query_one("SELECT pg_current_wal_lsn()", &[], "reading the current lsn").await?;
-                    let current: Option<PgLsn> = connection.column(&row, 0)?;
-                    return Ok(Promoted { already_primary: true, lsn: current.map(u64::from) });
-                }
-                return Err(connection.error("promoting", &error));
-            }
-            Err(error) => return Err(connection.error("promoting", &error)),
+/// What [`promote_born_fenced`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BornFenced {
+    /// What the promotion found or did.
+    pub promoted: Promoted,
+    /// How many client sessions the fence ended; `None` when the member already was a
+    /// primary, which is left exactly as it was.
+    pub sessions_ended: Option<u64>,
+}
+
+/// Promotes a replica that is read-only from the promotion's first moment: on one session,
+/// `default_transaction_read_only = on` (and with `any_sync_standby`,
+/// `synchronous_standby_names = '*'`) through `ALTER SYSTEM` and a reload, the standby's
+/// client sessions ended, the reload seen in force, then the promotion, waited for up to
+/// `wait`.
+///
+/// The reload is confirmed on the promoting session itself: the postmaster loads the
+/// configuration before it passes the reload on to its children, so a child that sees the
+/// new values proves that every session forked from then on starts with them. One session
+/// instead of one per statement: on a loaded host each new connection costs a fork and an
+/// authentication, and this is the step a failover's clients wait for.
+///
+/// A member that already is a primary (a promotion retried after it succeeded) is left as
+/// it is: its node may have lifted the fence since, and fencing it again would undo what
+/// the cluster confirmed.
+pub async fn promote_born_fenced(
+    target: &PgTarget,
+    wait: Duration,
+    any_sync_standby: bool,
+) -> Result<BornFenced, ActionError> {
+    let address = target.address();
+    let budget = target.timeout * 3 + wait;
+    bounded(budget, format!("promoting {address} read-only after {budget:?}"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        let state = connection.recovery_state().await?;
+        if !state.in_recovery {
+            let promoted = Promoted { already_primary: true, lsn: state.current };
+            return Ok(BornFenced { promoted, sessions_ended: None });
         }
-        let deadline = Instant::now() + wait;
-        while connection.in_recovery().await? {
-            if Instant::now() >= deadline {
-                return Err(ActionError::Timeout(format!(
-                    "waiting {} s for {address} to finish promoting",
-                    wait.as_secs()
-                )));
-            }
-            sleep(PROMOTION_POLL).await;
+        // ALTER SYSTEM refuses to run inside a transaction block, which a multi-statement
+        // query would be: one statement per round trip, on the same session.
+        connection
+            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on", "setting read-only before promoting")
+            .await?;
+        if any_sync_standby {
+            connection
+                .batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'", "setting synchronous_standby_names")
+                .await?;
         }
-        tracing::info!(member = %address, replay_lsn = ?replay, "promoted");
-        Ok(Promoted { already_primary: false, lsn: replay.map(u64::from) })
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
+        let ended = connection.terminate_clients().await?;
+        connection.wait_for_reload(any_sync_standby, target.timeout).await?;
+        let promoted = connection.promote(state.received, wait).await?;
+        Ok(BornFenced { promoted, sessions_ended: Some(ended) })
     })
     .await
 }
@@ -292,18 +304,9 @@ pub async fn fence_read_only(target: &PgTarget) -> Result<u64, ActionError> {
             )
             .await?;
         connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
-        let row = connection
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-                 AND application_name IS DISTINCT FROM 'vigil-rewind'",
-                &[],
-                "terminating client sessions",
-            )
-            .await?;
-        let terminated: i64 = connection.column(&row, 0)?;
+        let terminated = connection.terminate_clients().await?;
         tracing::warn!(member = %address, terminated, "fenced: read-only, client sessions terminated");
-        Ok(u64::try_from(terminated).unwrap_or(0))
+        Ok(terminated)
     })
     .await
 }
@@ -449,6 +452,13 @@ async fn bounded<T>(
     tokio::time::timeout(budget, action).await.unwrap_or(Err(ActionError::Timeout(what)))
 }
 
+/// What [`Connection::recovery_state`] read.
+struct RecoveryState {
+    in_recovery: bool,
+    received: Option<u64>,
+    current: Option<u64>,
+}
+
 /// One short-lived connection to the member an action works on.
 struct Connection {
     client: Client,
@@ -498,6 +508,109 @@ impl Connection {
     async fn in_recovery(&self) -> Result<bool, ActionError> {
         let row = self.query_one("SELECT pg_is_in_recovery()", &[], "reading the recovery state").await?;
         self.column(&row, 0)
+    }
+
+    /// Whether the member is in recovery, the most WAL it received or replayed, and its
+    /// current position when it is a primary.
+    async fn recovery_state(&self) -> Result<RecoveryState, ActionError> {
+        let row = self
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                 GREATEST(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn()), \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END",
+                &[],
+                "reading the recovery state",
+            )
+            .await?;
+        let received: Option<PgLsn> = self.column(&row, 1)?;
+        let current: Option<PgLsn> = self.column(&row, 2)?;
+        Ok(RecoveryState {
+            in_recovery: self.column(&row, 0)?,
+            received: received.map(u64::from),
+            current: current.map(u64::from),
+        })
+    }
+
+    /// Asks a replica that kept up to `received` to promote, and waits up to `wait` until
+    /// it has.
+    async fn promote(&self, received: Option<u64>, wait: Duration) -> Result<Promoted, ActionError> {
+        let address = &self.address;
+        // Ask without waiting, then poll: pg_promote's own wait checks only ten times a second,
+        // and every millisecond of a failover counts.
+        match self.client.query_one("SELECT pg_promote(false)", &[]).await {
+            Ok(row) => {
+                if !self.column::<bool>(&row, 0)? {
+                    return Err(ActionError::Unexpected(format!("{address} refused the promotion request")));
+                }
+            }
+            // Someone else promoted it between our two statements: it is a primary now,
+            // and not by our hand.
+            Err(error) if error.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                if !self.in_recovery().await? {
+                    let current = self.recovery_state().await?.current;
+                    return Ok(Promoted { already_primary: true, lsn: current });
+                }
+                return Err(self.error("promoting", &error));
+            }
+            Err(error) => return Err(self.error("promoting", &error)),
+        }
+        let deadline = Instant::now() + wait;
+        while self.in_recovery().await? {
+            if Instant::now() >= deadline {
+                return Err(ActionError::Timeout(format!(
+                    "waiting {} s for {address} to finish promoting",
+                    wait.as_secs()
+                )));
+            }
+            sleep(PROMOTION_POLL).await;
+        }
+        tracing::info!(member = %address, received_lsn = ?received, "promoted");
+        Ok(Promoted { already_primary: false, lsn: received })
+    }
+
+    /// Ends every other client session, except a `pg_rewind` of vigil's reading from this
+    /// server (application name `vigil-rewind`: it only reads); how many were ended.
+    async fn terminate_clients(&self) -> Result<u64, ActionError> {
+        let row = self
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                 AND application_name IS DISTINCT FROM 'vigil-rewind'",
+                &[],
+                "terminating client sessions",
+            )
+            .await?;
+        let terminated: i64 = self.column(&row, 0)?;
+        Ok(u64::try_from(terminated).unwrap_or(0))
+    }
+
+    /// Waits up to `timeout` until this session has taken in the read-only default (and with
+    /// `any_sync_standby`, `synchronous_standby_names = '*'`) from a reload.
+    async fn wait_for_reload(&self, any_sync_standby: bool, timeout: Duration) -> Result<(), ActionError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = self
+                .query_one(
+                    "SELECT current_setting('default_transaction_read_only'), \
+                     current_setting('synchronous_standby_names')",
+                    &[],
+                    "reading the reloaded settings",
+                )
+                .await?;
+            let read_only: String = self.column(&row, 0)?;
+            let standbys: String = self.column(&row, 1)?;
+            if read_only == "on" && (!any_sync_standby || standbys == "*") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ActionError::Timeout(format!(
+                    "{} did not take in its reloaded configuration within {timeout:?}: \
+                     default_transaction_read_only = {read_only}, synchronous_standby_names = '{standbys}'",
+                    self.address
+                )));
+            }
+            sleep(PROMOTION_POLL).await;
+        }
     }
 
     fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&self, row: &'a Row, index: usize) -> Result<T, ActionError> {

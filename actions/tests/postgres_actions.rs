@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, PgCtl, primary_conninfo, promote, reclone, repoint, rewind, start_as_replica, stop_server,
-    wait_for_replay, write_epoch,
+    ActionError, PgCtl, primary_conninfo, promote, promote_born_fenced, reclone, repoint, rewind,
+    set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay, write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -136,6 +136,42 @@ async fn failover_promotes_once_records_the_epoch_and_repoints_the_other_replica
     assert!(matches!(refused, Err(ActionError::Unexpected(_))), "{refused:?}");
     let refused = write_epoch(&target(&cluster, other), "g1", 3).await;
     assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
+}
+
+/// A promotion born fenced, as vigil's failover does it: the standby's sessions are ended,
+/// a session opened after the promotion meets read-only at once, `synchronous_standby_names`
+/// is `*` when asked for, a second call leaves the new primary as it is, and only lifting
+/// the fence lets writes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_promoted_born_fenced_refuses_writes_until_lifted() {
+    let cluster = PgCluster::start(2).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM orders", "0").await;
+    let replica = target(&cluster, 1);
+    let (reader, connection) = replica.config().connect(tokio_postgres::NoTls).await.expect("a reader connects");
+    tokio::spawn(connection);
+    reader.simple_query("SELECT 1").await.expect("the reader reads");
+    cluster.kill_postmaster(0).unwrap();
+
+    let born = promote_born_fenced(&replica, PROMOTE_WAIT, true).await.expect("promotes");
+    assert!(!born.promoted.already_primary, "{born:?}");
+    assert!(born.promoted.lsn.is_some_and(|lsn| lsn > 0), "{born:?}");
+    assert!(born.sessions_ended.is_some_and(|ended| ended >= 1), "the reader was ended: {born:?}");
+    assert!(!cluster.is_in_recovery(1).unwrap());
+    assert!(reader.simple_query("SELECT 1").await.is_err(), "the reader's session is gone");
+    let refused = write_epoch(&replica, "g1", 2).await;
+    assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
+    assert_eq!(cluster.sql(1, "SHOW synchronous_standby_names").unwrap(), "*");
+
+    let again = promote_born_fenced(&replica, PROMOTE_WAIT, true).await.expect("idempotent");
+    assert!(again.promoted.already_primary, "{again:?}");
+    assert_eq!(again.sessions_ended, None, "an existing primary is left as it is");
+
+    // No standby is left to answer for a commit: wait for none, then lift the fence.
+    set_synchronous_standby_names(&replica, "").await.expect("synchronous standbys reset");
+    unfence(&replica).await.expect("fence lifted");
+    wait_for_answer(&cluster, 1, "SHOW default_transaction_read_only", "off").await;
+    write_epoch(&replica, "g1", 2).await.expect("writable once lifted");
 }
 
 /// Switchover: the primary stops cleanly at a checkpoint LSN, the replica replays past

@@ -169,38 +169,22 @@ impl PgMember {
     async fn promote_fenced(&self, epoch: u64, strict_sync: bool) -> ActionResult {
         let target = self.action_target()?;
         let name = &self.member.name;
-        let in_recovery =
-            vigil_actions::in_recovery(&target).await.map_err(|e| failure_in("reading its recovery state", e))?;
-        if !in_recovery {
-            // A promotion retried after it succeeded. The primary was fenced as it was
-            // promoted, and its node may have lifted that fence since: fencing it again (or
-            // resetting its synchronous standbys) would undo what the cluster confirmed.
-            let promoted =
-                vigil_actions::promote(&target, PROMOTE_WAIT).await.map_err(|e| failure_in("promoting", e))?;
-            return Ok(promoted_report(format!("{name} already was a primary; not promoted again"), promoted.lsn));
-        }
         // Born fenced: ALTER SYSTEM works on a hot standby (postgresql.auto.conf is not
         // WAL-logged), so read-only is in force from the promotion's first moment, until its
         // own node lifts it once it holds the new primary's lease. Ending the standby's client
-        // sessions costs its readers a reconnect.
-        let ended = vigil_actions::fence_read_only(&target)
+        // sessions costs its readers a reconnect. In strict mode `synchronous_standby_names`
+        // is set before the promotion too, so the new primary never acknowledges a commit
+        // that no standby holds: until the leader confirms a standby, any may answer.
+        let born = vigil_actions::promote_born_fenced(&target, PROMOTE_WAIT, strict_sync)
             .await
-            .map_err(|e| failure_in("setting read-only before promoting", e))?;
-        confirm_read_only(&target).await?;
-        if strict_sync {
-            // Set before the promotion, so the new primary never acknowledges a commit that no
-            // standby holds: until the leader confirms a standby, any may answer.
-            vigil_actions::set_synchronous_standby_names(&target, "*")
-                .await
-                .map_err(|e| failure_in("setting synchronous_standby_names", e))?;
-        }
-        let promoted = vigil_actions::promote(&target, PROMOTE_WAIT).await.map_err(|e| failure_in("promoting", e))?;
-        confirm_read_only(&target).await?;
-        let how = if promoted.already_primary { "already was a primary; not promoted again" } else { "promoted" };
-        Ok(promoted_report(
-            format!("{name} {how} into epoch {epoch}, read-only ({ended} sessions ended), confirmed"),
-            promoted.lsn,
-        ))
+            .map_err(|e| failure_in("promoting read-only", e))?;
+        let detail = match born.sessions_ended {
+            None => format!("{name} already was a primary; not promoted again"),
+            Some(ended) => format!(
+                "{name} promoted into epoch {epoch}, read-only in force before the promotion ({ended} sessions ended)"
+            ),
+        };
+        Ok(promoted_report(detail, born.promoted.lsn))
     }
 
     async fn wait_until_writable(&self, epoch: u64) -> ActionResult {
