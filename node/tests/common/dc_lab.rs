@@ -97,8 +97,7 @@ impl DcLab {
             if node.child.is_none() {
                 continue;
             }
-            let output = self.cli(&node.host, *id, &["status", "--json"]);
-            let Ok(status) = serde_json::from_slice::<Value>(&output.stdout) else { continue };
+            let Some(status) = self.status(*id) else { continue };
             let applied = status["applied_index"].as_u64().unwrap_or(0);
             let Some(group) = status["groups"].as_array().and_then(|groups| groups.first()).cloned() else { continue };
             if best.as_ref().is_none_or(|(most, _)| applied > *most) {
@@ -109,16 +108,40 @@ impl DcLab {
     }
 
     fn wait_for_leader(&self) {
+        self.wait_for_leader_among(&[1, 2, 3]);
+    }
+
+    /// Node `id`'s status, if it answers.
+    fn status(&self, id: u64) -> Option<Value> {
+        let node = &self.nodes[&id];
+        let output = self.cli(&node.host, id, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&output.stdout).ok()
+    }
+
+    /// The group as node `id` sees it, if it answers.
+    pub fn group_seen_by(&self, id: u64) -> Option<Value> {
+        self.status(id)?["groups"].as_array()?.first().cloned()
+    }
+
+    /// The Raft leader, as node 2 sees it.
+    pub fn leader(&self) -> u64 {
+        self.status(2).and_then(|status| status["leader"]["id"].as_u64()).expect("node 2 knows a leader")
+    }
+
+    /// Waits until each of `ids` names the same leader, one of `ids`; that leader.
+    pub fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let output = self.cli("dc2", 2, &["status", "--json"]);
-            if let Ok(status) = serde_json::from_slice::<Value>(&output.stdout)
-                && status["leader"]["id"].is_u64()
+            let named: Vec<Option<u64>> =
+                ids.iter().map(|id| self.status(*id).and_then(|status| status["leader"]["id"].as_u64())).collect();
+            if let Some(Some(leader)) = named.first()
+                && ids.contains(leader)
+                && named.iter().all(|other| *other == Some(*leader))
             {
-                return;
+                return *leader;
             }
-            assert!(Instant::now() < deadline, "no leader in the lab\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(200));
+            assert!(Instant::now() < deadline, "no leader among {ids:?} ({named:?})\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
