@@ -22,6 +22,7 @@ pub fn named(name: &str) -> Option<Config> {
         "wall-step-ahead-while-retry-waits" => (a_wall_step_while_a_retry_waits(300_000), 40, 2),
         "lagging-standby" => (a_lagging_standby_made_synchronous(), 80, 2),
         "candidate-node-dies" => (the_candidates_node_dies_mid_failover(), 80, 2),
+        "guard-stop-restart" => (renewals_stall_past_the_guard(), 40, 2),
         _ => return None,
     };
     Some(Config {
@@ -34,7 +35,7 @@ pub fn named(name: &str) -> Option<Config> {
 }
 
 /// The names [`named`] knows.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "isolated-leader",
     "promoted-then-cut-off",
     "stuck-fence",
@@ -44,6 +45,7 @@ pub const NAMES: [&str; 9] = [
     "wall-step-ahead-while-retry-waits",
     "lagging-standby",
     "candidate-node-dies",
+    "guard-stop-restart",
 ];
 
 fn seconds(value: f64) -> Micros {
@@ -161,5 +163,23 @@ pub fn the_candidates_node_dies_mid_failover() -> Vec<Episode> {
             hold: Some(seconds(30.0)),
             fault: Fault::Crash(Target::Candidate(REDIS)),
         },
+    ]
+}
+
+/// The primaries' node (node 1) loses Raft for 1.7 s, longer than a lease (1.5 s), while
+/// every server stays reachable, as in a Raft election on a loaded host: no renewal can
+/// commit, and because the fence of the PostgreSQL primary is slow to land (0.6 s), its
+/// guard stops it at the deadline. Once renewals commit again, the keeper starts it again,
+/// fenced, and lifts the fence: the group is back on its primary within a second.
+pub fn renewals_stall_past_the_guard() -> Vec<Episode> {
+    let slow_fence = Fault::Tweak {
+        group: POSTGRES,
+        member: Target::Index(0),
+        action: ActionKind::Fence,
+        tweak: TweakKind::Slow(seconds(0.6)),
+    };
+    vec![
+        Episode::at(seconds(4.0), seconds(10.0), slow_fence),
+        Episode::at(seconds(5.0), seconds(1.7), Fault::BlockRaftPort(Target::Index(0))),
     ]
 }

@@ -205,3 +205,31 @@ fn no_member_is_promoted_whose_node_the_leader_does_not_hear_from() {
         assert!(*second_begun < 20_000_000, "the second run began only at {second_begun} us:\n{}", explain(result));
     }
 }
+
+/// Renewals of the PostgreSQL primary's node cannot commit for longer than a lease (its Raft
+/// port blocked, every server reachable) and its fence is slow to land, so its guard stops
+/// the healthy primary. Once renewals commit again, the keeper starts it again, fenced, and
+/// lifts the fence: the group is back on the same primary, with no failover.
+#[test]
+fn a_primary_its_guard_stopped_is_started_again_once_renewals_commit() {
+    let results = scenario("guard-stop-restart", Mutations::default());
+    assert_all_pass(&results);
+    for result in &results {
+        let line_of = |needle: &str, after: usize| {
+            result.trace.iter().skip(after).position(|line| line.contains(needle)).map(|index| index + after)
+        };
+        let stopped = line_of("guard of host 1 stops pg1", 0);
+        let started = stopped.and_then(|stopped| line_of("n1 start it fenced: pg1", stopped));
+        let lifted = started.and_then(|started| line_of("n1 lift the fence (epoch 0): pg1", started));
+        assert!(
+            lifted.is_some(),
+            "the guard's stop was not followed by a fenced start and a lift:\n{}",
+            explain(result)
+        );
+        assert!(
+            result.failovers.iter().all(|(group, _, _)| group != "main"),
+            "the primary its guard stopped was failed over:\n{}",
+            explain(result)
+        );
+    }
+}

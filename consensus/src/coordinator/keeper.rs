@@ -659,9 +659,15 @@ fn keep_down_primary(
 ) {
     let now = view.now();
     let group = policy.name.as_str();
+    let guard_stopped_it =
+        member.restarts_in_place && local.guard_acted_at.is_some_and(|at| now.since(at) < GUARD_STOP_RECOVERY);
     let Some(holding) = local.holding.as_mut() else { return };
     let down_since = *holding.down_since.get_or_insert(now);
-    if !holding.released && !holding.release_in_flight {
+    // Its own guard stopped it lately, for renewals that could not commit: a renewal still in
+    // flight may yet confirm it (the one committed first may have been sent too long ago to
+    // leave time), and then it is started again rather than given up.
+    let awaiting_renewal = guard_stopped_it && !holding.renewals.is_empty();
+    if !holding.released && !holding.release_in_flight && !awaiting_renewal {
         let due = holding.release_attempt_at.is_none_or(|at| now.since(at) >= RELEASE_RETRY);
         if due
             && out
