@@ -222,10 +222,12 @@ pub async fn wait_for_replay(target: &PgTarget, past_lsn: u64, timeout: Duration
 
 /// Waits until the replica `replica` streams from `primary` on the primary's current
 /// timeline; returns that timeline. A replica whose WAL went past the point where the new
-/// timeline forked never gets there (it needs `pg_rewind`), and the error says so.
+/// timeline forked never gets there (it needs `pg_rewind`): that is told as soon as it is
+/// seen, by the primary's timeline history and the replica's replay position, rather than
+/// waited out (an `Unexpected` error), and otherwise at the timeout.
 pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: Duration) -> Result<u32, ActionError> {
     let deadline = Instant::now() + timeout;
-    let timeline = bounded(primary.timeout, format!("reading the timeline of {}", primary.address()), async {
+    let (timeline, forks) = bounded(primary.timeout, format!("reading the timeline of {}", primary.address()), async {
         let connection = Connection::open(primary, primary.timeout).await?;
         let row = connection
             .query_one(
@@ -235,7 +237,7 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
             )
             .await?;
         let timeline: i32 = connection.column(&row, 0)?;
-        Ok(timeline)
+        Ok((timeline, connection.timeline_forks(timeline).await))
     })
     .await?;
     let address = replica.address();
@@ -248,7 +250,8 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
                     .query_one(
                         "SELECT (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
                                 (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1), \
-                                (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)",
+                                (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), \
+                                pg_last_wal_replay_lsn()",
                         &[],
                         "reading the wal receiver",
                     )
@@ -256,15 +259,27 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
                 let status: Option<String> = connection.column(&row, 0)?;
                 let port: Option<i32> = connection.column(&row, 1)?;
                 let received: Option<i32> = connection.column(&row, 2)?;
-                Ok::<_, ActionError>((status, port, received))
+                let replayed: Option<PgLsn> = connection.column(&row, 3)?;
+                Ok::<_, ActionError>((status, port, received, replayed.map(u64::from)))
             };
             match attempt.await {
-                Ok((Some(status), Some(port), Some(received)))
+                Ok((Some(status), Some(port), Some(received), _))
                     if status == "streaming" && port == i32::from(primary.port) && received >= timeline =>
                 {
-                    return;
+                    return Ok(());
                 }
-                Ok((status, port, received)) => {
+                Ok((_, _, Some(received), Some(replayed)))
+                    if forks.get(&received).is_some_and(|fork| replayed > *fork) =>
+                {
+                    let fork = forks[&received];
+                    return Err(ActionError::Unexpected(format!(
+                        "{address} replayed timeline {received} up to {}, past {} where the primary's timeline \
+                         {timeline} forked off: its WAL diverged, it needs pg_rewind",
+                        PgLsn::from(replayed),
+                        PgLsn::from(fork)
+                    )));
+                }
+                Ok((status, port, received, _)) => {
                     last_seen = format!(
                         "receiver {}, from port {}, timeline {}",
                         status.as_deref().unwrap_or("not running"),
@@ -283,7 +298,7 @@ pub async fn wait_for_upstream(replica: &PgTarget, primary: &PgTarget, timeout: 
              whose WAL went past the new timeline's fork point needs pg_rewind",
             primary.address()
         ))
-    })?;
+    })??;
     Ok(u32::try_from(timeline).unwrap_or_default())
 }
 
@@ -381,6 +396,19 @@ pub async fn synchronous_state(target: &PgTarget) -> Result<SynchronousState, Ac
         Ok(SynchronousState { setting, position: position.map(u64::from), standbys })
     })
     .await
+}
+
+/// The switch points of a timeline history file: for each earlier timeline, the position
+/// where it ended. Lines that do not parse (comments, blanks) are skipped.
+pub fn parse_timeline_history(text: &str) -> BTreeMap<i32, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let timeline = fields.next()?.parse::<i32>().ok()?;
+            let switch_point = fields.next()?.parse::<PgLsn>().ok()?;
+            Some((timeline, u64::from(switch_point)))
+        })
+        .collect()
 }
 
 /// The `synchronous_standby_names` value that makes commits wait for every one of `standbys`.
@@ -505,6 +533,24 @@ impl Connection {
         self.client.batch_execute(sql).await.map_err(|error| self.error(what, &error))
     }
 
+    /// Where each earlier timeline in the history of `timeline` ended, from its history file
+    /// (`pg_wal/{timeline:08X}.history`: parent timeline, switch point, reason per line).
+    /// Empty when it cannot be read (timeline 1 has none; reading it needs a superuser or
+    /// `pg_read_server_files`): then a diverged replica is only found at the timeout.
+    async fn timeline_forks(&self, timeline: i32) -> BTreeMap<i32, u64> {
+        if timeline <= 1 {
+            return BTreeMap::new();
+        }
+        let path = format!("pg_wal/{timeline:08X}.history");
+        match self.query_one("SELECT pg_read_file($1)", &[&path], "reading the timeline history").await {
+            Ok(row) => self.column::<String>(&row, 0).map(|text| parse_timeline_history(&text)).unwrap_or_default(),
+            Err(error) => {
+                tracing::debug!(%error, "timeline history not readable: a diverged replica is found at the timeout");
+                BTreeMap::new()
+            }
+        }
+    }
+
     async fn in_recovery(&self) -> Result<bool, ActionError> {
         let row = self.query_one("SELECT pg_is_in_recovery()", &[], "reading the recovery state").await?;
         self.column(&row, 0)
@@ -624,5 +670,19 @@ impl Connection {
     fn error(&self, what: &str, error: &tokio_postgres::Error) -> ActionError {
         let message = format!("{what} on {}: {}", self.address, describe_error(error));
         if error.as_db_error().is_some() { ActionError::Sql(message) } else { ActionError::Connect(message) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_history_gives_where_each_parent_timeline_ended() {
+        let history = "1\t0/4045338\tno recovery target specified\n\n# a comment\n2\t0/5000A0\tno recovery \
+                       target specified\n";
+        let forks = parse_timeline_history(history);
+        assert_eq!(forks, BTreeMap::from([(1, 0x0404_5338), (2, 0x0050_00A0)]));
+        assert!(parse_timeline_history("garbage\n1 not-an-lsn\n").is_empty());
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
     ActionError, PgCtl, primary_conninfo, promote, promote_born_fenced, reclone, repoint, rewind,
-    set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay, write_epoch,
+    set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay, wait_for_upstream,
+    write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -128,6 +129,8 @@ async fn failover_promotes_once_records_the_epoch_and_repoints_the_other_replica
     )
     .await;
     wait_for_answer(&cluster, other, stored, "2").await;
+    let timeline = wait_for_upstream(&target(&cluster, other), &new_target, Duration::from_secs(20)).await;
+    assert_eq!(timeline.expect("streams from the new primary"), 2);
     let seen = observe(&cluster, other).await;
     assert_eq!(seen.upstream, Some(format!("127.0.0.1:{new_port}")));
 
@@ -136,6 +139,38 @@ async fn failover_promotes_once_records_the_epoch_and_repoints_the_other_replica
     assert!(matches!(refused, Err(ActionError::Unexpected(_))), "{refused:?}");
     let refused = write_epoch(&target(&cluster, other), "g1", 3).await;
     assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
+}
+
+/// A replica that replayed WAL of the old timeline past the point where the promoted
+/// member's timeline forked off can never stream from it: re-pointed, it is told diverged
+/// (it needs `pg_rewind`) as soon as that is seen, not after the whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_past_the_fork_point_is_told_diverged_at_once() {
+    let cluster = PgCluster::start(3).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    for replica in [1, 2] {
+        wait_for_answer(&cluster, replica, "SELECT count(*) FROM pg_class WHERE relname = 'orders'", "1").await;
+    }
+    // Member 1 stops receiving; member 2 goes on and replays what member 1 never gets.
+    cluster.sql(1, "ALTER SYSTEM SET primary_conninfo = ''").unwrap();
+    cluster.sql(1, "SELECT pg_reload_conf()").unwrap();
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM pg_stat_wal_receiver", "0").await;
+    cluster.sql(0, "INSERT INTO orders SELECT generate_series(1, 100)").unwrap();
+    wait_for_answer(&cluster, 2, "SELECT count(*) FROM orders", "100").await;
+    cluster.kill_postmaster(0).unwrap();
+
+    promote(&target(&cluster, 1), PROMOTE_WAIT).await.expect("member 1 promotes");
+    repoint(&target(&cluster, 2), &conninfo_to(&cluster, 1, 2)).await.expect("re-pointed");
+    let wait = Duration::from_secs(60);
+    let started = Instant::now();
+    let outcome = wait_for_upstream(&target(&cluster, 2), &target(&cluster, 1), wait).await;
+    match outcome {
+        Err(ActionError::Unexpected(message)) => {
+            assert!(message.contains("diverged") && message.contains("pg_rewind"), "{message}")
+        }
+        other => panic!("expected the replica to be told diverged, got {other:?}"),
+    }
+    assert!(started.elapsed() < wait / 2, "told only after {:?}", started.elapsed());
 }
 
 /// A promotion born fenced, as vigil's failover does it: the standby's sessions are ended,

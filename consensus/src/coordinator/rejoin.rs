@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{Action, Mono, Out, Outcome, Purpose, View};
-use crate::group::{Health, Verdict};
+use crate::group::{GroupState, Health, Step, StepStatus, Verdict};
 use crate::spec::GroupPolicy;
 use crate::state::Command;
 
@@ -104,6 +104,19 @@ struct Rejoining {
     confirmed_stopped: Option<String>,
     /// When this node last caught up with the cluster for this group.
     caught_up_at: Option<Mono>,
+    /// The failover whose failed re-point of the member was answered by a rejoin at once.
+    fast_rejoin: Option<u64>,
+}
+
+/// The failover that made the current primary, if it failed to re-point `member`.
+fn failed_repoint(state: &GroupState, member: &str) -> Option<u64> {
+    let run = state.finished.back()?;
+    let made_the_primary = run.succeeded == Some(true) && state.primary.as_deref() == Some(run.candidate.as_str());
+    let failed = run.steps.iter().any(|step| {
+        matches!(&step.step, Step::Repoint { member: repointed } if repointed == member)
+            && matches!(step.status, StepStatus::Failed { .. })
+    });
+    (made_the_primary && failed).then_some(run.id)
 }
 
 /// The rejoiner of every member beside this node.
@@ -157,8 +170,12 @@ impl Rejoiner {
                 continue;
             }
             // A replica gets a grace period, since it may just be reconnecting after a
-            // re-point; a stale primary rejoins at once.
-            if why == Reason::NotStreaming {
+            // re-point; a stale primary rejoins at once, and so does a replica whose re-point
+            // by the failover that made this primary failed (its WAL diverged, say): nothing
+            // is reconnecting then, and in strict synchronous mode the group may take no
+            // write until it streams. Once per such failover: after that, the grace again.
+            let failed_repoint = failed_repoint(state, &member.name).filter(|run| entry.fast_rejoin != Some(*run));
+            if why == Reason::NotStreaming && failed_repoint.is_none() {
                 let since = *entry.not_streaming_since.get_or_insert(now);
                 if now.since(since) < NOT_STREAMING_GRACE {
                     continue;
@@ -193,6 +210,9 @@ impl Rejoiner {
             if out.act_alone(Purpose::Rejoin(pending), group, &member.name, action, REJOIN_TIMEOUT).is_some() {
                 tracing::warn!(group, member = %member.name, primary, why = why.words(), "rejoining as a replica");
                 entry.busy = true;
+                if why == Reason::NotStreaming && failed_repoint.is_some() {
+                    entry.fast_rejoin = failed_repoint;
+                }
             }
         }
     }
@@ -282,5 +302,46 @@ mod tests {
         let waits: Vec<u64> = (1..=7).map(|failures| retry_after(failures).as_secs()).collect();
         assert_eq!(waits, [5, 10, 20, 40, 60, 60, 60]);
         assert_eq!(retry_after(u32::MAX), RETRY_AFTER_AT_MOST);
+    }
+
+    fn finished_run(id: u64, candidate: &str, repoint_of_pg3: StepStatus) -> crate::group::FailoverRun {
+        let step = |step: Step, status: StepStatus| crate::group::StepState { step, status };
+        let done = || StepStatus::Succeeded { detail: String::new(), at_ms: 1 };
+        crate::group::FailoverRun {
+            id,
+            kind: crate::group::FailoverKind::Automatic,
+            reason: String::new(),
+            old_primary: Some("pg1".into()),
+            candidate: candidate.into(),
+            epoch: id + 1,
+            detected_at_ms: None,
+            decided_at_ms: 0,
+            promoted_at_ms: None,
+            first_write_at_ms: None,
+            finished_at_ms: Some(2),
+            old_primary_lsn: None,
+            candidate_lsn: None,
+            steps: vec![step(Step::Promote, done()), step(Step::Repoint { member: "pg3".into() }, repoint_of_pg3)],
+            succeeded: Some(true),
+            outcome: None,
+        }
+    }
+
+    /// A replica the failover could not re-point is rejoined without the grace, but only
+    /// for the failover that made the current primary.
+    #[test]
+    fn only_the_current_primarys_failover_with_a_failed_repoint_skips_the_grace() {
+        let failed = StepStatus::Failed { detail: "diverged".into(), attempt: 1, at_ms: 2 };
+        let mut state = GroupState { primary: Some("pg2".into()), ..GroupState::default() };
+        state.finished.push_back(finished_run(0, "pg2", failed.clone()));
+        assert_eq!(failed_repoint(&state, "pg3"), Some(0));
+        assert_eq!(failed_repoint(&state, "pg1"), None);
+
+        let succeeded = StepStatus::Succeeded { detail: String::new(), at_ms: 2 };
+        state.finished.push_back(finished_run(1, "pg2", succeeded));
+        assert_eq!(failed_repoint(&state, "pg3"), None, "a later run re-pointed it");
+
+        state.finished.push_back(finished_run(2, "pg3", failed));
+        assert_eq!(failed_repoint(&state, "pg3"), None, "that run's candidate is not the primary");
     }
 }
