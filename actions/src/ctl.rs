@@ -573,7 +573,12 @@ async fn pg_ctl_status_finding(ctl: &PgCtl, deadline: Instant) -> Finding {
     let data_dir = ctl.data_dir.display();
     match tokio::time::timeout_at(deadline, pg_ctl_status(ctl)).await {
         Ok(Ok(false)) => Finding::Refused(format!("pg_ctl status finds no server running in {data_dir}")),
-        Ok(Ok(true)) => Finding::Answers(format!("pg_ctl status finds a server running in {data_dir}")),
+        Ok(Ok(true)) => match zombie_postmaster(&ctl.data_dir) {
+            Some(pid) => Finding::Refused(format!(
+                "pg_ctl status still counts postmaster {pid} in {data_dir}, but it has exited (not yet reaped)"
+            )),
+            None => Finding::Answers(format!("pg_ctl status finds a server running in {data_dir}")),
+        },
         Ok(Err(error)) => Finding::Unknown(format!("pg_ctl status could not tell: {error}")),
         Err(_) => Finding::Unknown(format!("pg_ctl status for {data_dir} did not finish in time")),
     }
@@ -693,14 +698,37 @@ fn postmaster_is_gone(data_dir: &Path) -> bool {
     let Some(pid) = pid_file.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else {
         return false;
     };
+    match process_state(pid) {
+        Ok(Some(state)) => exited(&state),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// The pid of the data directory's postmaster when this PID namespace shows it exited but
+/// not yet reaped (a zombie): `pg_ctl status` still counts it as running, yet it serves
+/// nothing. A postmaster killed under a parent that reaps slowly (a container's init) stays
+/// one for a while.
+fn zombie_postmaster(data_dir: &Path) -> Option<u32> {
+    let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid = pid_file.lines().next()?.trim().parse::<u32>().ok()?;
+    process_state(pid).ok().flatten().filter(|state| exited(state)).map(|_| pid)
+}
+
+/// The state of process `pid` as /proc shows it (`R`, `S`, `Z`, ...); `None` when it has no
+/// entry in this PID namespace.
+fn process_state(pid: u32) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may hold anything.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+        Ok(stat) => Ok(stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).map(String::from)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
+}
+
+/// Whether a /proc state is that of a process that has exited.
+fn exited(state: &str) -> bool {
+    state == "Z" || state == "X"
 }
 
 /// Whether the running server is a standby of `primary_conninfo` already.
@@ -959,6 +987,33 @@ mod tests {
         assert!(!postmaster_is_gone(&dir), "an unreadable pid is left to pg_ctl");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!postmaster_is_gone(&dir), "a missing data directory is left to pg_ctl");
+    }
+
+    /// A postmaster that exited but was not yet reaped (a zombie) is told apart from a live
+    /// one, which `pg_ctl status` cannot do.
+    #[test]
+    fn an_exited_postmaster_not_yet_reaped_is_told_from_its_pid_file() {
+        let dir = std::env::temp_dir().join(format!("vigil-zombie-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().expect("run true");
+        let pid = child.id();
+        // It exits at once; until this test waits for it, it stays a zombie.
+        for _ in 0..1000 {
+            if process_state(pid).unwrap().as_deref() == Some("Z") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(process_state(pid).unwrap().as_deref(), Some("Z"), "the child never became a zombie");
+        std::fs::write(dir.join("postmaster.pid"), format!("{pid}\n/data\n")).unwrap();
+        assert_eq!(zombie_postmaster(&dir), Some(pid));
+        child.wait().unwrap();
+
+        std::fs::write(dir.join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).unwrap();
+        assert_eq!(zombie_postmaster(&dir), None, "a live process");
+        std::fs::write(dir.join("postmaster.pid"), "4194305\n/data\n").unwrap();
+        assert_eq!(zombie_postmaster(&dir), None, "no process at all is no zombie");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The 4th and 5th lines of `postmaster.pid` name the port and the socket directory;

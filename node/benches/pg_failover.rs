@@ -127,6 +127,20 @@ fn one_run(profile: &Profile) -> RunTimes {
     stop.store(true, Ordering::SeqCst);
     client.join().unwrap();
     let after = |key: &str| run[key].as_u64().unwrap_or(killed_at).saturating_sub(killed_at) as f64;
+    // What each step did (how the old primary's lease ended, above all) explains the times.
+    let steps: Vec<String> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| format!("{} -> {}", step["step"], step["status"]))
+        .collect();
+    println!("  steps: {}", steps.join("; "));
+    if let Some(dir) = std::env::var_os("VIGIL_BENCH_KEEP_LOGS") {
+        // The nodes' logs of the last run, to see where the time went.
+        for id in 1..=3 {
+            std::fs::write(Path::new(&dir).join(format!("{}-n{id}.log", profile.name)), lab.vigil.log_of(id)).ok();
+        }
+    }
     RunTimes {
         detected: after("detected_at_ms"),
         decided: after("decided_at_ms"),
