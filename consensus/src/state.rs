@@ -855,6 +855,18 @@ impl ClusterState {
         if state.running.as_ref().map(|run| run.id) != Some(run_id) {
             return CommandResponse::Refused { reason: format!("run #{run_id} of {group:?} is not running") };
         }
+        // A run given up after its promotion was started may still have promoted its candidate
+        // (a promotion in flight lands after its runner died): its epoch is spent, so that the
+        // next run promotes into a new one and no epoch ever has two promotions.
+        if let Some(run) = &state.running
+            && !succeeded
+            && run.steps.iter().any(|step| {
+                step.step == Step::Promote
+                    && matches!(step.status, StepStatus::Started { .. } | StepStatus::Failed { .. })
+            })
+        {
+            state.epoch = state.epoch.max(run.epoch);
+        }
         state.finish_running(succeeded, outcome.to_string(), at_ms);
         let kind =
             EventKind::FailoverFinished { group: group.to_string(), run_id, succeeded, outcome: outcome.to_string() };

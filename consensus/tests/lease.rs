@@ -186,3 +186,64 @@ fn a_failover_planned_against_a_replaced_primary_is_refused() {
     }
     assert!(state.groups["main"].running.is_none());
 }
+
+/// A run given up after its promotion was started spends its epoch: the promotion may have
+/// landed after its runner died, so the next run promotes into a new epoch, and no epoch
+/// ever has two promotions. A run given up before its promotion started spends none.
+#[test]
+fn a_run_given_up_after_its_promotion_started_spends_its_epoch() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    let begin = |candidate: &str| Command::BeginFailover {
+        group: "main".into(),
+        kind: FailoverKind::Automatic,
+        reason: "test".into(),
+        old_primary: Some("pg1".into()),
+        candidate: candidate.into(),
+        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
+        detected_at_ms: None,
+        decided_at_ms: 3,
+        old_primary_lsn: None,
+        candidate_lsn: None,
+        proposer: 1,
+    };
+    let give_up = |run_id: u64| Command::FinishFailover {
+        group: "main".into(),
+        run_id,
+        succeeded: false,
+        outcome: "given up".into(),
+        at_ms: 5,
+        proposer: 1,
+    };
+
+    // Given up before its promotion started: the next run gets the same epoch.
+    let CommandResponse::RunStarted { run_id, epoch } = apply(&mut state, begin("pg2")) else { panic!("not started") };
+    assert_eq!(epoch, 4);
+    assert_eq!(apply(&mut state, give_up(run_id)), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].epoch, 3);
+
+    // Given up with its promotion started: that epoch is spent.
+    let CommandResponse::RunStarted { run_id, epoch } = apply(&mut state, begin("pg2")) else { panic!("not started") };
+    assert_eq!(epoch, 4);
+    let started = |index: usize| Command::StepStarted { group: "main".into(), run_id, index, by: 2, at_ms: 4 };
+    assert_eq!(apply(&mut state, started(0)), CommandResponse::Applied);
+    let fenced = Command::StepFinished {
+        group: "main".into(),
+        run_id,
+        index: 0,
+        succeeded: true,
+        detail: "done".into(),
+        facts: Default::default(),
+        at_ms: 4,
+    };
+    assert_eq!(apply(&mut state, fenced), CommandResponse::Applied);
+    assert_eq!(apply(&mut state, started(1)), CommandResponse::Applied);
+    assert_eq!(apply(&mut state, give_up(run_id)), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].epoch, 4);
+    assert_eq!(state.groups["main"].primary.as_deref(), Some("pg1"), "nothing is known promoted");
+    let CommandResponse::RunStarted { epoch, .. } = apply(&mut state, begin("pg3")) else { panic!("not started") };
+    assert_eq!(epoch, 5);
+}

@@ -127,6 +127,9 @@ struct Holding {
     /// The lease was given up (or found not to be this node's to give up).
     released: bool,
     release_in_flight: bool,
+    /// When the last release was sent: a renewal sent before it makes no lease usable, since
+    /// it may have committed before the release, which the leader then counts as the end.
+    release_sent_at: Option<Mono>,
     release_attempt_at: Option<Mono>,
     down_since: Option<Mono>,
     restart_attempt_at: Option<Mono>,
@@ -142,6 +145,7 @@ impl Holding {
             refused_at: None,
             released: false,
             release_in_flight: false,
+            release_sent_at: None,
             release_attempt_at: None,
             down_since: None,
             restart_attempt_at: None,
@@ -232,7 +236,12 @@ impl Keeper {
                 holding.renewals.retain(|_, sent| *sent != sent_at);
                 match outcome {
                     Outcome::Proposed(Ok(CommandResponse::Applied)) => {
-                        if holding.refused_at.is_some_and(|refused_at| sent_at <= refused_at) {
+                        // Nor one that may have committed before a release: the commit order of
+                        // the two is unknown until the release's answer is in.
+                        if holding.refused_at.is_some_and(|refused_at| sent_at <= refused_at)
+                            || holding.release_in_flight
+                            || holding.release_sent_at.is_some_and(|released_at| sent_at <= released_at)
+                        {
                             return;
                         }
                         let valid_until = holding.valid_until.map_or(sent_at + lease, |v| v.max(sent_at + lease));
@@ -298,6 +307,9 @@ impl Keeper {
                             RELEASE_TIMEOUT,
                         );
                         holding.release_in_flight = true;
+                        // Given up: no renewal answered late may lift its fence again.
+                        holding.release_sent_at = Some(now);
+                        holding.valid_until = None;
                     }
                     Outcome::Acted(Err(failure)) => {
                         // Not sure it is down: the lease is left to run out, since releasing it
@@ -329,6 +341,10 @@ impl Keeper {
                 if let Some(holding) = local.holding.as_mut() {
                     holding.release_in_flight = false;
                     holding.released |= released;
+                    // Whatever the answer, the release may have committed: every renewal sent
+                    // until now may precede it in the log, so none of them lifts the fence.
+                    holding.release_sent_at = Some(now);
+                    holding.valid_until = None;
                 }
                 if local.hand_over_in_flight {
                     local.hand_over_in_flight = false;
@@ -517,6 +533,19 @@ fn drive_one(
         None
     };
 
+    // The guard is armed before any lift: its arming on a renewal may have been undone since
+    // (disarmed while the member was stopped and fenced, then started again fenced).
+    if let Some(Want::Lifted { .. }) = want
+        && !local.guard_armed
+        && is_guarded(policy, &member.name)
+        && let Some(valid_until) = local.holding.as_ref().and_then(|holding| holding.valid_until)
+    {
+        let valid_for = guard_deadline(valid_until, lease).since(now);
+        let order = GuardOrder::Arm { group: group.to_string(), member: member.name.clone(), valid_for };
+        out.guard(Purpose::Keeper(Pending::Guard), order);
+        local.guard_armed = true;
+        local.guard_deadline = Some(now + valid_for);
+    }
     if let Some(want) = want {
         drive_fence(view, out, policy, member, local, want);
     }
@@ -714,6 +743,10 @@ fn hand_over(view: &View<'_>, out: &mut Out<'_>, policy: &GroupPolicy, member: &
         Command::ReleaseLease { group: policy.name.clone(), member: member.name.clone(), holder: view.node, reason };
     out.propose(Purpose::Keeper(Pending::Release { group: policy.name.clone() }), command, RELEASE_TIMEOUT);
     local.hand_over_in_flight = true;
+    if let Some(holding) = local.holding.as_mut() {
+        holding.release_sent_at = Some(view.now());
+        holding.valid_until = None;
+    }
 }
 
 #[cfg(test)]
