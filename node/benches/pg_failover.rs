@@ -7,7 +7,8 @@
 //! first write on the new primary, and the first write a client (multi-host connection
 //! string, `target_session_attrs=read-write`, one insert every 10 ms) gets acknowledged by
 //! the new primary. Writes the figures into BENCHMARKS.md. Run:
-//! `cargo bench -p vigil --bench pg_failover` (`VIGIL_BENCH_RUNS=N` to change the 10 runs).
+//! `cargo bench -p vigil --bench pg_failover` (`VIGIL_BENCH_RUNS=N` to change the 10 runs;
+//! `VIGIL_BENCH_KEEP_LOGS=DIR` keeps the nodes' logs of each profile's last run in `DIR`).
 
 // A benchmark of real processes measures with the OS clock.
 #![allow(clippy::disallowed_types)]
