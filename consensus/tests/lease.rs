@@ -74,6 +74,23 @@ fn state_with_group() -> (ClusterState, u64) {
     (state, index)
 }
 
+/// A failover of pg1 to `candidate`: fence pg1, then promote.
+fn begin(candidate: &str) -> Command {
+    Command::BeginFailover {
+        group: "main".into(),
+        kind: FailoverKind::Automatic,
+        reason: "test".into(),
+        old_primary: Some("pg1".into()),
+        candidate: candidate.into(),
+        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
+        detected_at_ms: None,
+        decided_at_ms: 3,
+        old_primary_lsn: None,
+        candidate_lsn: None,
+        proposer: 1,
+    }
+}
+
 fn renew(holder: NodeId, member: &str, epoch: u64) -> Command {
     Command::RenewLease { group: "main".into(), member: member.into(), holder, epoch }
 }
@@ -145,19 +162,6 @@ fn a_failover_planned_against_a_replaced_primary_is_refused() {
         index += 1;
         state.apply_command(LogId::new_term_index(1, index), &command)
     };
-    let begin = |candidate: &str| Command::BeginFailover {
-        group: "main".into(),
-        kind: FailoverKind::Automatic,
-        reason: "test".into(),
-        old_primary: Some("pg1".into()),
-        candidate: candidate.into(),
-        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
-        detected_at_ms: None,
-        decided_at_ms: 3,
-        old_primary_lsn: None,
-        candidate_lsn: None,
-        proposer: 1,
-    };
     let CommandResponse::RunStarted { run_id, .. } = apply(&mut state, begin("pg2")) else { panic!("not started") };
     let finished = |index: usize| Command::StepFinished {
         group: "main".into(),
@@ -196,19 +200,6 @@ fn a_run_given_up_after_its_promotion_started_spends_its_epoch() {
     let mut apply = |state: &mut ClusterState, command: Command| {
         index += 1;
         state.apply_command(LogId::new_term_index(1, index), &command)
-    };
-    let begin = |candidate: &str| Command::BeginFailover {
-        group: "main".into(),
-        kind: FailoverKind::Automatic,
-        reason: "test".into(),
-        old_primary: Some("pg1".into()),
-        candidate: candidate.into(),
-        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
-        detected_at_ms: None,
-        decided_at_ms: 3,
-        old_primary_lsn: None,
-        candidate_lsn: None,
-        proposer: 1,
     };
     let give_up = |run_id: u64| Command::FinishFailover {
         group: "main".into(),
