@@ -400,7 +400,7 @@ pub async fn synchronous_state(target: &PgTarget) -> Result<SynchronousState, Ac
 
 /// The switch points of a timeline history file: for each earlier timeline, the position
 /// where it ended. Lines that do not parse (comments, blanks) are skipped.
-pub fn parse_timeline_history(text: &str) -> BTreeMap<i32, u64> {
+fn parse_timeline_history(text: &str) -> BTreeMap<i32, u64> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();

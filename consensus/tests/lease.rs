@@ -126,20 +126,7 @@ fn no_renewal_while_a_failover_replaces_the_primary_and_release_is_recorded() {
         state.apply_command(LogId::new_term_index(1, index), &command)
     };
     assert_eq!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Applied);
-    let begin = Command::BeginFailover {
-        group: "main".into(),
-        kind: FailoverKind::Automatic,
-        reason: "test".into(),
-        old_primary: Some("pg1".into()),
-        candidate: "pg2".into(),
-        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
-        detected_at_ms: None,
-        decided_at_ms: 3,
-        old_primary_lsn: None,
-        candidate_lsn: None,
-        proposer: 1,
-    };
-    assert!(matches!(apply(&mut state, begin), CommandResponse::RunStarted { epoch: 4, .. }));
+    assert!(matches!(apply(&mut state, begin("pg2")), CommandResponse::RunStarted { epoch: 4, .. }));
     assert!(
         matches!(apply(&mut state, renew(1, "pg1", 3)), CommandResponse::Refused { reason } if reason.contains("replacing"))
     );
