@@ -28,7 +28,7 @@ mod sql;
 pub use self::redis::{
     FENCE_CHECK_KEY, RedisMasterAuth, RedisPromoted, RedisRole, redis_pause_writes, redis_promote, redis_repoint,
     redis_role, redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream,
-    redis_write_epoch, redis_write_refusal,
+    redis_write_epoch, redis_write_refusal, redis_write_settings,
 };
 pub use conninfo::primary_conninfo;
 pub use ctl::{

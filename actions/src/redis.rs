@@ -304,14 +304,27 @@ pub async fn redis_set_min_replicas(
     let address = target.address();
     bounded(target.timeout, format!("setting min-replicas on {address}"), async {
         let mut session = Session::open(target, target.timeout).await?;
-        let mut lag = command("CONFIG", &["SET", "min-replicas-max-lag"]);
-        lag.arg(max_lag_s);
-        session.run::<()>(&lag, "setting min-replicas-max-lag").await?;
-        let mut count = command("CONFIG", &["SET", "min-replicas-to-write"]);
-        count.arg(min_replicas);
-        session.run::<()>(&count, "setting min-replicas-to-write").await
+        redis_write_settings(min_replicas, max_lag_s, false)
+            .query_async::<()>(&mut session.connection)
+            .await
+            .map_err(|error| session.error("setting min-replicas-to-write", &error))
     })
     .await
+}
+
+/// The commands that set a master's `min-replicas-max-lag` and `min-replicas-to-write`, and
+/// lift any pause when `unpause`: one pipeline, written to the server in one piece, so that
+/// on one connection it is carried out before anything sent after it (how the fence guard
+/// orders its fence behind a lift still in flight).
+pub fn redis_write_settings(min_replicas: u32, max_lag_s: u32, unpause: bool) -> ::redis::Pipeline {
+    let mut pipeline = ::redis::pipe();
+    // The lag first: with it at zero the replica check is off whatever the count says.
+    pipeline.add_command(command("CONFIG", &["SET", "min-replicas-max-lag"]).arg(max_lag_s).to_owned()).ignore();
+    pipeline.add_command(command("CONFIG", &["SET", "min-replicas-to-write"]).arg(min_replicas).to_owned()).ignore();
+    if unpause {
+        pipeline.add_command(command("CLIENT", &["UNPAUSE"])).ignore();
+    }
+    pipeline
 }
 
 /// Tries a harmless write, `SET` of [`FENCE_CHECK_KEY`] (vigil's own key, expiring after a

@@ -19,6 +19,7 @@ use crate::actions::{self, Context, Landing, POLL_US};
 use crate::check;
 use crate::clock::Micros;
 use crate::faults::TweakKind;
+use crate::servers::Kind;
 use crate::world::{Ev, NodeEv, World};
 
 /// An action under way.
@@ -156,6 +157,14 @@ impl World {
             }
             None => self.action_latency(node),
         };
+        if self.guarded_lift(&action, group)
+            && let Err(refusal) = self.guards[node].take_lift(group, member, id, self.now)
+        {
+            // Asked of the guard beside, which answers at once.
+            let failure = ActionFailure::new(FailureKind::Refused, format!("the fence guard: {refusal}"));
+            self.schedule(self.now + 200, Ev::ActionAnswer { action: id, outcome: Err(failure) });
+            return;
+        }
         if let Some(run) = self.actions.get_mut(&id) {
             run.settled = false;
         }
@@ -195,7 +204,25 @@ impl World {
             failing_fence: self.failing_fence(&run),
             unfenced_promotion: self.config.mutations.unfenced_promotion,
         };
-        let landing = actions::land(&mut self.groups[run.group], run.member, &run.action, &context);
+        let mut landing = actions::land(&mut self.groups[run.group], run.member, &run.action, &context);
+        if self.guarded_lift(&run.action, run.group)
+            && let Some(member) = self.guards[run.node].lift_landed(run.group, id)
+        {
+            // The guard's fence, queued behind the lift on the same line, lands right after it.
+            let server = &mut self.groups[run.group].servers[member];
+            if server.running {
+                server.fenced = true;
+                let name = server.name.clone();
+                self.trace
+                    .note(self.now, format!("guard of host {} fences {name} right behind the lift", run.node + 1));
+            }
+            if member == run.member && matches!(landing, Landing::Done(Ok(_))) {
+                landing = Landing::Done(Err(ActionFailure::new(
+                    FailureKind::Refused,
+                    "the fence guard: lifted, but the lease ran out meanwhile and the guard fenced it again right behind",
+                )));
+            }
+        }
         self.landed(&run, before, &landing);
         match landing {
             Landing::Done(outcome) => {
@@ -315,6 +342,11 @@ impl World {
         let name = self.groups[run.group].servers[run.member].name.clone();
         let failure = actions::gave_up(&run.action, &name);
         self.action_answer(id, Err(failure));
+    }
+
+    /// Whether `action` on a member of `group` goes through the guard: a Redis master's lift.
+    fn guarded_lift(&self, action: &Action, group: usize) -> bool {
+        matches!(action, Action::Lift { .. }) && self.groups[group].kind == Kind::Redis
     }
 
     /// Tells the guard of `node`'s host; answered through the queue, never inline.

@@ -362,6 +362,8 @@ impl World {
             Ev::GuardFire { host, group, generation } => {
                 if let Some(member) = self.guards[host].fire(group, generation) {
                     let kind = self.groups[group].kind;
+                    // Behind the lifts on their way, on the same line, if any.
+                    let behind = kind == Kind::Redis && self.guards[host].fence_behind_lifts(group, member);
                     let server = &mut self.groups[group].servers[member];
                     let name = server.name.clone();
                     match kind {
@@ -369,6 +371,10 @@ impl World {
                         Kind::Postgres if server.running => {
                             server.running = false;
                             self.trace.note(self.now, format!("guard of host {} stops {name}", host + 1));
+                        }
+                        Kind::Redis if behind => {
+                            self.trace
+                                .note(self.now, format!("guard of host {} fences {name} behind a lift", host + 1));
                         }
                         Kind::Redis if server.running && !server.fenced => {
                             server.fenced = true;

@@ -169,7 +169,7 @@ impl Loop {
             }
             Effect::Act { id, group, member, action, timeout, requires_leadership } => {
                 let found = self.members.get(&(group.clone(), member.clone())).cloned();
-                let (cluster, events) = (self.cluster.clone(), self.events_tx.clone());
+                let (cluster, events, guard) = (self.cluster.clone(), self.events_tx.clone(), self.guard.clone());
                 let stall = self.failpoints.stalls(&self.cluster, &group, &action);
                 self.tasks.spawn(async move {
                     let result = match found {
@@ -178,7 +178,7 @@ impl Loop {
                             format!("group {group} has no member {member} in the spec this node holds"),
                         )),
                         Some(member) => {
-                            act(&cluster, member.as_ref(), &action, timeout, requires_leadership, stall).await
+                            act(&cluster, &guard, member.as_ref(), &action, timeout, requires_leadership, stall).await
                         }
                     };
                     let _ = events.send(Event::Done { id, outcome: Outcome::Acted(result) }).await;
@@ -220,6 +220,7 @@ impl Loop {
 /// leader acts.
 async fn act(
     cluster: &Cluster,
+    guard: &GuardClient,
     member: &dyn Member,
     action: &Action,
     timeout: Duration,
@@ -233,7 +234,7 @@ async fn act(
     if requires_leadership && let Err(reason) = cluster.confirm_leadership().await {
         return Err(ActionFailure::new(FailureKind::NotLeader, format!("leadership not confirmed: {reason}")));
     }
-    match tokio::time::timeout(timeout, members::act(member, action)).await {
+    match tokio::time::timeout(timeout, members::act(member, action, guard)).await {
         Ok(result) => result,
         Err(_) => Err(ActionFailure::new(
             FailureKind::TimedOut,

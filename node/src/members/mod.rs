@@ -21,7 +21,7 @@ use std::pin::Pin;
 use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, Seen};
 use vigil_consensus::spec::GroupRef;
 
-use crate::guard::GuardedServer;
+use crate::guard::{GuardClient, GuardedServer};
 
 /// A boxed future, so that members of every kind sit behind one `dyn Member`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,8 +48,9 @@ pub trait Member: Send + Sync + 'static {
     fn fence(&self, stale: bool) -> BoxFuture<'_, ActionResult>;
 
     /// Lifts the fence: it is the confirmed primary of `epoch`; its write settings are
-    /// brought to the spec's.
-    fn lift(&self, epoch: u64) -> BoxFuture<'_, ActionResult>;
+    /// brought to the spec's. A fence the guard could raise again by itself is lifted
+    /// through `guard`, which orders the two.
+    fn lift<'a>(&'a self, epoch: u64, guard: &'a GuardClient) -> BoxFuture<'a, ActionResult>;
 
     /// Confirms that a member this node sees down cannot take writes, on positive evidence
     /// only (its server is not running and refuses connections on its own host). Stops
@@ -97,10 +98,10 @@ pub trait Member: Send + Sync + 'static {
 }
 
 /// Carries out `action` on `member`.
-pub async fn act(member: &dyn Member, action: &Action) -> ActionResult {
+pub async fn act(member: &dyn Member, action: &Action, guard: &GuardClient) -> ActionResult {
     match action {
         Action::Fence { stale } => member.fence(*stale).await,
-        Action::Lift { epoch } => member.lift(*epoch).await,
+        Action::Lift { epoch } => member.lift(*epoch, guard).await,
         Action::MakeSureDown => member.make_sure_down().await,
         Action::StartFenced => member.start_fenced().await,
         Action::IsRunning => member.is_running().await,

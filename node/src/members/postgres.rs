@@ -24,7 +24,7 @@ use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
 
 use super::targets::{pg_ctl, pg_target, primary_conninfo};
 use super::{ActionResult, BoxFuture, Member, failure, failure_in, misconfigured};
-use crate::guard::GuardedServer;
+use crate::guard::{GuardClient, GuardedServer};
 
 /// How long stopping or starting a server as a fence, or to lift one, may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -296,7 +296,8 @@ impl Member for PgMember {
         })
     }
 
-    fn lift(&self, epoch: u64) -> BoxFuture<'_, ActionResult> {
+    fn lift<'a>(&'a self, epoch: u64, _guard: &'a GuardClient) -> BoxFuture<'a, ActionResult> {
+        // The guard's fence on PostgreSQL is a stop, which no lift undoes: lifted here.
         Box::pin(async move {
             let mut started = false;
             // Only a node with the data directory can have stopped the server (as a fence, or

@@ -4,10 +4,11 @@
 //! (`min-replicas-to-write` beyond any number of replicas, which holds even if vigil dies)
 //! or by pausing them (`CLIENT PAUSE WRITE`, renewed while fenced). Should the daemon die or
 //! hang while its master holds the lease, the fence guard raises the refusal fence when the
-//! lease runs out. A refusal is confirmed by
-//! a write that the member refuses. A promoted replica is born fenced by refusal; its own
-//! node lifts the fence once it holds the new master's lease, and the leader waits for that
-//! before it writes the epoch.
+//! lease runs out; the fence is lifted through that guard too, so that a lift which reaches
+//! the server late cannot undo it (`crate::guard::line`). A refusal is confirmed by a write
+//! that the member refuses. A promoted replica is born fenced by refusal; its own node lifts
+//! the fence once it holds the new master's lease, and the leader waits for that before it
+//! writes the epoch.
 //!
 //! Offsets are bytes of the replication stream and fill the fields PostgreSQL fills with
 //! WAL positions, so the lag policy and the data-loss estimate read the same.
@@ -26,7 +27,7 @@ use vigil_probes::{RedisObservation, RedisOutcome, RedisProbe, RedisTarget};
 
 use super::targets::redis_target;
 use super::{ActionResult, BoxFuture, Member, failure, failure_in, misconfigured};
-use crate::guard::{GuardedRedis, GuardedServer};
+use crate::guard::{GuardClient, GuardedRedis, GuardedServer};
 
 /// How long a Redis pause fence lasts; the keeper renews it well before.
 pub const REDIS_PAUSE: Duration = Duration::from_secs(10);
@@ -84,6 +85,16 @@ impl RedisMember {
         self.group.min_replicas_max_lag.max(1)
     }
 
+    /// What the guard needs to fence (and lift) this member.
+    fn guarded(&self, target: &RedisTarget) -> GuardedServer {
+        GuardedServer::Redis(GuardedRedis::new(
+            target,
+            REFUSE_ALL_WRITES,
+            self.fence_max_lag(),
+            self.group.min_replicas_to_write,
+        ))
+    }
+
     /// The kept probe, built now if it was not yet.
     fn kept_probe(&self) -> Result<Arc<RedisProbe>, super::targets::TargetError> {
         let mut kept = self.probe.lock().expect("probe lock poisoned");
@@ -123,20 +134,6 @@ impl RedisMember {
             .map_err(|e| failure_in("raising min-replicas-to-write", e))?;
         let how = confirm_writes_refused(target).await?;
         Ok(format!("writes refused (min-replicas-to-write), {how}"))
-    }
-
-    /// Brings a master's write settings to what the spec says: `min-replicas-to-write` as
-    /// configured (0 unless the spec sets it), and no pause.
-    async fn configure_master(&self, epoch: u64) -> ActionResult {
-        let target = self.target()?;
-        vigil_actions::redis_set_min_replicas(&target, self.group.min_replicas_to_write, self.fence_max_lag())
-            .await
-            .map_err(|e| failure_in("setting min-replicas-to-write", e))?;
-        vigil_actions::redis_unpause(&target).await.map_err(|e| failure_in("CLIENT UNPAUSE", e))?;
-        Ok(ActionReport::done(format!(
-            "fence lifted (epoch {epoch}): min-replicas-to-write {}, writes unpaused",
-            self.group.min_replicas_to_write
-        )))
     }
 
     async fn promote_fenced(&self, epoch: u64) -> ActionResult {
@@ -232,8 +229,7 @@ impl Member for RedisMember {
     fn guarded_server(&self) -> Option<GuardedServer> {
         // The guard raises the refusal fence itself should this daemon die or hang; once up,
         // the fence outlives vigil by itself.
-        let target = self.target().ok()?;
-        Some(GuardedServer::Redis(GuardedRedis::new(&target, REFUSE_ALL_WRITES, self.fence_max_lag())))
+        Some(self.guarded(&self.target().ok()?))
     }
 
     fn fence(&self, _stale: bool) -> BoxFuture<'_, ActionResult> {
@@ -256,8 +252,17 @@ impl Member for RedisMember {
         })
     }
 
-    fn lift(&self, epoch: u64) -> BoxFuture<'_, ActionResult> {
-        Box::pin(self.configure_master(epoch))
+    fn lift<'a>(&'a self, epoch: u64, guard: &'a GuardClient) -> BoxFuture<'a, ActionResult> {
+        // Through the guard: its fence at the lease's deadline is reversible by a lift, so the
+        // guard alone lifts, only before that deadline, and orders its fence behind a lift
+        // still on its way (crate::guard::line).
+        Box::pin(async move {
+            let detail = guard
+                .lift(&self.group.name, self.guarded(&self.target()?))
+                .await
+                .map_err(|refusal| ActionFailure::new(FailureKind::Refused, format!("the fence guard: {refusal}")))?;
+            Ok(ActionReport::done(format!("{detail} (epoch {epoch})")))
+        })
     }
 
     fn make_sure_down(&self) -> BoxFuture<'_, ActionResult> {

@@ -10,9 +10,19 @@
 //! the server does not answer). A daemon restarted in time connects to the same guard and renews: a quick
 //! restart does not cost the primary a restart. The guard only knows monotonic time of its
 //! own, so no clock is compared across processes either: the daemon sends a duration.
+//!
+//! A Redis master's fence is also *lifted* by the guard, at the daemon's request
+//! ([`GuardClient::lift`]): the guard refuses once the deadline it holds has passed, and
+//! sends its own fence at the deadline on the same connection as a lift still on its way
+//! ([`line`]), so that a late lift can never undo it. (A PostgreSQL fence needs none of this:
+//! the guard stops the server, which no lift undoes.)
 
-use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt as _;
+mod client;
+mod line;
+
+pub use client::GuardClient;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,17 +35,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use line::{Line, LineOrder};
+
 /// The socket's file name in the data dir.
 pub const SOCKET_FILE: &str = "fence-guard.sock";
 /// How long the guard lingers with nothing armed and no daemon connected.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
-/// How many times the guard tries to make a Redis master refuse writes.
-const REDIS_FENCE_ATTEMPTS: u32 = 20;
-/// The pause between two of those tries.
-const REDIS_FENCE_RETRY: Duration = Duration::from_millis(250);
-/// Bound on one of those tries.
-const REDIS_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one command of the guard to a Redis master.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Host-local control of one server, as the guard needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +82,8 @@ pub struct GuardedRedis {
     pub refuse_all: u32,
     /// `min-replicas-max-lag` set with it (never zero, which would turn the check off).
     pub max_lag_s: u32,
+    /// `min-replicas-to-write` once the fence is lifted (the spec's).
+    pub lifted_min_replicas: u32,
 }
 
 impl std::fmt::Debug for GuardedRedis {
@@ -90,7 +100,7 @@ impl std::fmt::Debug for GuardedRedis {
 
 impl GuardedRedis {
     /// The settings from the daemon's connection settings for the member.
-    pub fn new(target: &vigil_probes::RedisTarget, refuse_all: u32, max_lag_s: u32) -> Self {
+    pub fn new(target: &vigil_probes::RedisTarget, refuse_all: u32, max_lag_s: u32, lifted_min_replicas: u32) -> Self {
         GuardedRedis {
             host: target.host.clone(),
             port: target.port,
@@ -100,6 +110,7 @@ impl GuardedRedis {
             tls_client: target.tls.as_ref().and_then(|tls| tls.client.clone()),
             refuse_all,
             max_lag_s: max_lag_s.max(1),
+            lifted_min_replicas,
         }
     }
 
@@ -109,7 +120,7 @@ impl GuardedRedis {
             port: self.port,
             username: self.username.clone(),
             password: self.password.clone(),
-            timeout: REDIS_FENCE_TIMEOUT,
+            timeout: REDIS_TIMEOUT,
             tls: self
                 .tls_ca
                 .as_ref()
@@ -136,86 +147,35 @@ pub enum GuardMessage {
         /// The group.
         group: String,
     },
+    /// Lift the fence of the Redis master of `group`, which must be the server armed there,
+    /// with time left; answered with a [`GuardReply`] carrying `request`.
+    Lift {
+        /// The group.
+        group: String,
+        /// Tells the answer apart.
+        request: u64,
+        /// The server the daemon means (the armed one).
+        server: GuardedServer,
+    },
 }
 
-/// The daemon's side: a connection to the guard, made on demand and remade if it breaks.
-#[derive(Clone)]
-pub struct GuardClient {
-    sender: mpsc::UnboundedSender<GuardMessage>,
-}
-
-impl GuardClient {
-    /// Connects to the guard of `data_dir`, starting one if none runs; a guard it starts logs
-    /// like the node (`node` on every line, in `log_format`).
-    /// The writer runs under `tasks` and ends once every client is dropped.
-    pub fn start(
-        data_dir: &Path,
-        node: u64,
-        log_format: crate::config::LogFormat,
-        tasks: &tokio_util::task::TaskTracker,
-    ) -> Self {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<GuardMessage>();
-        let socket = data_dir.join(SOCKET_FILE);
-        tasks.spawn(async move {
-            // Up before the first lease renewal: a daemon that dies right after it took a
-            // lease must already have a guard to leave it to.
-            let mut stream: Option<UnixStream> = connect_or_spawn(&socket, node, log_format).await;
-            while let Some(message) = receiver.recv().await {
-                let mut line = serde_json::to_vec(&message).expect("guard messages serialize");
-                line.push(b'\n');
-                for _ in 0..2 {
-                    if stream.is_none() {
-                        stream = connect_or_spawn(&socket, node, log_format).await;
-                    }
-                    let Some(connected) = stream.as_mut() else { break };
-                    if connected.write_all(&line).await.is_ok() {
-                        break;
-                    }
-                    stream = None;
-                }
-            }
-        });
-        Self { sender }
-    }
-
-    /// Tells the guard about a renewal or a disarm, in order; never blocks. Fails only when
-    /// the writer is gone (the daemon is stopping).
-    pub fn send(&self, message: GuardMessage) -> Result<(), String> {
-        self.sender.send(message).map_err(|_| "the fence guard's writer has stopped".to_string())
-    }
-}
-
-async fn connect_or_spawn(socket: &Path, node: u64, log_format: crate::config::LogFormat) -> Option<UnixStream> {
-    if let Ok(stream) = UnixStream::connect(socket).await {
-        return Some(stream);
-    }
-    let exe = std::env::current_exe().ok()?;
-    let spawned = std::process::Command::new(exe)
-        .args(["fence-guard", "--socket"])
-        .arg(socket)
-        .args(["--node-id", &node.to_string(), "--log-format"])
-        .arg(match log_format {
-            crate::config::LogFormat::Text => "text",
-            crate::config::LogFormat::Json => "json",
-        })
-        .stdin(std::process::Stdio::null())
-        // A group of its own: the signals that end the daemon (Ctrl-C to its group) must
-        // not end the guard.
-        .process_group(0)
-        .spawn();
-    if let Err(error) = spawned {
-        error!(%error, "cannot start the fence guard: a crash of this daemon would leave its primary unfenced");
-        return None;
-    }
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Ok(stream) = UnixStream::connect(socket).await {
-            info!(socket = %socket.display(), "fence guard started");
-            return Some(stream);
+impl GuardMessage {
+    /// The request an answer is awaited for.
+    fn request(&self) -> Option<u64> {
+        match self {
+            GuardMessage::Lift { request, .. } => Some(*request),
+            GuardMessage::Arm { .. } | GuardMessage::Disarm { .. } => None,
         }
     }
-    error!(socket = %socket.display(), "the fence guard did not come up");
-    None
+}
+
+/// The guard's answer to a request, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardReply {
+    /// The request answered.
+    pub request: u64,
+    /// What was done, or why not.
+    pub result: Result<String, String>,
 }
 
 /// The file holding the guard's process id, beside its socket.
@@ -227,6 +187,9 @@ struct Armed {
     deadline: Instant,
     server: GuardedServer,
 }
+
+/// A message from a daemon, and where the answer to it goes.
+type Incoming = (GuardMessage, mpsc::UnboundedSender<GuardReply>);
 
 /// Runs the guard until nothing is armed and no daemon has been connected for a while.
 pub async fn run(socket: &Path) -> anyhow::Result<()> {
@@ -242,11 +205,16 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     // Who runs the guard, so whoever started the daemon can find and end it too.
     let pid_file = pid_file_of(socket);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
-    let (messages_tx, mut messages) = mpsc::unbounded_channel::<GuardMessage>();
+    let (messages_tx, mut messages) = mpsc::unbounded_channel::<Incoming>();
     let mut armed: BTreeMap<String, Armed> = BTreeMap::new();
+    // The groups whose deadline passed since they were last armed: the guard fenced them.
+    let mut fired: BTreeSet<String> = BTreeSet::new();
+    // Per group, the line to its Redis master: lifts and the fence, in order.
+    let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+    let busy = Arc::new(AtomicUsize::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
     let mut idle_since = Some(Instant::now());
-    let mut fencing = tokio::task::JoinSet::new();
+    let mut stopping = tokio::task::JoinSet::new();
     info!(socket = %socket.display(), "fence guard listening");
     loop {
         let next_deadline = armed.values().map(|entry| entry.deadline).min();
@@ -255,30 +223,31 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     idle_since = None;
-                    let tx = messages_tx.clone();
-                    let connected = connected.clone();
-                    connected.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let mut lines = BufReader::new(stream).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            match serde_json::from_str::<GuardMessage>(&line) {
-                                Ok(message) => { let _ = tx.send(message); }
-                                Err(error) => warn!(%error, "fence guard: unreadable message"),
-                            }
-                        }
-                        // The daemon went away: deadlines now run out unless another renews.
-                        connected.fetch_sub(1, Ordering::SeqCst);
-                        warn!("fence guard: the daemon disconnected; guarding until the leases run out");
-                    });
+                    serve(stream, messages_tx.clone(), Arc::clone(&connected));
                 }
             }
-            Some(message) = messages.recv() => match message {
+            Some((message, answers)) = messages.recv() => match message {
                 GuardMessage::Arm { group, valid_for_ms, server } => {
                     let deadline = Instant::now() + Duration::from_millis(valid_for_ms);
+                    fired.remove(&group);
                     armed.insert(group, Armed { deadline, server });
                 }
                 GuardMessage::Disarm { group } => {
+                    fired.remove(&group);
                     armed.remove(&group);
+                }
+                GuardMessage::Lift { group, request, server } => {
+                    let answer: line::Answer = Box::new(move |result| {
+                        let _ = answers.send(GuardReply { request, result });
+                    });
+                    let armed = if fired.contains(&group) { Err("the lease's deadline passed and the guard fenced the master") } else { Ok(armed.get(&group)) };
+                    match armed.and_then(|armed| liftable(armed, &server, Instant::now())) {
+                        Ok(redis) => line_of(&mut lines, &group, redis, &busy).order(LineOrder::Lift(answer), &busy),
+                        Err(refusal) => {
+                            warn!(group, refusal, "fence guard: lift refused");
+                            answer(Err(refusal.to_string()));
+                        }
+                    }
                 }
             },
             _ = tokio::time::sleep_until(sleep_until) => {}
@@ -288,11 +257,19 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             armed.iter().filter(|(_, entry)| entry.deadline <= now).map(|(g, _)| g.clone()).collect();
         for group in due {
             let entry = armed.remove(&group).expect("due entries are armed");
-            // Apart, so that a member slow to answer delays no other group's fence.
-            fencing.spawn(async move { fence(&group, entry.server).await });
+            fired.insert(group.clone());
+            match entry.server {
+                // On the line, behind any lift still on its way.
+                GuardedServer::Redis(redis) => line_of(&mut lines, &group, redis, &busy).order(LineOrder::Fence, &busy),
+                // Apart, so that a member slow to answer delays no other group's fence.
+                GuardedServer::Postgres { bin_dir, data_dir, run_as } => {
+                    stopping.spawn(stop_postgres(group, bin_dir, data_dir, run_as));
+                }
+            }
         }
-        while fencing.try_join_next().is_some() {}
-        if armed.is_empty() && fencing.is_empty() && connected.load(Ordering::SeqCst) == 0 {
+        while stopping.try_join_next().is_some() {}
+        let idle = armed.is_empty() && stopping.is_empty() && busy.load(Ordering::SeqCst) == 0;
+        if idle && connected.load(Ordering::SeqCst) == 0 {
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) > IDLE_EXIT {
                 info!("fence guard: nothing to guard; exiting");
@@ -306,35 +283,71 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Fences the primary of `group` whose lease ran out.
-async fn fence(group: &str, server: GuardedServer) {
-    match server {
-        GuardedServer::Postgres { bin_dir, data_dir, run_as } => {
-            warn!(group, data_dir = %data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
-            let ctl = vigil_actions::PgCtl::new(bin_dir, data_dir, run_as);
-            if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
-                error!(group, %error, "the fence guard could not stop the primary");
+/// Reads a daemon's messages into the guard's loop, and writes the answers back.
+fn serve(stream: UnixStream, messages: mpsc::UnboundedSender<Incoming>, connected: Arc<AtomicUsize>) {
+    let (reader, mut writer) = stream.into_split();
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<GuardReply>();
+    connected.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        while let Some(reply) = answers.recv().await {
+            let mut line = serde_json::to_vec(&reply).expect("guard replies serialize");
+            line.push(b'\n');
+            if writer.write_all(&line).await.is_err() {
+                break;
             }
         }
-        GuardedServer::Redis(redis) => {
-            let target = redis.target();
-            let address = target.address();
-            warn!(group, %address, "lease ran out with nobody renewing: making the master refuse writes");
-            for attempt in 1..=REDIS_FENCE_ATTEMPTS {
-                match vigil_actions::redis_set_min_replicas(&target, redis.refuse_all, redis.max_lag_s).await {
-                    Ok(()) => {
-                        info!(group, %address, "the master refuses writes");
-                        return;
-                    }
-                    Err(error) if attempt == REDIS_FENCE_ATTEMPTS => {
-                        error!(group, %address, %error, "the fence guard could not fence the master; giving up");
-                    }
-                    Err(error) => {
-                        warn!(group, %address, %error, attempt, "the fence guard could not fence the master yet");
-                        tokio::time::sleep(REDIS_FENCE_RETRY).await;
-                    }
+    });
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<GuardMessage>(&line) {
+                Ok(message) => {
+                    let _ = messages.send((message, answers_tx.clone()));
                 }
+                Err(error) => warn!(%error, "fence guard: unreadable message"),
             }
         }
+        // The daemon went away: deadlines now run out unless another renews.
+        connected.fetch_sub(1, Ordering::SeqCst);
+        warn!("fence guard: the daemon disconnected; guarding until the leases run out");
+    });
+}
+
+/// Whether a lift of `server` may go ahead under `armed`: only for the Redis master armed
+/// there, before its deadline.
+fn liftable(armed: Option<&Armed>, server: &GuardedServer, now: Instant) -> Result<GuardedRedis, &'static str> {
+    let armed = armed.ok_or("nothing is armed for the group: a lift needs a lease whose deadline the guard holds")?;
+    if &armed.server != server {
+        return Err("the guard is armed for another server of the group");
+    }
+    if armed.deadline <= now {
+        return Err("the lease's deadline has passed");
+    }
+    match server {
+        GuardedServer::Redis(redis) => Ok(redis.clone()),
+        GuardedServer::Postgres { .. } => Err("the guard lifts only a Redis master's fence"),
+    }
+}
+
+/// The line of `group` to `server`, started (or restarted for another server) when needed.
+fn line_of<'a>(
+    lines: &'a mut BTreeMap<String, Line>,
+    group: &str,
+    server: GuardedRedis,
+    busy: &Arc<AtomicUsize>,
+) -> &'a Line {
+    let stale = lines.get(group).is_some_and(|line| line.server != server);
+    if stale || !lines.contains_key(group) {
+        lines.insert(group.to_string(), Line::start(group, server, Arc::clone(busy)));
+    }
+    &lines[group]
+}
+
+/// Stops the PostgreSQL primary of `group` whose lease ran out.
+async fn stop_postgres(group: String, bin_dir: PathBuf, data_dir: PathBuf, run_as: Option<String>) {
+    warn!(group, data_dir = %data_dir.display(), "lease ran out with nobody renewing: stopping the primary");
+    let ctl = vigil_actions::PgCtl::new(bin_dir, data_dir, run_as);
+    if let Err(error) = vigil_actions::stop_immediately(&ctl, Duration::from_secs(10)).await {
+        error!(group, %error, "the fence guard could not stop the primary");
     }
 }
