@@ -39,5 +39,5 @@ pub use error::ActionError;
 pub use sql::{
     BornFenced, Promoted, SynchronousState, checkpoint, fence_read_only, in_recovery, promote, promote_born_fenced,
     read_only_in_force, repoint, require_all, set_synchronous_standby_names, synchronous_state, unfence,
-    wait_for_replay, wait_for_upstream, write_epoch,
+    wait_for_replay, wait_for_upstream, wait_until_read_write, write_epoch,
 };

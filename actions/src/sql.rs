@@ -441,6 +441,52 @@ pub async fn read_only_in_force(target: &PgTarget) -> Result<bool, ActionError> 
     .await
 }
 
+/// Waits up to `timeout` until the read-only fence is lifted for every session opened from
+/// now on: `default_transaction_read_only` off in one session kept for the wait and asked
+/// every few milliseconds. A kept session takes in a reload one statement late, and only
+/// after the postmaster has (which passes the reload on to its children), so what it sees
+/// holds for new sessions too. A broken session is opened again; the error says what was
+/// seen last.
+pub async fn wait_until_read_write(target: &PgTarget, timeout: Duration) -> Result<(), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let mut kept: Option<Connection> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = async {
+            let connection = match kept.take() {
+                Some(connection) => connection,
+                None => Connection::open(target, target.timeout).await?,
+            };
+            let row = connection
+                .query_one(
+                    "SELECT current_setting('default_transaction_read_only')",
+                    &[],
+                    "reading default_transaction_read_only",
+                )
+                .await?;
+            let value: String = connection.column(&row, 0)?;
+            Ok::<_, ActionError>((value, connection))
+        };
+        let last = match tokio::time::timeout(remaining.min(target.timeout * 2), attempt).await {
+            Ok(Ok((value, _))) if value == "off" => return Ok(()),
+            Ok(Ok((value, connection))) => {
+                kept = Some(connection);
+                format!("default_transaction_read_only is still {value}")
+            }
+            Ok(Err(error @ ActionError::Sql(_))) => return Err(error),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer from {} within {:?}", target.address(), remaining.min(target.timeout * 2)),
+        };
+        if Instant::now() >= deadline {
+            return Err(ActionError::Timeout(format!(
+                "{} was not writable within {timeout:?}: {last}",
+                target.address()
+            )));
+        }
+        sleep(PROMOTION_POLL).await;
+    }
+}
+
 /// Whether the member is a replica (`pg_is_in_recovery()`).
 pub async fn in_recovery(target: &PgTarget) -> Result<bool, ActionError> {
     let address = target.address();

@@ -190,24 +190,16 @@ impl PgMember {
     async fn wait_until_writable(&self, epoch: u64) -> ActionResult {
         let target = self.target()?;
         let name = &self.member.name;
-        let deadline = Instant::now() + target.timeout * WRITABLE_WAIT_PROBE_TIMEOUTS;
-        loop {
-            // Its own node lifts the fence once it holds the lease: wait for that rather than
-            // lift it from here, since this node does not hold that lease.
-            let last = match vigil_actions::read_only_in_force(&target).await {
-                Ok(false) => break,
-                Ok(true) => "default_transaction_read_only is still on (its node has not lifted the fence)".to_string(),
-                Err(error @ (ActionError::Connect(_) | ActionError::Timeout(_))) => error.to_string(),
-                Err(error) => return Err(failure_in("reading default_transaction_read_only", error)),
-            };
-            if Instant::now() >= deadline {
-                return Err(ActionFailure::new(
-                    FailureKind::TimedOut,
-                    format!("{name} took no writes within {:?}: {last}", target.timeout * WRITABLE_WAIT_PROBE_TIMEOUTS),
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        // Its own node lifts the fence once it holds the lease: wait for that rather than
+        // lift it from here, since this node does not hold that lease.
+        let wait = target.timeout * WRITABLE_WAIT_PROBE_TIMEOUTS;
+        vigil_actions::wait_until_read_write(&target, wait).await.map_err(|error| match error {
+            ActionError::Timeout(detail) => ActionFailure::new(
+                FailureKind::TimedOut,
+                format!("{name} took no writes (its node has not lifted the fence): {detail}"),
+            ),
+            error => failure_in("reading default_transaction_read_only", error),
+        })?;
         vigil_actions::write_epoch(&target, &self.group.name, epoch)
             .await
             .map_err(|e| failure_in("writing the epoch", e))?;
@@ -299,22 +291,27 @@ impl Member for PgMember {
     fn lift<'a>(&'a self, epoch: u64, _guard: &'a GuardClient) -> BoxFuture<'a, ActionResult> {
         // The guard's fence on PostgreSQL is a stop, which no lift undoes: lifted here.
         Box::pin(async move {
-            let mut started = false;
-            // Only a node with the data directory can have stopped the server (as a fence, or
-            // its guard); without one there is nothing to start, and the read-only fence a
-            // promotion set is lifted all the same.
-            if self.group.fence_method == FenceMethod::Stop
-                && let Ok(ctl) = pg_ctl(&self.group, &self.member)
-            {
-                let running = vigil_actions::is_running(&ctl).await.map_err(|e| failure_in("checking it runs", e))?;
-                if !running {
-                    vigil_actions::start_server(&ctl, STOP_TIMEOUT).await.map_err(|e| failure_in("starting it", e))?;
-                    started = true;
-                }
-            }
-            // Whatever the fence method, a promoted primary was born read-only.
+            // Whatever the fence method, a promoted primary was born read-only. Tried first:
+            // a running server (the usual case, a failover's clients waiting) needs no
+            // `pg_ctl status`.
             let target = self.action_target()?;
-            vigil_actions::unfence(&target).await.map_err(|e| failure_in("resetting read-only", e))?;
+            let mut started = false;
+            if let Err(error) = vigil_actions::unfence(&target).await {
+                // Only a node with the data directory can have stopped the server (as a fence,
+                // or its guard); without one there is nothing to start.
+                let stoppable = self.group.fence_method == FenceMethod::Stop;
+                let (true, Ok(ctl), ActionError::Connect(_)) = (stoppable, pg_ctl(&self.group, &self.member), &error)
+                else {
+                    return Err(failure_in("resetting read-only", error));
+                };
+                let running = vigil_actions::is_running(&ctl).await.map_err(|e| failure_in("checking it runs", e))?;
+                if running {
+                    return Err(failure_in("resetting read-only", error));
+                }
+                vigil_actions::start_server(&ctl, STOP_TIMEOUT).await.map_err(|e| failure_in("starting it", e))?;
+                started = true;
+                vigil_actions::unfence(&target).await.map_err(|e| failure_in("resetting read-only", e))?;
+            }
             let detail = if started { "started; fence lifted" } else { "fence lifted" };
             Ok(ActionReport::done(format!("{detail} (epoch {epoch}): default_transaction_read_only reset")))
         })

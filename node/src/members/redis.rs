@@ -48,8 +48,8 @@ const REJOIN_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const REMOTE_FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection to a member seen down may take to be refused.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How often a wait asks again.
-const POLL: Duration = Duration::from_millis(50);
+/// How often `verify_writable` tries the epoch write: the failover's clients wait for it.
+const WRITABLE_POLL: Duration = Duration::from_millis(10);
 /// How many probe timeouts `verify_writable` waits at most for the new master's node to lift
 /// its fence (the caller bounds the action too).
 const WRITABLE_WAIT_PROBE_TIMEOUTS: u32 = 40;
@@ -190,7 +190,7 @@ impl RedisMember {
                     ),
                 ));
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(WRITABLE_POLL).await;
         }
     }
 
