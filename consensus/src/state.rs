@@ -197,6 +197,11 @@ pub enum Command {
         facts: StepFacts,
         /// The runner's wall clock.
         at_ms: u64,
+        /// With a success: the next step starts at once, run by this node (the leader), in
+        /// the same entry, which saves a commit between two steps. Ignored unless the next
+        /// step is still pending.
+        #[serde(default)]
+        next_by: Option<NodeId>,
     },
     /// End the running failover.
     FinishFailover {
@@ -531,8 +536,12 @@ impl ClusterState {
             Command::StepStarted { group, run_id, index: step, by, at_ms } => {
                 self.step_started(group, *run_id, *step, *by, *at_ms)
             }
-            Command::StepFinished { group, run_id, index: step, succeeded, detail, facts, at_ms } => {
-                self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms)
+            Command::StepFinished { group, run_id, index: step, succeeded, detail, facts, at_ms, next_by } => {
+                let response = self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms);
+                if *succeeded && let (CommandResponse::Applied, Some(by)) = (&response, next_by) {
+                    self.start_next_step(group, *run_id, *step, *by, *at_ms);
+                }
+                response
             }
             Command::FinishFailover { group, run_id, succeeded, outcome, at_ms, proposer } => {
                 self.finish_failover(index, group, *run_id, *succeeded, outcome, *at_ms, *proposer)
@@ -785,6 +794,16 @@ impl ClusterState {
         };
         run.steps[step].status = StepStatus::Started { by, attempt, at_ms };
         CommandResponse::Applied
+    }
+
+    /// Starts the step after `step` on `by`, if that step is now the run's current one and
+    /// still pending (a step skipped or already started is left as it is).
+    fn start_next_step(&mut self, group: &str, run_id: u64, step: usize, by: NodeId, at_ms: u64) {
+        let Ok(run) = self.running_step(group, run_id, step) else { return };
+        let next = step + 1;
+        if run.current_step() == Some(next) && run.steps[next].status == StepStatus::Pending {
+            run.steps[next].status = StepStatus::Started { by, attempt: 1, at_ms };
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

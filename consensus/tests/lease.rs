@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::{LogId, Membership};
-use vigil_consensus::group::{FailoverKind, Step};
+use vigil_consensus::group::{FailoverKind, Step, StepStatus};
 use vigil_consensus::spec::{ClusterSpec, FenceMethod, PostgresGroup, PostgresMember, SecretSource, SyncMode};
 use vigil_consensus::{ClusterState, Command, CommandResponse, NodeId, NodeInfo};
 
@@ -158,6 +158,7 @@ fn a_failover_planned_against_a_replaced_primary_is_refused() {
         detail: "done".into(),
         facts: Default::default(),
         at_ms: 4,
+        next_by: None,
     };
     assert_eq!(apply(&mut state, finished(0)), CommandResponse::Applied);
     assert_eq!(apply(&mut state, finished(1)), CommandResponse::Applied);
@@ -216,6 +217,7 @@ fn a_run_given_up_after_its_promotion_started_spends_its_epoch() {
         detail: "done".into(),
         facts: Default::default(),
         at_ms: 4,
+        next_by: None,
     };
     assert_eq!(apply(&mut state, fenced), CommandResponse::Applied);
     assert_eq!(apply(&mut state, started(1)), CommandResponse::Applied);
@@ -224,4 +226,49 @@ fn a_run_given_up_after_its_promotion_started_spends_its_epoch() {
     assert_eq!(state.groups["main"].primary.as_deref(), Some("pg1"), "nothing is known promoted");
     let CommandResponse::RunStarted { epoch, .. } = apply(&mut state, begin("pg3")) else { panic!("not started") };
     assert_eq!(epoch, 5);
+}
+
+/// A leader step's success may start the next step in the same entry (one commit less
+/// between two steps); only a pending next step is started, and a failure starts nothing.
+#[test]
+fn a_step_that_succeeds_starts_the_next_in_the_same_entry() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    let CommandResponse::RunStarted { run_id, .. } = apply(&mut state, begin("pg2")) else { panic!("not started") };
+    let finished = |index: usize, succeeded: bool| Command::StepFinished {
+        group: "main".into(),
+        run_id,
+        index,
+        succeeded,
+        detail: "done".into(),
+        facts: Default::default(),
+        at_ms: 4,
+        next_by: Some(2),
+    };
+    let status =
+        |state: &ClusterState, index: usize| state.groups["main"].running.as_ref().unwrap().steps[index].status.clone();
+    assert_eq!(
+        apply(&mut state, Command::StepStarted { group: "main".into(), run_id, index: 0, by: 2, at_ms: 3 }),
+        CommandResponse::Applied
+    );
+    // A failure starts nothing.
+    assert_eq!(apply(&mut state, finished(0, false)), CommandResponse::Applied);
+    assert_eq!(status(&state, 1), StepStatus::Pending);
+    // A success starts the next step, by the node named.
+    assert_eq!(apply(&mut state, finished(0, true)), CommandResponse::Applied);
+    assert_eq!(status(&state, 1), StepStatus::Started { by: 2, attempt: 1, at_ms: 4 });
+    // The promotion of that started step counts as started: given up, its epoch is spent.
+    let give_up = Command::FinishFailover {
+        group: "main".into(),
+        run_id,
+        succeeded: false,
+        outcome: "given up".into(),
+        at_ms: 5,
+        proposer: 2,
+    };
+    assert_eq!(apply(&mut state, give_up), CommandResponse::Applied);
+    assert_eq!(state.groups["main"].epoch, 4);
 }

@@ -68,6 +68,8 @@ pub enum Pending {
     Result {
         /// The step.
         key: StepKey,
+        /// The next step, started in the same entry.
+        next: Option<StepKey>,
     },
     /// The end of a run.
     Finish {
@@ -448,6 +450,15 @@ impl Driver {
                 given_up.push(key.clone());
                 continue;
             }
+            // A leader step that succeeded starts the next one in the same entry, when that
+            // one could start now (the same rules as `advance`, which starts it otherwise).
+            let next = result.succeeded.then(|| next_startable(view, key)).flatten();
+            if let Some((next_key, _, host_local)) = &next {
+                self.starting.insert(next_key.clone());
+                if !host_local {
+                    self.started_here.insert(next_key.clone(), None);
+                }
+            }
             let command = Command::StepFinished {
                 group: key.0.clone(),
                 run_id: key.1,
@@ -456,8 +467,10 @@ impl Driver {
                 detail: result.detail.clone(),
                 facts: result.facts.clone(),
                 at_ms: view.ctx.now.wall_ms,
+                next_by: next.as_ref().map(|(_, by, _)| *by),
             };
-            out.propose(Purpose::Driver(Pending::Result { key: key.clone() }), command, PROPOSE_TIMEOUT);
+            let pending = Pending::Result { key: key.clone(), next: next.map(|(next_key, _, _)| next_key) };
+            out.propose(Purpose::Driver(pending), command, PROPOSE_TIMEOUT);
             result.tries += 1;
             result.in_flight = true;
         }
@@ -533,7 +546,15 @@ impl Driver {
                     self.record_result(view, key, succeeded, detail, facts);
                 }
             }
-            Pending::Result { key } => {
+            Pending::Result { key, next } => {
+                if let Some(next) = next {
+                    // As for a start of its own: the state shows it started, or it is
+                    // started again the usual way.
+                    self.starting.remove(&next);
+                    if !matches!(outcome, Outcome::Proposed(Ok(CommandResponse::Applied))) {
+                        self.started_here.remove(&next);
+                    }
+                }
                 let Some(result) = self.results.get_mut(&key) else { return };
                 result.in_flight = false;
                 match outcome {
@@ -574,6 +595,33 @@ fn log_refusal(outcome: &Outcome, what: &str) {
         Outcome::Proposed(Err(error)) => tracing::warn!(%error, "{what} not committed"),
         _ => {}
     }
+}
+
+/// The step after the leader step `key`, if this node, the leader, may start it in the entry
+/// that records `key`'s success: the step, who runs it, and whether it is host-local. Only
+/// a pending step whose executor is known, and a promotion only towards a node the leader
+/// hears from; anything else is left to `advance`, which also decides what to do about it.
+fn next_startable(view: &View<'_>, key: &StepKey) -> Option<(StepKey, NodeId, bool)> {
+    if !view.is_leader() {
+        return None;
+    }
+    let policy = view.policy(&key.0)?;
+    let run = view.group_state(&key.0)?.running.as_ref().filter(|run| run.id == key.1)?;
+    let current = run.steps.get(key.2)?;
+    if current.step.host_local_member().is_some() {
+        return None;
+    }
+    let index = key.2 + 1;
+    let next = run.steps.get(index).filter(|next| next.status == StepStatus::Pending)?;
+    let executor = executor_of(view, policy, &next.step)?;
+    if next.step == Step::Promote {
+        let node_name = &policy.member(&run.candidate)?.node;
+        let node = view.nodes.iter().find(|(_, info)| &info.name == node_name).map(|(id, _)| *id)?;
+        if view.reach(node) != Reach::Reachable {
+            return None;
+        }
+    }
+    Some(((key.0.clone(), key.1, index), executor, next.step.host_local_member().is_some()))
 }
 
 /// The node that runs `step`: the member's node for host-local steps, else the leader.
