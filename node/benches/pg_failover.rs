@@ -8,7 +8,8 @@
 //! string, `target_session_attrs=read-write`, one insert every 10 ms) gets acknowledged by
 //! the new primary. Writes the figures into BENCHMARKS.md. Run:
 //! `cargo bench -p vigil --bench pg_failover` (`VIGIL_BENCH_RUNS=N` to change the 10 runs;
-//! `VIGIL_BENCH_KEEP_LOGS=DIR` keeps the nodes' logs of each profile's last run in `DIR`).
+//! `VIGIL_BENCH_KEEP_LOGS=DIR` keeps the nodes' and the servers' logs of each profile's last
+//! run in `DIR`).
 
 // A benchmark of real processes measures with the OS clock.
 #![allow(clippy::disallowed_types)]
@@ -140,6 +141,8 @@ fn one_run(profile: &Profile) -> RunTimes {
         // The nodes' logs of the last run, to see where the time went.
         for id in 1..=3 {
             std::fs::write(Path::new(&dir).join(format!("{}-n{id}.log", profile.name)), lab.vigil.log_of(id)).ok();
+            let server_log = lab.pg.instances()[id as usize - 1].log_file();
+            std::fs::copy(server_log, Path::new(&dir).join(format!("{}-pg{id}.log", profile.name))).ok();
         }
     }
     RunTimes {
