@@ -107,10 +107,14 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
             let running = kind == Kind::Redis || server.running;
             Landing::Done(Ok(ActionReport { running: Some(running), ..ActionReport::done("checked") }))
         }
-        Action::Rejoin { primary } => {
+        Action::Rejoin { primary, stale_primary } => {
             let Some(source) = primary_index(primary) else {
                 return fail(FailureKind::Unexpected, format!("no member {primary}"));
             };
+            if !stale_primary && server.running && server.primary {
+                // Promoted since its node decided: not demoted (node/src/members).
+                return fail(FailureKind::Refused, format!("{name} runs as a primary now: not demoted"));
+            }
             if kind == Kind::Redis && !server.running {
                 return refused_connection(&name);
             }

@@ -23,6 +23,7 @@ pub fn named(name: &str) -> Option<Config> {
         "lagging-standby" => (a_lagging_standby_made_synchronous(), 80, 2),
         "candidate-node-dies" => (the_candidates_node_dies_mid_failover(), 80, 2),
         "guard-stop-restart" => (renewals_stall_past_the_guard(), 40, 2),
+        "restart-after-lift" => (a_restart_after_the_lift(), 60, 2),
         _ => return None,
     };
     Some(Config {
@@ -35,7 +36,7 @@ pub fn named(name: &str) -> Option<Config> {
 }
 
 /// The names [`named`] knows.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "isolated-leader",
     "promoted-then-cut-off",
     "stuck-fence",
@@ -46,6 +47,7 @@ pub const NAMES: [&str; 10] = [
     "lagging-standby",
     "candidate-node-dies",
     "guard-stop-restart",
+    "restart-after-lift",
 ];
 
 fn seconds(value: f64) -> Micros {
@@ -181,5 +183,24 @@ pub fn renewals_stall_past_the_guard() -> Vec<Episode> {
     vec![
         Episode::at(seconds(4.0), seconds(10.0), slow_fence),
         Episode::at(seconds(5.0), seconds(1.7), Fault::BlockRaftPort(Target::Index(0))),
+    ]
+}
+
+/// The PostgreSQL primary dies; half a second after its replacement was found writable (the
+/// failover over), the node beside the new primary crashes for 0.8 s and its host is cut
+/// off for 10 s. The restarted node must not take the new primary for born fenced (its
+/// previous run lifted it): its guard stays armed and stops it when the lease runs out,
+/// before another member is promoted.
+pub fn a_restart_after_the_lift() -> Vec<Episode> {
+    let after_verify =
+        Trigger::OnStep { group: POSTGRES, step: StepKind::VerifyWritable, succeeded: Some(true), delay: seconds(0.5) };
+    vec![
+        Episode::at(seconds(5.0), seconds(60.0), Fault::KillPrimary(POSTGRES)),
+        Episode {
+            trigger: after_verify.clone(),
+            hold: Some(seconds(0.8)),
+            fault: Fault::Crash(Target::Primary(POSTGRES)),
+        },
+        Episode { trigger: after_verify, hold: Some(seconds(10.0)), fault: Fault::Isolate(Target::Primary(POSTGRES)) },
     ]
 }

@@ -233,3 +233,19 @@ fn a_primary_its_guard_stopped_is_started_again_once_renewals_commit() {
         );
     }
 }
+
+/// A node restarted beside a primary it promoted and lifted before its crash, then cut off:
+/// it keeps its guard armed (the member is not taken for born fenced once a renewal of its
+/// epoch committed), so the guard stops it before another member is promoted. The old rule
+/// disarmed the guard at the restart, and the cut-off primary took writes beside the next.
+#[test]
+fn a_node_restarted_after_the_lift_keeps_its_guard_armed() {
+    let results = scenario("restart-after-lift", Mutations::default());
+    assert_all_pass(&results);
+    for result in &results {
+        let stopped = result.trace.iter().any(|line| line.contains("guard of host") && line.contains("stops pg"));
+        assert!(stopped, "no guard stopped the cut-off primary:\n{}", explain(result));
+    }
+    let mutations = with(|m| m.born_fenced_after_restart = true);
+    assert_caught(&scenario("restart-after-lift", mutations), "one writer");
+}

@@ -129,6 +129,10 @@ pub enum Action {
     Rejoin {
         /// The member to follow.
         primary: String,
+        /// It was found running as a primary (a stale one) and is to be demoted. Otherwise it
+        /// was a replica, or stopped: found running as a primary when the action lands, it was
+        /// promoted since this node decided, and is left as it is.
+        stale_primary: bool,
     },
     /// Switchover, host-local: stop the old primary's writes cleanly; reports its final position.
     StopForSwitchover,
@@ -180,7 +184,7 @@ impl fmt::Display for Action {
             Action::MakeSureDown => f.write_str("make sure it is down"),
             Action::StartFenced => f.write_str("start it fenced"),
             Action::IsRunning => f.write_str("check whether it runs"),
-            Action::Rejoin { primary } => write!(f, "rejoin as a replica of {primary}"),
+            Action::Rejoin { primary, .. } => write!(f, "rejoin as a replica of {primary}"),
             Action::StopForSwitchover => f.write_str("stop cleanly for a switchover"),
             Action::RestartAsReplica { primary } => write!(f, "restart as a replica of {primary}"),
             Action::RemoteFence => f.write_str("fence remotely"),

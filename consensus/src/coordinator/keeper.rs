@@ -432,9 +432,16 @@ fn drive_one(
 
     let want = if is_primary && !replaced {
         local.handed_over = false;
-        if local.holding.is_none() && promoted_in_epoch(state, &member.name) && !view.mutations.unfenced_promotion() {
+        let renewed_in_epoch = !view.mutations.born_fenced_after_restart()
+            && state.lease.as_ref().is_some_and(|lease| lease.member == member.name && lease.epoch == state.epoch);
+        if local.holding.is_none()
+            && promoted_in_epoch(state, &member.name)
+            && !renewed_in_epoch
+            && !view.mutations.unfenced_promotion()
+        {
             // Its promotion fenced it (and confirmed it): it takes no write before its first
-            // renewal commits, and there is nothing to fence now.
+            // renewal commits, and there is nothing to fence now. Not once a renewal of this
+            // epoch has committed: a daemon restarted since may have lifted it before.
             local.fence.confirmed_fenced(now);
         }
         local.holding.get_or_insert_with(|| {

@@ -23,6 +23,9 @@ pub struct Mutations {
     /// Hole 5: step timeouts and retries compare the deciding node's wall clock with the wall
     /// clock another node stamped into the state.
     pub wall_clock_step_timeouts: bool,
+    /// A restarted node takes the member promoted in the current epoch for fenced even after
+    /// a renewal of that epoch committed (its previous run may have lifted it).
+    pub born_fenced_after_restart: bool,
 }
 
 /// Without the `mutations` feature: the rules as they are, nothing to set.
@@ -55,4 +58,5 @@ questions!(
     unconfirmed_fence,
     unordered_fence_and_lift,
     wall_clock_step_timeouts,
+    born_fenced_after_restart,
 );

@@ -206,7 +206,7 @@ impl Rejoiner {
             }
             entry.confirmed_stopped = None;
             let pending = Pending::Rejoin { group: group.to_string(), primary: primary.to_string(), why };
-            let action = Action::Rejoin { primary: primary.to_string() };
+            let action = Action::Rejoin { primary: primary.to_string(), stale_primary: why == Reason::StalePrimary };
             if out.act_alone(Purpose::Rejoin(pending), group, &member.name, action, REJOIN_TIMEOUT).is_some() {
                 tracing::warn!(group, member = %member.name, primary, why = why.words(), "rejoining as a replica");
                 entry.busy = true;

@@ -63,8 +63,10 @@ pub trait Member: Send + Sync + 'static {
     /// Whether its server process runs on this host (`running` in the report).
     fn is_running(&self) -> BoxFuture<'_, ActionResult>;
 
-    /// Makes it a replica of the member `primary` of its group.
-    fn rejoin<'a>(&'a self, primary: &'a str) -> BoxFuture<'a, ActionResult>;
+    /// Makes it a replica of the member `primary` of its group. Unless `stale_primary`, a
+    /// member found running as a primary is left as it is (it was promoted since the rejoin
+    /// was decided): a refusal.
+    fn rejoin<'a>(&'a self, primary: &'a str, stale_primary: bool) -> BoxFuture<'a, ActionResult>;
 
     /// Switchover: stops its writes cleanly; reports its final position (`facts.final_lsn`).
     fn stop_for_switchover(&self) -> BoxFuture<'_, ActionResult>;
@@ -105,7 +107,7 @@ pub async fn act(member: &dyn Member, action: &Action, guard: &GuardClient) -> A
         Action::MakeSureDown => member.make_sure_down().await,
         Action::StartFenced => member.start_fenced().await,
         Action::IsRunning => member.is_running().await,
-        Action::Rejoin { primary } => member.rejoin(primary).await,
+        Action::Rejoin { primary, stale_primary } => member.rejoin(primary, *stale_primary).await,
         Action::StopForSwitchover => member.stop_for_switchover().await,
         Action::RestartAsReplica { primary } => member.restart_as_replica(primary).await,
         Action::RemoteFence => member.remote_fence().await,

@@ -350,8 +350,19 @@ impl Member for PgMember {
         })
     }
 
-    fn rejoin<'a>(&'a self, primary: &'a str) -> BoxFuture<'a, ActionResult> {
-        Box::pin(self.rewind_and_follow(primary))
+    fn rejoin<'a>(&'a self, primary: &'a str, stale_primary: bool) -> BoxFuture<'a, ActionResult> {
+        Box::pin(async move {
+            // A replica promoted since the rejoin was decided must not be stopped and rewound
+            // onto the old primary. A server that does not answer is not one that runs as a
+            // primary now (it is stopped, or the stop below finds out).
+            if !stale_primary && let Ok(false) = vigil_actions::in_recovery(&self.target()?).await {
+                return Err(ActionFailure::new(
+                    FailureKind::Refused,
+                    format!("{} runs as a primary now (promoted since?): not demoted", self.member.name),
+                ));
+            }
+            self.rewind_and_follow(primary).await
+        })
     }
 
     fn stop_for_switchover(&self) -> BoxFuture<'_, ActionResult> {

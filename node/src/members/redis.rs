@@ -303,8 +303,21 @@ impl Member for RedisMember {
         })
     }
 
-    fn rejoin<'a>(&'a self, primary: &'a str) -> BoxFuture<'a, ActionResult> {
-        Box::pin(self.follow(primary))
+    fn rejoin<'a>(&'a self, primary: &'a str, stale_primary: bool) -> BoxFuture<'a, ActionResult> {
+        Box::pin(async move {
+            // A replica promoted since the rejoin was decided must not follow the old master.
+            if !stale_primary {
+                let role =
+                    vigil_actions::redis_role(&self.target()?).await.map_err(|e| failure_in("reading its role", e))?;
+                if role.is_master {
+                    return Err(ActionFailure::new(
+                        FailureKind::Refused,
+                        format!("{} runs as a master now (promoted since?): not demoted", self.member.name),
+                    ));
+                }
+            }
+            self.follow(primary).await
+        })
     }
 
     fn stop_for_switchover(&self) -> BoxFuture<'_, ActionResult> {

@@ -9,7 +9,7 @@
 //! wall-step-during-host-step, wall-step-back-while-retry-waits,
 //! wall-step-ahead-while-retry-waits.
 //! Mutations: skip_lease_wait, silent_fence_failure, unfenced_promotion, unconfirmed_fence,
-//! unordered_fence_and_lift, wall_clock_step_timeouts.
+//! unordered_fence_and_lift, wall_clock_step_timeouts, born_fenced_after_restart.
 
 use std::process::ExitCode;
 
@@ -112,6 +112,7 @@ fn mutations(name: &str) -> Result<Mutations, String> {
         "unconfirmed_fence" => mutations.unconfirmed_fence = true,
         "unordered_fence_and_lift" => mutations.unordered_fence_and_lift = true,
         "wall_clock_step_timeouts" => mutations.wall_clock_step_timeouts = true,
+        "born_fenced_after_restart" => mutations.born_fenced_after_restart = true,
         other => return Err(format!("unknown mutation {other:?}")),
     }
     Ok(mutations)
