@@ -428,15 +428,7 @@ pub async fn read_only_in_force(target: &PgTarget) -> Result<bool, ActionError> 
     let address = target.address();
     bounded(target.timeout * 2, format!("reading default_transaction_read_only on {address}"), async {
         let connection = Connection::open(target, target.timeout).await?;
-        let row = connection
-            .query_one(
-                "SELECT current_setting('default_transaction_read_only')",
-                &[],
-                "reading default_transaction_read_only",
-            )
-            .await?;
-        let value: String = connection.column(&row, 0)?;
-        Ok(value == "on")
+        Ok(connection.read_only_default().await? == "on")
     })
     .await
 }
@@ -457,14 +449,7 @@ pub async fn wait_until_read_write(target: &PgTarget, timeout: Duration) -> Resu
                 Some(connection) => connection,
                 None => Connection::open(target, target.timeout).await?,
             };
-            let row = connection
-                .query_one(
-                    "SELECT current_setting('default_transaction_read_only')",
-                    &[],
-                    "reading default_transaction_read_only",
-                )
-                .await?;
-            let value: String = connection.column(&row, 0)?;
+            let value = connection.read_only_default().await?;
             Ok::<_, ActionError>((value, connection))
         };
         let last = match tokio::time::timeout(remaining.min(target.timeout * 2), attempt).await {
@@ -595,6 +580,18 @@ impl Connection {
                 BTreeMap::new()
             }
         }
+    }
+
+    /// `default_transaction_read_only` as this session has it.
+    async fn read_only_default(&self) -> Result<String, ActionError> {
+        let row = self
+            .query_one(
+                "SELECT current_setting('default_transaction_read_only')",
+                &[],
+                "reading default_transaction_read_only",
+            )
+            .await?;
+        self.column(&row, 0)
     }
 
     async fn in_recovery(&self) -> Result<bool, ActionError> {
