@@ -240,7 +240,11 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                     let answer: line::Answer = Box::new(move |result| {
                         let _ = answers.send(GuardReply { request, result });
                     });
-                    let armed = if fired.contains(&group) { Err("the lease's deadline passed and the guard fenced the master") } else { Ok(armed.get(&group)) };
+                    let armed = if fired.contains(&group) {
+                        Err("the lease's deadline passed and the guard fenced the master")
+                    } else {
+                        Ok(armed.get(&group))
+                    };
                     match armed.and_then(|armed| liftable(armed, &server, Instant::now())) {
                         Ok(redis) => line_of(&mut lines, &group, redis, &busy).order(LineOrder::Lift(answer), &busy),
                         Err(refusal) => {
