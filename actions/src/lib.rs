@@ -24,6 +24,7 @@ mod ctl;
 mod error;
 mod redis;
 mod sql;
+mod sync_setting;
 
 pub use self::redis::{
     FENCE_CHECK_KEY, RedisMasterAuth, RedisPromoted, RedisRole, redis_pause_writes, redis_promote, redis_repoint,
@@ -37,7 +38,9 @@ pub use ctl::{
 };
 pub use error::ActionError;
 pub use sql::{
-    BornFenced, Promoted, SynchronousState, checkpoint, fence_read_only, in_recovery, promote, promote_born_fenced,
-    read_only_in_force, repoint, require_all, set_synchronous_standby_names, synchronous_state, unfence,
-    wait_for_replay, wait_for_upstream, wait_until_read_write, write_epoch,
+    BornFenced, Promoted, checkpoint, fence_read_only, in_recovery, promote, promote_born_fenced, read_only_in_force,
+    repoint, unfence, wait_for_replay, wait_for_upstream, wait_until_read_write, write_epoch,
+};
+pub use sync_setting::{
+    GENERATION_PARAMETER, Generation, SynchronousState, require_all, set_synchronous_standby_names, synchronous_state,
 };

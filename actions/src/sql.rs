@@ -14,6 +14,7 @@ use vigil_probes::{PgTarget, describe_error, session_options};
 
 use crate::conninfo::sql_literal;
 use crate::error::ActionError;
+use crate::sync_setting::{Generation, write_generation};
 
 /// How often `promote` checks whether the promotion has finished.
 const PROMOTION_POLL: Duration = Duration::from_millis(10);
@@ -58,7 +59,8 @@ pub struct BornFenced {
 
 /// Promotes a replica that is read-only from the promotion's first moment: on one session,
 /// `default_transaction_read_only = on` (and with `any_sync_standby`,
-/// `synchronous_standby_names = '*'`) through `ALTER SYSTEM` and a reload, the standby's
+/// `synchronous_standby_names = '*'` of that generation, see [`crate::sync_setting`])
+/// through `ALTER SYSTEM` and a reload, the standby's
 /// client sessions ended, the reload seen in force, then the promotion, waited for up to
 /// `wait`.
 ///
@@ -74,7 +76,7 @@ pub struct BornFenced {
 pub async fn promote_born_fenced(
     target: &PgTarget,
     wait: Duration,
-    any_sync_standby: bool,
+    any_sync_standby: Option<Generation>,
 ) -> Result<BornFenced, ActionError> {
     let address = target.address();
     let budget = target.timeout * 3 + wait;
@@ -90,14 +92,15 @@ pub async fn promote_born_fenced(
         connection
             .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on", "setting read-only before promoting")
             .await?;
-        if any_sync_standby {
+        if let Some(generation) = any_sync_standby {
+            write_generation(&connection, generation).await?;
             connection
                 .batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'", "setting synchronous_standby_names")
                 .await?;
         }
         connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
         let ended = connection.terminate_clients().await?;
-        connection.wait_for_reload(any_sync_standby, target.timeout).await?;
+        connection.wait_for_reload(any_sync_standby.is_some(), target.timeout).await?;
         let promoted = connection.promote(state.received, wait).await?;
         Ok(BornFenced { promoted, sessions_ended: Some(ended) })
     })
@@ -338,66 +341,6 @@ pub async fn checkpoint(target: &PgTarget, timeout: Duration) -> Result<(), Acti
     .await
 }
 
-/// Sets `synchronous_standby_names` (reloaded, no restart needed). Works on a standby too,
-/// where it takes effect once it is promoted.
-pub async fn set_synchronous_standby_names(target: &PgTarget, value: &str) -> Result<(), ActionError> {
-    let address = target.address();
-    bounded(target.timeout * 2, format!("setting synchronous_standby_names on {address}"), async {
-        let connection = Connection::open(target, target.timeout).await?;
-        let alter = format!("ALTER SYSTEM SET synchronous_standby_names = {}", sql_literal(value));
-        connection.batch_execute(&alter, "setting synchronous_standby_names").await?;
-        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await
-    })
-    .await
-}
-
-/// The primary's view of its standbys, as [`synchronous_state`] reads it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SynchronousState {
-    /// `synchronous_standby_names` in force.
-    pub setting: String,
-    /// The primary's current WAL position.
-    pub position: Option<u64>,
-    /// Each streaming standby by `application_name`: its `sync_state` (`sync`, `quorum`,
-    /// `async`...) and the WAL position it has flushed.
-    pub standbys: BTreeMap<String, (String, Option<u64>)>,
-}
-
-/// The primary's view of its standbys: the setting in force, its own WAL position, and each
-/// streaming standby's state and flushed position.
-pub async fn synchronous_state(target: &PgTarget) -> Result<SynchronousState, ActionError> {
-    let address = target.address();
-    bounded(target.timeout * 2, format!("reading the standbys of {address}"), async {
-        let connection = Connection::open(target, target.timeout).await?;
-        let row = connection
-            .query_one(
-                "SELECT current_setting('synchronous_standby_names'), pg_current_wal_lsn()",
-                &[],
-                "reading synchronous_standby_names",
-            )
-            .await?;
-        let setting: String = connection.column(&row, 0)?;
-        let position: Option<PgLsn> = connection.column(&row, 1)?;
-        let rows = connection
-            .client
-            .query(
-                "SELECT application_name, sync_state, flush_lsn FROM pg_stat_replication WHERE state = 'streaming'",
-                &[],
-            )
-            .await
-            .map_err(|error| connection.error("reading pg_stat_replication", &error))?;
-        let mut standbys = BTreeMap::new();
-        for row in &rows {
-            let name: String = connection.column(row, 0)?;
-            let state: String = connection.column(row, 1)?;
-            let flushed: Option<PgLsn> = connection.column(row, 2)?;
-            standbys.insert(name, (state, flushed.map(u64::from)));
-        }
-        Ok(SynchronousState { setting, position: position.map(u64::from), standbys })
-    })
-    .await
-}
-
 /// The switch points of a timeline history file: for each earlier timeline, the position
 /// where it ended. Lines that do not parse (comments, blanks) are skipped.
 fn parse_timeline_history(text: &str) -> BTreeMap<i32, u64> {
@@ -409,15 +352,6 @@ fn parse_timeline_history(text: &str) -> BTreeMap<i32, u64> {
             Some((timeline, u64::from(switch_point)))
         })
         .collect()
-}
-
-/// The `synchronous_standby_names` value that makes commits wait for every one of `standbys`.
-pub fn require_all(standbys: &std::collections::BTreeSet<String>) -> String {
-    if standbys.is_empty() {
-        return String::new();
-    }
-    let names: Vec<String> = standbys.iter().map(|name| format!("\"{}\"", name.replace('"', "\"\""))).collect();
-    format!("FIRST {} ({})", standbys.len(), names.join(", "))
 }
 
 /// Whether `default_transaction_read_only` is `on` for a session opened now: the read-only
@@ -503,7 +437,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const REPLAY_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `action` for at most `budget`; `what` completes "timed out ...".
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     budget: Duration,
     what: String,
     action: impl Future<Output = Result<T, ActionError>>,
@@ -519,16 +453,16 @@ struct RecoveryState {
 }
 
 /// One short-lived connection to the member an action works on.
-struct Connection {
-    client: Client,
-    address: String,
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    pub(crate) address: String,
     /// Dropped with the connection, which tells the connection task to wind down.
     _closed: oneshot::Sender<()>,
 }
 
 impl Connection {
     /// Connects with `statement_timeout` as the server-side bound on each statement.
-    async fn open(target: &PgTarget, statement_timeout: Duration) -> Result<Self, ActionError> {
+    pub(crate) async fn open(target: &PgTarget, statement_timeout: Duration) -> Result<Self, ActionError> {
         let address = target.address();
         let mut config = target.config();
         config.options(session_options(statement_timeout));
@@ -556,11 +490,16 @@ impl Connection {
         Ok(Connection { client, address, _closed: closed })
     }
 
-    async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Row, ActionError> {
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Row, ActionError> {
         self.client.query_one(sql, params).await.map_err(|error| self.error(what, &error))
     }
 
-    async fn batch_execute(&self, sql: &str, what: &str) -> Result<(), ActionError> {
+    pub(crate) async fn batch_execute(&self, sql: &str, what: &str) -> Result<(), ActionError> {
         self.client.batch_execute(sql).await.map_err(|error| self.error(what, &error))
     }
 
@@ -702,7 +641,11 @@ impl Connection {
         }
     }
 
-    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&self, row: &'a Row, index: usize) -> Result<T, ActionError> {
+    pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        &self,
+        row: &'a Row,
+        index: usize,
+    ) -> Result<T, ActionError> {
         row.try_get(index).map_err(|error| {
             ActionError::Unexpected(format!("reading column {index} from {}: {}", self.address, describe_error(&error)))
         })
@@ -710,7 +653,7 @@ impl Connection {
 
     /// Classifies a client error: the server's own errors are `Sql`, the rest mean the
     /// connection is gone.
-    fn error(&self, what: &str, error: &tokio_postgres::Error) -> ActionError {
+    pub(crate) fn error(&self, what: &str, error: &tokio_postgres::Error) -> ActionError {
         let message = format!("{what} on {}: {}", self.address, describe_error(error));
         if error.as_db_error().is_some() { ActionError::Sql(message) } else { ActionError::Connect(message) }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, PgCtl, primary_conninfo, promote, promote_born_fenced, reclone, repoint, rewind,
+    ActionError, GENERATION_PARAMETER, PgCtl, primary_conninfo, promote, promote_born_fenced, reclone, repoint, rewind,
     set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay, wait_for_upstream,
     write_epoch,
 };
@@ -188,7 +188,7 @@ async fn a_replica_promoted_born_fenced_refuses_writes_until_lifted() {
     reader.simple_query("SELECT 1").await.expect("the reader reads");
     cluster.kill_postmaster(0).unwrap();
 
-    let born = promote_born_fenced(&replica, PROMOTE_WAIT, true).await.expect("promotes");
+    let born = promote_born_fenced(&replica, PROMOTE_WAIT, Some([2, 0, 0])).await.expect("promotes");
     assert!(!born.promoted.already_primary, "{born:?}");
     assert!(born.promoted.lsn.is_some_and(|lsn| lsn > 0), "{born:?}");
     assert!(born.sessions_ended.is_some_and(|ended| ended >= 1), "the reader was ended: {born:?}");
@@ -198,15 +198,54 @@ async fn a_replica_promoted_born_fenced_refuses_writes_until_lifted() {
     assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
     assert_eq!(cluster.sql(1, "SHOW synchronous_standby_names").unwrap(), "*");
 
-    let again = promote_born_fenced(&replica, PROMOTE_WAIT, true).await.expect("idempotent");
+    let again = promote_born_fenced(&replica, PROMOTE_WAIT, Some([2, 0, 0])).await.expect("idempotent");
     assert!(again.promoted.already_primary, "{again:?}");
     assert_eq!(again.sessions_ended, None, "an existing primary is left as it is");
 
     // No standby is left to answer for a commit: wait for none, then lift the fence.
-    set_synchronous_standby_names(&replica, "").await.expect("synchronous standbys reset");
+    set_synchronous_standby_names(&replica, "", [2, 1, 1]).await.expect("synchronous standbys reset");
     unfence(&replica).await.expect("fence lifted");
     wait_for_answer(&cluster, 1, "SHOW default_transaction_read_only", "off").await;
     write_epoch(&replica, "g1", 2).await.expect("writable once lifted");
+}
+
+/// The synchronous setting only moves forward: a change older than the kept generation
+/// (a deposed leader's, landing late) is refused and leaves the setting as it is, the same
+/// change again goes through, and a promotion's generation is kept from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_synchronous_setting_is_refused() {
+    let cluster = PgCluster::start(1).expect("cluster starts");
+    let primary = target(&cluster, 0);
+    let kept = || {
+        cluster.sql(0, &format!("SELECT setting FROM pg_file_settings WHERE name = '{GENERATION_PARAMETER}'")).unwrap()
+    };
+    assert_eq!(kept(), "", "nothing kept before vigil's first change");
+
+    set_synchronous_standby_names(&primary, "FIRST 1 (\"pg3\")", [4, 7, 100]).await.expect("first change");
+    assert_eq!(kept(), "4.7.100");
+    set_synchronous_standby_names(&primary, "FIRST 1 (\"pg3\")", [4, 7, 100]).await.expect("the same change again");
+
+    let newer = [4, 8, 1];
+    set_synchronous_standby_names(&primary, "FIRST 1 (\"pg2\")", newer).await.expect("a newer leader's change");
+    for stale in [[4, 7, 101], [3, 9, 9]] {
+        let refused = set_synchronous_standby_names(&primary, "FIRST 1 (\"pg3\")", stale).await;
+        match refused {
+            Err(ActionError::Unexpected(message)) => {
+                assert!(message.contains("4.8.1") && message.contains("is older and is refused"), "{message}")
+            }
+            other => panic!("expected the stale change {stale:?} refused, got {other:?}"),
+        }
+    }
+    wait_for_answer(&cluster, 0, "SHOW synchronous_standby_names", "FIRST 1 (\"pg2\")").await;
+    assert_eq!(kept(), "4.8.1");
+
+    // A kept value vigil did not write is named, with the way out.
+    cluster.sql(0, &format!("ALTER SYSTEM SET {GENERATION_PARAMETER} = 'x'")).unwrap();
+    let refused = set_synchronous_standby_names(&primary, "", [5, 0, 0]).await;
+    assert!(
+        matches!(&refused, Err(ActionError::Unexpected(m)) if m.contains("expected three numbers") && m.contains("RESET")),
+        "{refused:?}"
+    );
 }
 
 /// Switchover: the primary stops cleanly at a checkpoint LSN, the replica replays past

@@ -120,6 +120,13 @@ impl Cluster {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// The leader this node knows of and the newest term it knows, read together.
+    pub fn leader_and_term(&self) -> (Option<NodeId>, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (metrics.current_leader, metrics.current_term)
+    }
+
     /// When this node leads: how long ago each other node last acknowledged it (`None`: not
     /// since this node became leader). `None` when this node does not lead.
     pub fn follower_acks(&self) -> Option<std::collections::BTreeMap<NodeId, Option<Duration>>> {

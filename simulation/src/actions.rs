@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, StandbyState, SyncState};
+use vigil_consensus::coordinator::{
+    Action, ActionFailure, ActionReport, FailureKind, StandbyState, SyncGeneration, SyncState,
+};
 use vigil_consensus::group::StepFacts;
 
 use crate::net::{Host, Net};
@@ -198,19 +200,25 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
             (target.upstream, target.streaming) = (None, false);
             if *strict_sync && kind == Kind::Postgres {
                 target.sync = SyncSetting::Any;
+                target.sync_generation = SyncGeneration::promotion(*epoch);
             }
             let how = if target.fenced { "refusing writes" } else { "taking writes at once" };
             report(format!("{name} promoted into epoch {epoch}, {how}"))
         }
-        Action::SetSyncStandbys { standbys } => {
+        Action::SetSyncStandbys { standbys, generation } => {
             if kind == Kind::Redis {
                 return fail(FailureKind::Refused, "Redis groups have no synchronous mode");
             }
             if !server.running {
                 return refused_connection(&name);
             }
-            group.servers[member].sync =
-                if standbys.is_empty() { SyncSetting::Off } else { SyncSetting::All(standbys.clone()) };
+            if server.sync_generation > *generation {
+                let kept = server.sync_generation;
+                return fail(FailureKind::Refused, format!("{name} keeps generation {kept}; {generation} is refused"));
+            }
+            let target = &mut group.servers[member];
+            target.sync = if standbys.is_empty() { SyncSetting::Off } else { SyncSetting::All(standbys.clone()) };
+            target.sync_generation = *generation;
             done(format!("synchronous standbys {standbys:?}"))
         }
         Action::ReadSyncState => {

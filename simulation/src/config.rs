@@ -129,6 +129,7 @@ pub(crate) fn reproduce(seed: u64, config: &Config) -> String {
         (mutations.unordered_fence_and_lift, "unordered_fence_and_lift"),
         (mutations.wall_clock_step_timeouts, "wall_clock_step_timeouts"),
         (mutations.born_fenced_after_restart, "born_fenced_after_restart"),
+        (mutations.unversioned_sync_setting, "unversioned_sync_setting"),
     ] {
         if set {
             command += &format!(" --mutation {name}");

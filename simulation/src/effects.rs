@@ -252,7 +252,12 @@ impl World {
         let promoted = matches!(run.action, Action::Promote { .. }) && !before.primary && server.primary;
         let node = run.node + 1;
         match landing {
-            Landing::Done(Err(failure)) if matches!(run.action, Action::Fence { .. } | Action::Lift { .. }) => {
+            Landing::Done(Err(failure))
+                if matches!(
+                    run.action,
+                    Action::Fence { .. } | Action::Lift { .. } | Action::SetSyncStandbys { .. }
+                ) =>
+            {
                 self.trace.note(self.now, format!("n{node} {}: {name} failed: {failure}", run.action));
             }
             _ if changed => {

@@ -45,6 +45,8 @@ pub enum ActionKind {
     Promote,
     /// [`Action::StopForSwitchover`].
     StopForSwitchover,
+    /// [`Action::SetSyncStandbys`].
+    SetSyncStandbys,
 }
 
 impl ActionKind {
@@ -55,6 +57,7 @@ impl ActionKind {
                 | (ActionKind::Fence, Action::Fence { .. })
                 | (ActionKind::Promote, Action::Promote { .. })
                 | (ActionKind::StopForSwitchover, Action::StopForSwitchover)
+                | (ActionKind::SetSyncStandbys, Action::SetSyncStandbys { .. })
         )
     }
 }

@@ -179,6 +179,11 @@ impl Raft {
         self.peers[node].believed
     }
 
+    /// The newest term `node` has heard of.
+    pub fn known_term(&self, node: usize) -> u64 {
+        self.peers[node].known_term
+    }
+
     /// Updates what every up, unfrozen node believes, at `now`.
     pub fn refresh_beliefs(&mut self, now: Micros, alive: &[bool], net: &Net, rng: &mut ChaCha8Rng) {
         let leader = self.leader.filter(|&leader| alive[leader]);

@@ -24,6 +24,7 @@ pub fn named(name: &str) -> Option<Config> {
         "candidate-node-dies" => (the_candidates_node_dies_mid_failover(), 80, 2),
         "guard-stop-restart" => (renewals_stall_past_the_guard(), 40, 2),
         "restart-after-lift" => (a_restart_after_the_lift(), 60, 2),
+        "stale-sync-request" => (a_stale_synchronous_request(), 40, 1),
         _ => return None,
     };
     Some(Config {
@@ -36,7 +37,7 @@ pub fn named(name: &str) -> Option<Config> {
 }
 
 /// The names [`named`] knows.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     "isolated-leader",
     "promoted-then-cut-off",
     "stuck-fence",
@@ -48,6 +49,7 @@ pub const NAMES: [&str; 11] = [
     "candidate-node-dies",
     "guard-stop-restart",
     "restart-after-lift",
+    "stale-sync-request",
 ];
 
 fn seconds(value: f64) -> Micros {
@@ -202,5 +204,28 @@ pub fn a_restart_after_the_lift() -> Vec<Episode> {
             fault: Fault::Crash(Target::Primary(POSTGRES)),
         },
         Episode { trigger: after_verify, hold: Some(seconds(10.0)), fault: Fault::Isolate(Target::Primary(POSTGRES)) },
+    ]
+}
+
+/// Strict synchronous mode, a deposed leader's request landing late: the first request of
+/// the leader (node 2) to the primary (wait for pg2, sent in the first 1.5 s) takes 7 s to
+/// land; pg2 is cut off from the primary from 1.6 s to 6 s and the leader freezes at 4 s, so
+/// the next leader confirms pg3 instead. pg3 stops receiving at 6.5 s (commits then wait);
+/// the old request lands between 7 and 8.5 s, after pg2 streams again, and the primary dies
+/// at 9 s. A primary that took the old request acknowledges commits that only pg2 holds
+/// until the leader repairs the setting, and pg3, the confirmed standby, is promoted.
+pub fn a_stale_synchronous_request() -> Vec<Episode> {
+    let slow_setting = Fault::Tweak {
+        group: POSTGRES,
+        member: Target::Primary(POSTGRES),
+        action: ActionKind::SetSyncStandbys,
+        tweak: TweakKind::Slow(seconds(7.0)),
+    };
+    vec![
+        Episode::at(0, seconds(40.0), slow_setting),
+        Episode::at(seconds(1.6), seconds(4.4), Fault::Cut(Target::Index(0), Target::Index(1))),
+        Episode::at(seconds(4.0), seconds(15.0), Fault::Freeze(Target::Leader)),
+        Episode::at(seconds(6.5), seconds(30.0), Fault::ReplicaLag { group: POSTGRES, member: Target::Index(2) }),
+        Episode::at(seconds(9.0), seconds(30.0), Fault::KillPrimary(POSTGRES)),
     ]
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use vigil_consensus::coordinator::SyncGeneration;
 use vigil_consensus::group::{Health, MemberFacts, Verdict};
 
 use crate::net::{Host, Net};
@@ -67,6 +68,8 @@ pub struct Server {
     pub epoch: Option<u64>,
     /// A primary's synchronous setting.
     pub sync: SyncSetting,
+    /// The generation of that setting: older requests are refused.
+    pub sync_generation: SyncGeneration,
     /// A fault: it reports streaming but replays nothing.
     pub stalled: bool,
 }
@@ -125,6 +128,7 @@ impl Group {
                 // A strict primary waits for any standby until vigil names one, as a promotion
                 // leaves it.
                 sync: if strict && host == 0 { SyncSetting::Any } else { SyncSetting::Off },
+                sync_generation: SyncGeneration::default(),
                 stalled: false,
             })
             .collect();

@@ -434,10 +434,11 @@ impl World {
     /// Calls `node`'s coordinator and carries out what it asks.
     pub(crate) fn handle(&mut self, node: usize, event: Event) {
         let leader = self.raft.believed(node).map(cluster::node_id);
+        let term = self.raft.known_term(node);
         let followers = self.followers_of(node);
         let sim = &mut self.nodes[node];
         let Some(coordinator) = sim.coordinator.as_mut() else { return };
-        let ctx = Ctx { now: sim.clock.now(self.now), state: &sim.state, leader, followers: followers.as_ref() };
+        let ctx = Ctx { now: sim.clock.now(self.now), state: &sim.state, leader, term, followers: followers.as_ref() };
         let effects = coordinator.handle(&ctx, event);
         sim.last_handled = self.now;
         sim.applied_unseen = false;

@@ -249,3 +249,20 @@ fn a_node_restarted_after_the_lift_keeps_its_guard_armed() {
     let mutations = with(|m| m.born_fenced_after_restart = true);
     assert_caught(&scenario("restart-after-lift", mutations), "one writer");
 }
+
+/// Strict synchronous mode: a deposed leader's request to wait for pg2 lands on the primary
+/// after the next leader confirmed pg3, and the primary refuses it (an older generation), so
+/// pg3 holds every acknowledged commit when it is promoted. Without generations the old
+/// request took effect, the primary acknowledged commits that only pg2 held, and promoting
+/// pg3 lost them.
+#[test]
+fn a_deposed_leaders_synchronous_request_is_refused() {
+    let results = scenario("stale-sync-request", Mutations::default());
+    assert_all_pass(&results);
+    let refused = results.iter().filter(|result| {
+        result.trace.iter().any(|line| line.contains("set synchronous standbys") && line.contains("is refused"))
+    });
+    assert!(refused.count() > 0, "no run saw the old request refused:\n{}", explain(&results[0]));
+    let mutations = with(|m| m.unversioned_sync_setting = true);
+    assert_caught(&scenario("stale-sync-request", mutations), "no acknowledged write lost");
+}

@@ -166,10 +166,13 @@ pub enum Action {
         /// The new primary.
         primary: String,
     },
-    /// Set which standbys commits on this primary wait for (all of them); empty: none.
+    /// Set which standbys commits on this primary wait for (all of them); empty: none. The
+    /// primary refuses it when it holds a setting of a newer `generation`.
     SetSyncStandbys {
         /// The standbys.
         standbys: BTreeSet<String>,
+        /// Where the request stands among all leaders' requests to this primary.
+        generation: SyncGeneration,
     },
     /// Read the primary's synchronous setting and each standby's replication state.
     ReadSyncState,
@@ -192,9 +195,41 @@ impl fmt::Display for Action {
             Action::Promote { epoch, .. } => write!(f, "promote into epoch {epoch}"),
             Action::VerifyWritable { epoch } => write!(f, "verify writable and write epoch {epoch}"),
             Action::Repoint { primary } => write!(f, "re-point at {primary}"),
-            Action::SetSyncStandbys { standbys } => write!(f, "set synchronous standbys {standbys:?}"),
+            Action::SetSyncStandbys { standbys, generation } => {
+                write!(f, "set synchronous standbys {standbys:?} (generation {generation})")
+            }
             Action::ReadSyncState => f.write_str("read the synchronous state"),
         }
+    }
+}
+
+/// Orders the synchronous settings asked of one primary. The primary keeps the generation
+/// of the setting it holds and refuses an older one, so that a deposed leader's request that
+/// lands late cannot put back a standby set that a newer leader has replaced and confirmed.
+///
+/// Compared field by field: a newer epoch (a promotion writes its own) beats every request
+/// of an older one; within an epoch, a newer Raft term (a newer leader) beats an older one;
+/// within a term (one leader), a later request beats an earlier one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncGeneration {
+    /// The group's epoch.
+    pub epoch: u64,
+    /// The Raft term of the leader that asks.
+    pub term: u64,
+    /// The order of the request among that leader's requests.
+    pub seq: u64,
+}
+
+impl SyncGeneration {
+    /// The generation a promotion into `epoch` writes: older than any request of the epoch.
+    pub const fn promotion(epoch: u64) -> Self {
+        SyncGeneration { epoch, term: 0, seq: 0 }
+    }
+}
+
+impl fmt::Display for SyncGeneration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.epoch, self.term, self.seq)
     }
 }
 

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 pub use effect::{
     Action, ActionFailure, ActionReport, Effect, EffectId, FailureKind, GuardOrder, Outcome, ProposeError,
-    StandbyState, SyncState,
+    StandbyState, SyncGeneration, SyncState,
 };
 pub use mutations::Mutations;
 pub use reach::{Followers, Reach};
@@ -71,6 +71,8 @@ pub struct Ctx<'a> {
     pub state: &'a ClusterState,
     /// The leader this node's Raft knows of, if any (itself when it leads).
     pub leader: Option<NodeId>,
+    /// The newest Raft term this node knows of (the term it leads in, when it leads).
+    pub term: u64,
     /// When this node leads: which other nodes it hears from. `None` otherwise.
     pub followers: Option<&'a Followers>,
 }

@@ -26,6 +26,9 @@ pub struct Mutations {
     /// A restarted node takes the member promoted in the current epoch for fenced even after
     /// a renewal of that epoch committed (its previous run may have lifted it).
     pub born_fenced_after_restart: bool,
+    /// Every synchronous setting request of an epoch carries the same generation, so a
+    /// deposed leader's request that lands late is not refused.
+    pub unversioned_sync_setting: bool,
 }
 
 /// Without the `mutations` feature: the rules as they are, nothing to set.
@@ -59,4 +62,5 @@ questions!(
     unordered_fence_and_lift,
     wall_clock_step_timeouts,
     born_fenced_after_restart,
+    unversioned_sync_setting,
 );

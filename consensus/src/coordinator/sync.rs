@@ -9,6 +9,12 @@
 //! where commits wait for both. With no standby left, the setting keeps naming the lost one:
 //! writes block rather than being acknowledged by the primary alone.
 //!
+//! Every setting the leader asks of the primary carries a [`SyncGeneration`] (epoch, Raft
+//! term, request), and the primary refuses one older than the setting it holds: a leader
+//! confirms its leadership before it asks, not when the request lands, so without it a
+//! deposed leader's slow request could land after the new leader confirmed another standby
+//! and leave the primary waiting only for a standby the cluster does not count on.
+//!
 //! A standby counts as healthy by the freshest verdict this node holds on it, fresh by this
 //! node's own clock since it applied the verdict, streaming from the primary (by host and
 //! port, never by port alone).
@@ -16,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Action, Mono, Out, Outcome, Purpose, View};
+use super::{Action, Mono, Out, Outcome, Purpose, SyncGeneration, View};
 use crate::decision::STALE_AFTER_MS;
 use crate::group::{GroupState, Health};
 use crate::spec::{GroupPolicy, SyncMode};
@@ -108,6 +114,8 @@ pub struct Settler {
     /// When this node applied each verdict report it holds (its observer's stamp, and this
     /// node's reading then), by group, member and observer.
     applied_at: AppliedAt,
+    /// The order of this node's last setting request ([`SyncGeneration::seq`]).
+    last_seq: u64,
 }
 
 impl Settler {
@@ -156,7 +164,7 @@ impl Settler {
                 }
             }
             let healthy = healthy_standbys(view, policy, state, &primary, &self.applied_at);
-            step(view, out, policy, state, settling, healthy);
+            step(view, out, policy, state, settling, healthy, &mut self.last_seq);
         }
     }
 
@@ -302,13 +310,17 @@ fn step(
     state: &GroupState,
     settling: &mut Settling,
     healthy: Vec<String>,
+    last_seq: &mut u64,
 ) {
     let now = view.now();
     let group = policy.name.as_str();
     let primary = settling.primary.clone();
     let current = state.sync_standbys.clone();
     let purpose = || Purpose::Sync(Pending { group: group.to_string() });
-    let set = |standbys: BTreeSet<String>| Action::SetSyncStandbys { standbys };
+    let mut set = |standbys: BTreeSet<String>| Action::SetSyncStandbys {
+        standbys,
+        generation: next_generation(view, state.epoch, last_seq),
+    };
     let commit = |standbys: BTreeSet<String>, note: Option<String>| Command::SetSyncStandbys {
         group: group.to_string(),
         primary: primary.clone(),
@@ -394,6 +406,17 @@ fn step(
         }
     }
     settling.in_flight = true;
+}
+
+/// The generation of this node's next setting request in `epoch`. The request's order is
+/// counted from the wall clock as well as by one, so that it also grows across a restart of
+/// this node (openraft lets a restarted leader lead on in the same term).
+fn next_generation(view: &View<'_>, epoch: u64, last_seq: &mut u64) -> SyncGeneration {
+    if view.mutations.unversioned_sync_setting() {
+        return SyncGeneration::promotion(epoch);
+    }
+    *last_seq = (*last_seq + 1).max(view.ctx.now.wall_ms);
+    SyncGeneration { epoch, term: view.ctx.term, seq: *last_seq }
 }
 
 /// Replicas that stream from the primary and answer, by the freshest verdict this node holds.

@@ -109,12 +109,8 @@ impl Loop {
             let followers = self.followers();
             let effects = {
                 let state = self.cluster.state();
-                let ctx = Ctx {
-                    now: self.now(),
-                    state: &state,
-                    leader: self.cluster.current_leader(),
-                    followers: followers.as_ref(),
-                };
+                let (leader, term) = self.cluster.leader_and_term();
+                let ctx = Ctx { now: self.now(), state: &state, leader, term, followers: followers.as_ref() };
                 coordinator.handle(&ctx, event)
             };
             for effect in effects {

@@ -18,7 +18,7 @@ pub mod targets;
 use std::future::Future;
 use std::pin::Pin;
 
-use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, Seen};
+use vigil_consensus::coordinator::{Action, ActionFailure, ActionReport, FailureKind, Seen, SyncGeneration};
 use vigil_consensus::spec::GroupRef;
 
 use crate::guard::{GuardClient, GuardedServer};
@@ -91,9 +91,13 @@ pub trait Member: Send + Sync + 'static {
     /// Points it at `primary` and waits until it follows.
     fn repoint<'a>(&'a self, primary: &'a str) -> BoxFuture<'a, ActionResult>;
 
-    /// Makes commits on this primary wait for every one of `standbys` (none: no waiting).
-    fn set_sync_standbys<'a>(&'a self, standbys: &'a std::collections::BTreeSet<String>)
-    -> BoxFuture<'a, ActionResult>;
+    /// Makes commits on this primary wait for every one of `standbys` (none: no waiting),
+    /// unless it keeps a setting of a newer `generation`.
+    fn set_sync_standbys<'a>(
+        &'a self,
+        standbys: &'a std::collections::BTreeSet<String>,
+        generation: SyncGeneration,
+    ) -> BoxFuture<'a, ActionResult>;
 
     /// Reads this primary's synchronous setting and its standbys' states (`sync` in the report).
     fn read_sync_state(&self) -> BoxFuture<'_, ActionResult>;
@@ -115,7 +119,7 @@ pub async fn act(member: &dyn Member, action: &Action, guard: &GuardClient) -> A
         Action::Promote { epoch, strict_sync } => member.promote(*epoch, *strict_sync).await,
         Action::VerifyWritable { epoch } => member.verify_writable(*epoch).await,
         Action::Repoint { primary } => member.repoint(primary).await,
-        Action::SetSyncStandbys { standbys } => member.set_sync_standbys(standbys).await,
+        Action::SetSyncStandbys { standbys, generation } => member.set_sync_standbys(standbys, *generation).await,
         Action::ReadSyncState => member.read_sync_state().await,
     }
 }

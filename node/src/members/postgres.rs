@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, warn};
 use vigil_actions::{ActionError, PgCtl};
-use vigil_consensus::coordinator::{ActionFailure, ActionReport, FailureKind, Seen, StandbyState, SyncState};
+use vigil_consensus::coordinator::{
+    ActionFailure, ActionReport, FailureKind, Seen, StandbyState, SyncGeneration, SyncState,
+};
 use vigil_consensus::group::{Health, MemberFacts, StepFacts, Verdict};
 use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -175,7 +177,8 @@ impl PgMember {
         // sessions costs its readers a reconnect. In strict mode `synchronous_standby_names`
         // is set before the promotion too, so the new primary never acknowledges a commit
         // that no standby holds: until the leader confirms a standby, any may answer.
-        let born = vigil_actions::promote_born_fenced(&target, PROMOTE_WAIT, strict_sync)
+        let any_sync_standby = strict_sync.then(|| kept_generation(SyncGeneration::promotion(epoch)));
+        let born = vigil_actions::promote_born_fenced(&target, PROMOTE_WAIT, any_sync_standby)
             .await
             .map_err(|e| failure_in("promoting read-only", e))?;
         let detail = match born.sessions_ended {
@@ -441,11 +444,17 @@ impl Member for PgMember {
         })
     }
 
-    fn set_sync_standbys<'a>(&'a self, standbys: &'a BTreeSet<String>) -> BoxFuture<'a, ActionResult> {
+    fn set_sync_standbys<'a>(
+        &'a self,
+        standbys: &'a BTreeSet<String>,
+        generation: SyncGeneration,
+    ) -> BoxFuture<'a, ActionResult> {
         Box::pin(async move {
             let target = self.target()?;
             let setting = vigil_actions::require_all(standbys);
-            vigil_actions::set_synchronous_standby_names(&target, &setting).await.map_err(failure)?;
+            vigil_actions::set_synchronous_standby_names(&target, &setting, kept_generation(generation))
+                .await
+                .map_err(failure)?;
             if setting.is_empty() {
                 Ok(ActionReport::done("commits wait for no standby"))
             } else {
@@ -505,6 +514,11 @@ pub fn facts_of(observation: &PgObservation) -> MemberFacts {
         upstream: observation.upstream.clone(),
         epoch: observation.epoch,
     }
+}
+
+/// A generation as the server keeps it beside its synchronous setting.
+fn kept_generation(generation: SyncGeneration) -> vigil_actions::Generation {
+    [generation.epoch, generation.term, generation.seq]
 }
 
 /// The standbys a `synchronous_standby_names` value makes commits wait for, every one of

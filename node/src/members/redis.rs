@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::warn;
 use vigil_actions::ActionError;
-use vigil_consensus::coordinator::{ActionFailure, ActionReport, FailureKind, Seen};
+use vigil_consensus::coordinator::{ActionFailure, ActionReport, FailureKind, Seen, SyncGeneration};
 use vigil_consensus::group::{Health, MemberFacts, StepFacts, Verdict};
 use vigil_consensus::spec::{self, RedisFenceMethod, RedisGroup};
 use vigil_probes::{RedisObservation, RedisOutcome, RedisProbe, RedisTarget};
@@ -388,7 +388,11 @@ impl Member for RedisMember {
         })
     }
 
-    fn set_sync_standbys<'a>(&'a self, _standbys: &'a BTreeSet<String>) -> BoxFuture<'a, ActionResult> {
+    fn set_sync_standbys<'a>(
+        &'a self,
+        _standbys: &'a BTreeSet<String>,
+        _generation: SyncGeneration,
+    ) -> BoxFuture<'a, ActionResult> {
         Box::pin(async { Err(no_synchronous_mode()) })
     }
 
@@ -555,7 +559,10 @@ mod tests {
         assert!(member.guarded_server().is_none());
         assert_eq!(member.is_running().await.expect("answered").running, Some(true));
         assert_eq!(member.start_fenced().await.expect_err("refused").kind, FailureKind::Refused);
-        assert_eq!(member.set_sync_standbys(&BTreeSet::new()).await.expect_err("refused").kind, FailureKind::Refused);
+        assert_eq!(
+            member.set_sync_standbys(&BTreeSet::new(), SyncGeneration::default()).await.expect_err("refused").kind,
+            FailureKind::Refused
+        );
         assert_eq!(member.read_sync_state().await.expect_err("refused").kind, FailureKind::Refused);
     }
 }

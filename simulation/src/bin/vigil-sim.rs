@@ -7,9 +7,11 @@
 //! ```
 //! Scenarios: isolated-leader, promoted-then-cut-off, stuck-fence, late-lift,
 //! wall-step-during-host-step, wall-step-back-while-retry-waits,
-//! wall-step-ahead-while-retry-waits.
+//! wall-step-ahead-while-retry-waits, lagging-standby, candidate-node-dies, guard-stop-restart,
+//! restart-after-lift, stale-sync-request.
 //! Mutations: skip_lease_wait, silent_fence_failure, unfenced_promotion, unconfirmed_fence,
-//! unordered_fence_and_lift, wall_clock_step_timeouts, born_fenced_after_restart.
+//! unordered_fence_and_lift, wall_clock_step_timeouts, born_fenced_after_restart,
+//! unversioned_sync_setting.
 
 use std::process::ExitCode;
 
@@ -113,6 +115,7 @@ fn mutations(name: &str) -> Result<Mutations, String> {
         "unordered_fence_and_lift" => mutations.unordered_fence_and_lift = true,
         "wall_clock_step_timeouts" => mutations.wall_clock_step_timeouts = true,
         "born_fenced_after_restart" => mutations.born_fenced_after_restart = true,
+        "unversioned_sync_setting" => mutations.unversioned_sync_setting = true,
         other => return Err(format!("unknown mutation {other:?}")),
     }
     Ok(mutations)
