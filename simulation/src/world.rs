@@ -489,6 +489,7 @@ impl World {
             group: self.groups[group].name.clone(),
             member: self.groups[group].servers[member].name.clone(),
             seen,
+            started: self.nodes[node].clock.now(self.now).mono,
         };
         self.schedule(self.now + took, Ev::Node { node, incarnation, what: NodeEv::Deliver(Box::new(event)) });
         took

@@ -92,6 +92,11 @@ pub enum Event {
         member: String,
         /// What the probe saw.
         seen: Seen,
+        /// When the probe was due to start, by this node's clock: how long a member has been
+        /// failing is measured between probe starts, which keep to the probe interval,
+        /// rather than between the moments their results were handled, which a busy loop
+        /// delays by a varying few milliseconds.
+        started: Mono,
     },
     /// An effect ended.
     Done {
@@ -207,9 +212,9 @@ impl Coordinator {
         };
         match event {
             Event::Tick | Event::Applied => {}
-            Event::Probed { group, member, seen } => {
+            Event::Probed { group, member, seen, started } => {
                 let restarting = self.keeper.restarting(&view, &group, &member);
-                self.verdicts.probed(&view, &group, &member, &seen, restarting)
+                self.verdicts.probed(&view, &group, &member, &seen, started, restarting)
             }
             Event::Done { id, outcome } => {
                 let Some(purpose) = out.finish(id) else {

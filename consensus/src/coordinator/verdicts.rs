@@ -1,8 +1,9 @@
 //! This node's verdicts on every member: a stream of probe outcomes turned into verdicts
 //! worth reporting, and the reporting itself.
 //!
-//! A member is down for this node only after every probe failed for `down_after`; until
-//! then the last verdict stands, so one lost probe changes nothing. A verdict is reported
+//! A member is down for this node only after every probe failed for `down_after` (measured
+//! between the probes' starts, which keep to the probe interval); until then the last
+//! verdict stands, so one lost probe changes nothing. A verdict is reported
 //! when its health changes, when its facts change and the last report is older than
 //! [`FACT_REFRESH`], and at least every [`KEEPALIVE`]. One report per member is in flight
 //! at a time and the newest one wins: a slow or leaderless cluster never makes this node
@@ -72,8 +73,8 @@ impl VerdictTracker {
         self.current.as_ref()
     }
 
-    /// Takes one probe outcome at `now` (`now_wall_ms` stamps the report); returns a report
-    /// when one is due.
+    /// Takes the outcome of one probe that started at `now` (`now_wall_ms` stamps the
+    /// report); returns a report when one is due.
     pub fn observe(&mut self, outcome: &Seen, now: Mono, now_wall_ms: u64) -> Option<VerdictReport> {
         let verdict = match outcome {
             Seen::Answered(verdict) => {
@@ -182,7 +183,15 @@ impl Reporter {
     /// Takes one probe's result. `restarting`: this node is starting the member again after
     /// its own guard stopped it (see the keeper), so a failed probe is no sign of a fault and
     /// counts as degraded, never towards down.
-    pub(super) fn probed(&mut self, view: &View<'_>, group: &str, member: &str, seen: &Seen, restarting: bool) {
+    pub(super) fn probed(
+        &mut self,
+        view: &View<'_>,
+        group: &str,
+        member: &str,
+        seen: &Seen,
+        started: Mono,
+        restarting: bool,
+    ) {
         let Some(policy) = view.policy(group) else { return };
         if policy.member(member).is_none() {
             return;
@@ -219,7 +228,9 @@ impl Reporter {
             _ => seen,
         };
         let before = entry.tracker.current().map(|verdict| verdict.health);
-        if let Some(report) = entry.tracker.observe(seen, now.mono, now.wall_ms) {
+        // Probe starts keep to the interval: a member failing for `down_after` is down at the
+        // same probe on every run, not one probe later when its result was handled late.
+        if let Some(report) = entry.tracker.observe(seen, started.min(now.mono), now.wall_ms) {
             if before != Some(report.verdict.health) {
                 let reason = report.verdict.reason.as_deref().unwrap_or_default();
                 tracing::info!(group, member, health = %report.verdict.health, reason, "verdict changed");

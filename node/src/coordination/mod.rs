@@ -52,6 +52,7 @@ type Members = BTreeMap<(String, String), Arc<dyn Member>>;
 pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel: &CancellationToken) {
     let failpoints = Failpoints::from_env();
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let origin = Instant::now();
     let node_loop = Loop {
         cluster: cluster.clone(),
         guard,
@@ -59,10 +60,10 @@ pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel:
         cancel: cancel.child_token(),
         events_tx,
         failpoints,
-        origin: Instant::now(),
+        origin,
         members: Arc::new(Members::new()),
         spec: None,
-        probes: probing::Probes::default(),
+        probes: probing::Probes::new(origin),
         leading_since: None,
     };
     tasks.spawn(node_loop.run(events_rx));
