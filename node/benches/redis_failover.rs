@@ -8,6 +8,8 @@
 //! on the members in turn until one accepts) gets acknowledged by a member other than the
 //! killed one. Writes the figures into BENCHMARKS.md. Run:
 //! `cargo bench -p vigil --bench redis_failover` (`VIGIL_BENCH_RUNS=N` to change the 10 runs).
+//! `VIGIL_BENCH_KEEP_LOGS=DIR` keeps the nodes' logs of every run there
+//! (`PROFILE-runN-nID.log`), to see where a slow run's time went.
 
 // A benchmark of real processes measures with the OS clock.
 #![allow(clippy::disallowed_types)]
@@ -157,6 +159,22 @@ fn one_run(profile: &Profile) -> RunTimes {
     assert!(client_first > 0, "the client got no write acknowledged by the new master within 30 s: {run:#}");
     let after = |key: &str| run[key].as_u64().unwrap_or(killed_at).saturating_sub(killed_at) as f64;
     println!("  candidate {}, epoch {}", run["candidate"], run["epoch"]);
+    // What each step did (how the old master's lease ended, above all) explains the times.
+    let steps: Vec<String> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| format!("{} -> {}", step["step"], step["status"]))
+        .collect();
+    println!("  steps: {}", steps.join("; "));
+    if let Some(dir) = std::env::var_os("VIGIL_BENCH_KEEP_LOGS") {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let index = RUN.fetch_add(1, Ordering::SeqCst) + 1;
+        for id in 1..=3 {
+            let name = format!("{}-run{index}-n{id}.log", profile.name);
+            std::fs::write(Path::new(&dir).join(name), lab.vigil.log_of(id)).ok();
+        }
+    }
     RunTimes {
         detected: after("detected_at_ms"),
         decided: after("decided_at_ms"),
