@@ -38,8 +38,9 @@ pub use ctl::{
 };
 pub use error::ActionError;
 pub use sql::{
-    BornFenced, Promoted, checkpoint, fence_read_only, in_recovery, promote, promote_born_fenced, read_only_in_force,
-    repoint, unfence, wait_for_replay, wait_for_upstream, wait_until_read_write, write_epoch,
+    BornFenced, Promoted, checkpoint, fence_read_only, in_recovery, prepare_for_promotion, promote,
+    promote_born_fenced, read_only_in_force, repoint, unfence, wait_for_replay, wait_for_upstream,
+    wait_until_read_write, write_epoch,
 };
 pub use sync_setting::{
     GENERATION_PARAMETER, Generation, SynchronousState, require_all, set_synchronous_standby_names, synchronous_state,

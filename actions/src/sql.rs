@@ -87,20 +87,34 @@ pub async fn promote_born_fenced(
             let promoted = Promoted { already_primary: true, lsn: state.current };
             return Ok(BornFenced { promoted, sessions_ended: None });
         }
-        // ALTER SYSTEM refuses to run inside a transaction block, which a multi-statement
-        // query would be: one statement per round trip, on the same session.
-        connection
-            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on", "setting read-only before promoting")
-            .await?;
-        if let Some(generation) = any_sync_standby {
-            write_generation(&connection, generation).await?;
+        // A replica readied ahead ([`prepare_for_promotion`]) needs no configuration write
+        // (its fsync is the slowest part of a promotion on many disks) unless strict mode
+        // asks for its synchronous setting too.
+        let ready = any_sync_standby.is_none() && connection.read_only_configured().await?;
+        if !ready {
+            // ALTER SYSTEM refuses to run inside a transaction block, which a multi-statement
+            // query would be: one statement per round trip, on the same session.
             connection
-                .batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'", "setting synchronous_standby_names")
+                .batch_execute(
+                    "ALTER SYSTEM SET default_transaction_read_only = on",
+                    "setting read-only before promoting",
+                )
                 .await?;
+            if let Some(generation) = any_sync_standby {
+                write_generation(&connection, generation).await?;
+                connection
+                    .batch_execute(
+                        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+                        "setting synchronous_standby_names",
+                    )
+                    .await?;
+            }
+            connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
         }
-        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
         let ended = connection.terminate_clients().await?;
-        connection.wait_for_reload(any_sync_standby.is_some(), target.timeout).await?;
+        if !ready {
+            connection.wait_for_reload(any_sync_standby.is_some(), target.timeout).await?;
+        }
         let promoted = connection.promote(state.received, wait).await?;
         Ok(BornFenced { promoted, sessions_ended: Some(ended) })
     })
@@ -415,11 +429,14 @@ pub async fn in_recovery(target: &PgTarget) -> Result<bool, ActionError> {
     .await
 }
 
-/// Lifts a read-only fence: `default_transaction_read_only` back to its default.
+/// Lifts a read-only fence: `default_transaction_read_only` back to its default. Under
+/// vigil's configuration lock, so that a [`prepare_for_promotion`] that found the member a
+/// replica cannot write its read-only default after this.
 pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
     let address = target.address();
     bounded(target.timeout * 2, format!("lifting the fence on {address}"), async {
         let connection = Connection::open(target, target.timeout).await?;
+        connection.lock_configuration().await?;
         connection
             .batch_execute("ALTER SYSTEM RESET default_transaction_read_only", "resetting the read-only default")
             .await?;
@@ -429,6 +446,42 @@ pub async fn unfence(target: &PgTarget) -> Result<(), ActionError> {
     })
     .await
 }
+
+/// Readies a replica for a promotion: `default_transaction_read_only = on` in its
+/// configuration (through `ALTER SYSTEM` and a reload) unless it is there already, so that
+/// [`promote_born_fenced`] finds it in force and need not write the configuration while
+/// clients wait. A replica refuses writes anyway, so its readers see no difference. Refused
+/// ([`ActionError::Unexpected`]) by a member that is not in recovery, checked under vigil's
+/// configuration lock, which the lift takes too: a primary is never fenced by it. Returns
+/// whether it changed anything.
+pub async fn prepare_for_promotion(target: &PgTarget) -> Result<bool, ActionError> {
+    let address = target.address();
+    bounded(target.timeout * 3, format!("readying {address} for a promotion"), async {
+        let connection = Connection::open(target, target.timeout).await?;
+        connection.lock_configuration().await?;
+        if !connection.in_recovery().await? {
+            return Err(ActionError::Unexpected(format!("{address} is not a replica: not readied for a promotion")));
+        }
+        if connection.read_only_configured().await? {
+            return Ok(false);
+        }
+        connection
+            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on", "setting read-only by default")
+            .await?;
+        connection.batch_execute("SELECT pg_reload_conf()", "reloading the configuration").await?;
+        Ok(true)
+    })
+    .await
+}
+
+/// Whether a boolean setting as a configuration file spells it is on.
+fn is_on(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1" | "t" | "y")
+}
+
+/// The advisory lock key that serialises vigil's configuration changes on one server (the
+/// bytes of "vigilcfg").
+const CONFIGURATION_LOCK: i64 = 0x7669_6769_6c63_6667;
 
 /// How long a dropped connection may take to close before it is abandoned.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -519,6 +572,33 @@ impl Connection {
                 BTreeMap::new()
             }
         }
+    }
+
+    /// Takes vigil's configuration lock for the rest of this session (it ends with it).
+    pub(crate) async fn lock_configuration(&self) -> Result<(), ActionError> {
+        self.batch_execute(
+            &format!("SELECT pg_advisory_lock({CONFIGURATION_LOCK})"),
+            "taking vigil's configuration lock",
+        )
+        .await
+    }
+
+    /// Whether the configuration files set `default_transaction_read_only = on` and this
+    /// session has it in force (the reload that set it has reached the server).
+    async fn read_only_configured(&self) -> Result<bool, ActionError> {
+        let row = self
+            .query_one(
+                "SELECT coalesce((SELECT setting FROM pg_file_settings \
+                                  WHERE name = 'default_transaction_read_only' \
+                                  ORDER BY seqno DESC LIMIT 1), 'off'), \
+                        current_setting('default_transaction_read_only')",
+                &[],
+                "reading the configured read-only default",
+            )
+            .await?;
+        let configured: String = self.column(&row, 0)?;
+        let in_force: String = self.column(&row, 1)?;
+        Ok(is_on(&configured) && in_force == "on")
     }
 
     /// `default_transaction_read_only` as this session has it.
@@ -662,6 +742,16 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boolean_settings_read_as_the_server_reads_them() {
+        for on in ["on", "ON", "true", "yes", "1", " on "] {
+            assert!(is_on(on), "{on:?}");
+        }
+        for off in ["off", "false", "no", "0", "", "onward"] {
+            assert!(!is_on(off), "{off:?}");
+        }
+    }
 
     #[test]
     fn a_timeline_history_gives_where_each_parent_timeline_ended() {

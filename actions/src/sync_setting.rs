@@ -6,8 +6,8 @@
 //! (three numbers compared in order; vigil uses epoch, Raft term and request), kept beside
 //! the setting in `postgresql.auto.conf` as the custom parameter `vigil.sync_generation`,
 //! and a change older than the one kept is refused. The comparison and the write happen
-//! under a session-level advisory lock, so two changes cannot interleave between them; the
-//! lock ends with the session, however the session ends.
+//! under vigil's configuration lock (a session-level advisory lock), so two changes cannot
+//! interleave between them; the lock ends with the session, however the session ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,9 +20,6 @@ use crate::sql::{Connection, bounded};
 
 /// The custom parameter that keeps the generation of the setting in force.
 pub const GENERATION_PARAMETER: &str = "vigil.sync_generation";
-/// The advisory lock key that serialises vigil's changes of the setting on one server
-/// (the bytes of "vigilsyn").
-const SETTING_LOCK: i64 = 0x7669_6769_6c73_796e;
 
 /// Where a change stands among all changes asked of one server; compared in order.
 pub type Generation = [u64; 3];
@@ -40,9 +37,7 @@ pub async fn set_synchronous_standby_names(
     let address = target.address();
     bounded(target.timeout * 2, format!("setting synchronous_standby_names on {address}"), async {
         let connection = Connection::open(target, target.timeout).await?;
-        connection
-            .batch_execute(&format!("SELECT pg_advisory_lock({SETTING_LOCK})"), "taking vigil's setting lock")
-            .await?;
+        connection.lock_configuration().await?;
         if let Some(kept) = kept_generation(&connection).await?
             && kept > generation
         {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, GENERATION_PARAMETER, PgCtl, primary_conninfo, promote, promote_born_fenced, reclone, repoint, rewind,
-    set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay, wait_for_upstream,
-    write_epoch,
+    ActionError, GENERATION_PARAMETER, PgCtl, prepare_for_promotion, primary_conninfo, promote, promote_born_fenced,
+    reclone, repoint, rewind, set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay,
+    wait_for_upstream, write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -204,6 +204,37 @@ async fn a_replica_promoted_born_fenced_refuses_writes_until_lifted() {
 
     // No standby is left to answer for a commit: wait for none, then lift the fence.
     set_synchronous_standby_names(&replica, "", [2, 1, 1]).await.expect("synchronous standbys reset");
+    unfence(&replica).await.expect("fence lifted");
+    wait_for_answer(&cluster, 1, "SHOW default_transaction_read_only", "off").await;
+    write_epoch(&replica, "g1", 2).await.expect("writable once lifted");
+}
+
+/// A replica readied ahead is read-only by default already; its promotion is born fenced
+/// without writing its configuration (the file is not touched), and readying refuses a
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_readied_ahead_is_promoted_born_fenced_without_a_configuration_write() {
+    let cluster = PgCluster::start(2).expect("cluster starts");
+    cluster.sql(0, "CREATE TABLE orders (id int PRIMARY KEY)").unwrap();
+    wait_for_answer(&cluster, 1, "SELECT count(*) FROM orders", "0").await;
+    let replica = target(&cluster, 1);
+    assert!(prepare_for_promotion(&replica).await.expect("readied"), "the first call sets it");
+    assert!(!prepare_for_promotion(&replica).await.expect("readied again"), "the second finds it set");
+    wait_for_answer(&cluster, 1, "SHOW default_transaction_read_only", "on").await;
+    let refused = prepare_for_promotion(&target(&cluster, 0)).await;
+    assert!(matches!(&refused, Err(ActionError::Unexpected(m)) if m.contains("not a replica")), "{refused:?}");
+    assert_eq!(cluster.sql(0, "SHOW default_transaction_read_only").unwrap(), "off", "the primary stays writable");
+
+    let auto_conf = cluster.instances()[1].data_dir.join("postgresql.auto.conf");
+    let before = std::fs::read_to_string(&auto_conf).unwrap();
+    let modified = std::fs::metadata(&auto_conf).unwrap().modified().unwrap();
+    cluster.kill_postmaster(0).unwrap();
+    let born = promote_born_fenced(&replica, PROMOTE_WAIT, None).await.expect("promotes");
+    assert!(!born.promoted.already_primary, "{born:?}");
+    let refused = write_epoch(&replica, "g1", 2).await;
+    assert!(matches!(refused, Err(ActionError::Sql(ref m)) if m.contains("read-only")), "{refused:?}");
+    assert_eq!(std::fs::read_to_string(&auto_conf).unwrap(), before);
+    assert_eq!(std::fs::metadata(&auto_conf).unwrap().modified().unwrap(), modified, "the configuration was written");
     unfence(&replica).await.expect("fence lifted");
     wait_for_answer(&cluster, 1, "SHOW default_transaction_read_only", "off").await;
     write_epoch(&replica, "g1", 2).await.expect("writable once lifted");

@@ -221,6 +221,15 @@ pub fn land(group: &mut Group, member: usize, action: &Action, context: &Context
             target.sync_generation = *generation;
             done(format!("synchronous standbys {standbys:?}"))
         }
+        Action::PrepareReplica => {
+            if !server.running {
+                return refused_connection(&name);
+            }
+            if server.primary {
+                return fail(FailureKind::Refused, format!("{name} is not a replica: not readied"));
+            }
+            done(format!("{name} ready for a promotion"))
+        }
         Action::ReadSyncState => {
             if kind == Kind::Redis {
                 return fail(FailureKind::Refused, "Redis groups have no synchronous mode");

@@ -170,7 +170,7 @@ pub fn the_candidates_node_dies_mid_failover() -> Vec<Episode> {
     ]
 }
 
-/// The primaries' node (node 1) loses Raft for 1.7 s, longer than a lease (1.5 s), while
+/// The primaries' node (node 1) loses Raft for 1.6 s, longer than a lease (1.5 s), while
 /// every server stays reachable, as in a Raft election on a loaded host: no renewal can
 /// commit, and because the fence of the PostgreSQL primary is slow to land (0.6 s), its
 /// guard stops it at the deadline. Once renewals commit again, the keeper starts it again,
@@ -184,7 +184,7 @@ pub fn renewals_stall_past_the_guard() -> Vec<Episode> {
     };
     vec![
         Episode::at(seconds(4.0), seconds(10.0), slow_fence),
-        Episode::at(seconds(5.0), seconds(1.7), Fault::BlockRaftPort(Target::Index(0))),
+        Episode::at(seconds(5.0), seconds(1.6), Fault::BlockRaftPort(Target::Index(0))),
     ]
 }
 

@@ -266,3 +266,28 @@ fn a_deposed_leaders_synchronous_request_is_refused() {
     let mutations = with(|m| m.unversioned_sync_setting = true);
     assert_caught(&scenario("stale-sync-request", mutations), "no acknowledged write lost");
 }
+
+/// Each replica is readied for a promotion by its own node, only while it is a replica: at
+/// the start, and the old primary again once it has rejoined as a replica after the failover
+/// (its lift had undone what was set), never while it is the primary.
+#[test]
+fn replicas_are_readied_for_a_promotion_by_their_own_node() {
+    let config = Config { verbose: true, ..scenarios::named("restart-after-lift").expect("a named scenario") };
+    let result = run(0, &config);
+    assert_all_pass(std::slice::from_ref(&result));
+    let readied = |node: &str, member: &str| {
+        result
+            .trace
+            .iter()
+            .filter(|line| line.contains(&format!("{node} asks: ready it for a promotion on {member} ")))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(!readied("n2", "pg2").is_empty() && !readied("n3", "pg3").is_empty(), "{}", explain(&result));
+    let old_primary = readied("n1", "pg1");
+    assert!(!old_primary.is_empty(), "pg1 was not readied after its rejoin:\n{}", explain(&result));
+    assert!(
+        old_primary.iter().all(|line| !line.contains("Some((Some(\"pg1\")")),
+        "pg1 was readied while it was the primary: {old_primary:?}"
+    );
+}

@@ -176,6 +176,10 @@ pub enum Action {
     },
     /// Read the primary's synchronous setting and each standby's replication state.
     ReadSyncState,
+    /// Ready a replica for a promotion ahead of time (PostgreSQL: read-only by default in
+    /// its configuration), so that a promotion need not write its configuration. Refused
+    /// by a member that is not a replica.
+    PrepareReplica,
 }
 
 impl fmt::Display for Action {
@@ -199,6 +203,7 @@ impl fmt::Display for Action {
                 write!(f, "set synchronous standbys {standbys:?} (generation {generation})")
             }
             Action::ReadSyncState => f.write_str("read the synchronous state"),
+            Action::PrepareReplica => f.write_str("ready it for a promotion"),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod fence;
 pub mod keeper;
 pub mod lease_clock;
 pub mod mutations;
+pub mod prepare;
 pub mod reach;
 pub mod rejoin;
 pub mod sync;
@@ -131,6 +132,7 @@ pub struct Coordinator {
     keeper: keeper::Keeper,
     driver: driver::Driver,
     rejoiner: rejoin::Rejoiner,
+    preparer: prepare::Preparer,
     settler: sync::Settler,
     last_leader: Option<NodeId>,
 }
@@ -142,6 +144,7 @@ enum Purpose {
     Keeper(keeper::Pending),
     Driver(driver::Pending),
     Rejoin(rejoin::Pending),
+    Prepare(prepare::Pending),
     Sync(sync::Pending),
 }
 
@@ -162,6 +165,7 @@ impl Coordinator {
             keeper: keeper::Keeper::default(),
             driver: driver::Driver::default(),
             rejoiner: rejoin::Rejoiner::default(),
+            preparer: prepare::Preparer::default(),
             settler: sync::Settler::default(),
             last_leader: None,
         }
@@ -226,6 +230,7 @@ impl Coordinator {
                     Purpose::Keeper(pending) => self.keeper.done(&view, &mut out, pending, outcome),
                     Purpose::Driver(pending) => self.driver.done(&view, &mut out, pending, outcome),
                     Purpose::Rejoin(pending) => self.rejoiner.done(&view, &mut out, pending, outcome),
+                    Purpose::Prepare(pending) => self.preparer.done(&view, pending, outcome),
                     Purpose::Sync(pending) => self.settler.done(&view, pending, outcome),
                 }
             }
@@ -235,6 +240,7 @@ impl Coordinator {
         self.driver.check_fences(&view);
         self.driver.drive(&view, &mut out);
         self.rejoiner.drive(&view, &mut out, &self.verdicts);
+        self.preparer.drive(&view, &mut out, &self.verdicts);
         self.settler.drive(&view, &mut out);
         out.effects
     }

@@ -101,6 +101,9 @@ pub trait Member: Send + Sync + 'static {
 
     /// Reads this primary's synchronous setting and its standbys' states (`sync` in the report).
     fn read_sync_state(&self) -> BoxFuture<'_, ActionResult>;
+
+    /// Readies this replica for a promotion ahead of time; refused if it is not a replica.
+    fn prepare_replica(&self) -> BoxFuture<'_, ActionResult>;
 }
 
 /// Carries out `action` on `member`.
@@ -121,6 +124,7 @@ pub async fn act(member: &dyn Member, action: &Action, guard: &GuardClient) -> A
         Action::Repoint { primary } => member.repoint(primary).await,
         Action::SetSyncStandbys { standbys, generation } => member.set_sync_standbys(standbys, *generation).await,
         Action::ReadSyncState => member.read_sync_state().await,
+        Action::PrepareReplica => member.prepare_replica().await,
     }
 }
 

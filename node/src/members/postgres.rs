@@ -482,6 +482,19 @@ impl Member for PgMember {
             })
         })
     }
+
+    fn prepare_replica(&self) -> BoxFuture<'_, ActionResult> {
+        Box::pin(async move {
+            let target = self.target()?;
+            let changed = vigil_actions::prepare_for_promotion(&target).await.map_err(failure)?;
+            let name = &self.member.name;
+            Ok(ActionReport::done(if changed {
+                format!("{name} set read-only by default, ready for a promotion")
+            } else {
+                format!("{name} already read-only by default")
+            }))
+        })
+    }
 }
 
 /// The verdict on a member that answered.

@@ -399,6 +399,11 @@ impl Member for RedisMember {
     fn read_sync_state(&self) -> BoxFuture<'_, ActionResult> {
         Box::pin(async { Err(no_synchronous_mode()) })
     }
+
+    fn prepare_replica(&self) -> BoxFuture<'_, ActionResult> {
+        // A Redis promotion writes no configuration that could be set ahead.
+        Box::pin(async { Ok(ActionReport::done("nothing to ready")) })
+    }
 }
 
 /// The verdict on a Redis member that answered, its facts in the shared shape: offsets as
