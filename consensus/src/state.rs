@@ -730,6 +730,22 @@ impl ClusterState {
                 ),
             };
         }
+        // Strict synchronous mode: the confirmed set may have changed since the plan was made
+        // (the settler replaced a standby), and a member dropped from it may lack commits the
+        // primary acknowledged since. Forced failovers and switchovers (the old primary
+        // stopped cleanly, its last position replayed) are the operator's and the
+        // switchover's own business.
+        if *kind == FailoverKind::Automatic
+            && spec.synchronous == crate::spec::SyncMode::Strict
+            && !state.sync_standbys.contains(candidate)
+        {
+            return CommandResponse::Refused {
+                reason: format!(
+                    "{candidate} is no longer a confirmed synchronous standby of {group} (the set is {:?})",
+                    state.sync_standbys
+                ),
+            };
+        }
         // Checked here, at apply, as well as where the request was planned: the planning node
         // may not have applied the pause yet.
         if state.paused {

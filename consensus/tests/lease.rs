@@ -19,6 +19,10 @@ fn node(id: NodeId) -> NodeInfo {
 }
 
 fn state_with_group() -> (ClusterState, u64) {
+    state_with_sync(SyncMode::Off)
+}
+
+fn state_with_sync(synchronous: SyncMode) -> (ClusterState, u64) {
     let mut state = ClusterState::default();
     let nodes: BTreeMap<NodeId, NodeInfo> = (1..=3).map(|id| (id, node(id))).collect();
     state.apply_membership(LogId::new_term_index(1, 1), Membership::new(vec![(1..=3).collect()], nodes).unwrap());
@@ -46,7 +50,7 @@ fn state_with_group() -> (ClusterState, u64) {
         probe_timeout: Duration::from_millis(500),
         lease_duration: Duration::from_millis(1500),
         fence_method: FenceMethod::ReadOnly,
-        synchronous: SyncMode::Off,
+        synchronous,
         bin_dir: "/usr/bin".into(),
         run_as: None,
         allow_reclone: false,
@@ -271,4 +275,33 @@ fn a_step_that_succeeds_starts_the_next_in_the_same_entry() {
     };
     assert_eq!(apply(&mut state, give_up), CommandResponse::Applied);
     assert_eq!(state.groups["main"].epoch, 4);
+}
+
+/// Strict synchronous mode: a plan whose candidate has left the confirmed synchronous set by
+/// the time it is applied (the settler replaced that standby after the plan was made) is
+/// refused; the next decision, on the current set, goes through.
+#[test]
+fn a_strict_failover_to_a_member_dropped_from_the_synchronous_set_is_refused() {
+    let (mut state, mut index) = state_with_sync(SyncMode::Strict);
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    let set = |standbys: &[&str]| Command::SetSyncStandbys {
+        group: "main".into(),
+        primary: "pg1".into(),
+        epoch: 3,
+        standbys: standbys.iter().map(|name| name.to_string()).collect(),
+        note: None,
+    };
+    assert_eq!(apply(&mut state, set(&["pg2", "pg3"])), CommandResponse::Applied);
+    assert_eq!(apply(&mut state, set(&["pg2"])), CommandResponse::Applied);
+    match apply(&mut state, begin("pg3")) {
+        CommandResponse::Refused { reason } => {
+            assert!(reason.contains("pg3 is no longer a confirmed synchronous standby"), "{reason}")
+        }
+        other => panic!("expected the plan refused, got {other:?}"),
+    }
+    assert!(state.groups["main"].running.is_none());
+    assert!(matches!(apply(&mut state, begin("pg2")), CommandResponse::RunStarted { .. }));
 }

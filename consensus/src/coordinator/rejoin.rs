@@ -85,6 +85,8 @@ pub enum Pending {
     CatchUp {
         /// The group.
         group: String,
+        /// When the catch-up was asked for: the state it brings is at least that recent.
+        asked_at: Mono,
     },
     /// Recording how it went.
     Record,
@@ -102,7 +104,8 @@ struct Rejoining {
     judged_after: Option<Mono>,
     /// A check found it stopped: rejoin it at once.
     confirmed_stopped: Option<String>,
-    /// When this node last caught up with the cluster for this group.
+    /// When this node last asked for a catch-up with the cluster for this group that
+    /// succeeded.
     caught_up_at: Option<Mono>,
     /// The failover whose failed re-point of the member was answered by a rejoin at once.
     fast_rejoin: Option<u64>,
@@ -198,9 +201,13 @@ impl Rejoiner {
             // A rejoin throws away whatever the member wrote on its own history. The state that
             // calls for it must not be one this node applied late (a member just promoted,
             // which this node still takes for a stale primary), so it catches up first and
-            // decides again.
-            if entry.caught_up_at.is_none_or(|at| now.since(at) > CAUGHT_UP_FOR) {
-                out.catch_up(Purpose::Rejoin(Pending::CatchUp { group: group.to_string() }), CATCH_UP_TIMEOUT);
+            // decides again, with a catch-up asked for after the probe it judges by: a member
+            // seen running as a primary was promoted before that probe, and the failover that
+            // promoted it is then in the state.
+            let probed_at = verdicts.probed_at(group, &member.name);
+            if entry.caught_up_at.is_none_or(|at| now.since(at) > CAUGHT_UP_FOR || probed_at > Some(at)) {
+                let pending = Pending::CatchUp { group: group.to_string(), asked_at: now };
+                out.catch_up(Purpose::Rejoin(pending), CATCH_UP_TIMEOUT);
                 entry.busy = true;
                 continue;
             }
@@ -227,6 +234,10 @@ impl Rejoiner {
                     && report.running == Some(false)
                 {
                     entry.confirmed_stopped = Some(primary);
+                } else {
+                    // Running after all (or not known): judged again only by a probe made
+                    // after this check, not checked again at once on the same verdict.
+                    entry.judged_after = Some(now);
                 }
             }
             Pending::Rejoin { group, primary, why } => {
@@ -267,11 +278,11 @@ impl Rejoiner {
                 };
                 out.propose(Purpose::Rejoin(Pending::Record), command, Duration::from_secs(10));
             }
-            Pending::CatchUp { group } => {
+            Pending::CatchUp { group, asked_at } => {
                 let Some(entry) = self.groups.get_mut(&group) else { return };
                 entry.busy = false;
                 match outcome {
-                    Outcome::CaughtUp(Ok(())) => entry.caught_up_at = Some(now),
+                    Outcome::CaughtUp(Ok(())) => entry.caught_up_at = Some(asked_at),
                     Outcome::CaughtUp(Err(error)) => {
                         tracing::info!(%group, %error, "cannot catch up with the cluster; no rejoin for now");
                         entry.retry = view
