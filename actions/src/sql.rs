@@ -59,9 +59,10 @@ pub struct BornFenced {
 
 /// Promotes a replica that is read-only from the promotion's first moment: on one session,
 /// `default_transaction_read_only = on` (and with `any_sync_standby`,
-/// `synchronous_standby_names = '*'` of that generation, see [`crate::sync_setting`])
-/// through `ALTER SYSTEM` and a reload, the standby's
-/// client sessions ended, the reload seen in force, then the promotion, waited for up to
+/// `synchronous_standby_names = '*'` of that generation, see
+/// [`crate::set_synchronous_standby_names`]) through `ALTER SYSTEM` and a reload, unless
+/// [`prepare_for_promotion`] already made it read-only by default; the standby's client
+/// sessions ended, the reload seen in force, then the promotion, waited for up to
 /// `wait`.
 ///
 /// The reload is confirmed on the promoting session itself: the postmaster loads the
