@@ -129,14 +129,7 @@ fn one_run(profile: &Profile) -> RunTimes {
     stop.store(true, Ordering::SeqCst);
     client.join().unwrap();
     let after = |key: &str| run[key].as_u64().unwrap_or(killed_at).saturating_sub(killed_at) as f64;
-    // What each step did (how the old primary's lease ended, above all) explains the times.
-    let steps: Vec<String> = run["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|step| format!("{} -> {}", step["step"], step["status"]))
-        .collect();
-    println!("  steps: {}", steps.join("; "));
+    println!("  steps: {}", common::describe_steps(&run));
     if let Some(dir) = std::env::var_os("VIGIL_BENCH_KEEP_LOGS") {
         // The nodes' logs of the last run, to see where the time went.
         for id in 1..=3 {

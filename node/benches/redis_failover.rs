@@ -159,14 +159,7 @@ fn one_run(profile: &Profile) -> RunTimes {
     assert!(client_first > 0, "the client got no write acknowledged by the new master within 30 s: {run:#}");
     let after = |key: &str| run[key].as_u64().unwrap_or(killed_at).saturating_sub(killed_at) as f64;
     println!("  candidate {}, epoch {}", run["candidate"], run["epoch"]);
-    // What each step did (how the old master's lease ended, above all) explains the times.
-    let steps: Vec<String> = run["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|step| format!("{} -> {}", step["step"], step["status"]))
-        .collect();
-    println!("  steps: {}", steps.join("; "));
+    println!("  steps: {}", common::describe_steps(&run));
     if let Some(dir) = std::env::var_os("VIGIL_BENCH_KEEP_LOGS") {
         static RUN: AtomicU64 = AtomicU64::new(0);
         let index = RUN.fetch_add(1, Ordering::SeqCst) + 1;

@@ -320,6 +320,11 @@ impl<'a> View<'a> {
         self.policies.iter().find(|policy| policy.name == group)
     }
 
+    /// Every group with a member beside this node, and that member.
+    fn local_members(&self) -> impl Iterator<Item = (&'a GroupPolicy, &'a crate::spec::MemberPolicy)> + '_ {
+        self.policies.iter().filter_map(|policy| Some((policy, self.local_member(policy)?)))
+    }
+
     /// The member of `policy` beside this node, if there is one.
     fn local_member(&self, policy: &'a GroupPolicy) -> Option<&'a crate::spec::MemberPolicy> {
         let name = self.node_name?;

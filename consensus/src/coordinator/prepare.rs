@@ -45,8 +45,7 @@ impl Preparer {
     pub(super) fn drive(&mut self, view: &View<'_>, out: &mut Out<'_>, verdicts: &super::verdicts::Reporter) {
         let now = view.now();
         self.groups.retain(|group, _| view.policy(group).and_then(|policy| view.local_member(policy)).is_some());
-        for policy in view.policies {
-            let Some(member) = view.local_member(policy) else { continue };
+        for (policy, member) in view.local_members() {
             let group = policy.name.as_str();
             let entry = self.groups.entry(group.to_string()).or_default();
             if entry.busy {

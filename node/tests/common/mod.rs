@@ -419,3 +419,15 @@ pub fn kill_fence_guard(data_dir: &Path) {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// A failover run's steps as `vigil history` gives them, one `step -> status` each: what each
+/// did (how the old primary's lease ended, above all) explains a benchmark run's times.
+pub fn describe_steps(run: &Value) -> String {
+    let steps: Vec<String> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| format!("{} -> {}", step["step"], step["status"]))
+        .collect();
+    steps.join("; ")
+}
