@@ -231,6 +231,56 @@ pub enum StepStatus {
     },
 }
 
+/// A step's status as a leader saw it when it chose to start the step: the start is applied
+/// only while the step still stands there, so a start decided on a step that was running is
+/// not taken, once applied, for the retry of that attempt's failure committed in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StepSeen {
+    /// Not started.
+    Pending,
+    /// Started, this attempt.
+    Started {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Failed, on this attempt.
+    Failed {
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+impl StepSeen {
+    /// What a start decided on `status` expects; `None` for a step that succeeded.
+    pub fn of(status: &StepStatus) -> Option<Self> {
+        match status {
+            StepStatus::Pending => Some(StepSeen::Pending),
+            StepStatus::Started { attempt, .. } => Some(StepSeen::Started { attempt: *attempt }),
+            StepStatus::Failed { attempt, .. } => Some(StepSeen::Failed { attempt: *attempt }),
+            StepStatus::Succeeded { .. } => None,
+        }
+    }
+
+    /// The attempt a start decided on this status makes.
+    pub fn next_attempt(self) -> u32 {
+        match self {
+            StepSeen::Pending => 1,
+            StepSeen::Started { attempt } | StepSeen::Failed { attempt } => attempt + 1,
+        }
+    }
+}
+
+impl fmt::Display for StepSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepSeen::Pending => write!(f, "pending"),
+            StepSeen::Started { attempt } => write!(f, "started (attempt {attempt})"),
+            StepSeen::Failed { attempt } => write!(f, "failed (attempt {attempt})"),
+        }
+    }
+}
+
 /// A step and its status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepState {

@@ -10,7 +10,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::group::{
-    FailoverKind, FailoverRun, GroupState, PrimaryLease, Step, StepFacts, StepState, StepStatus, VerdictReport,
+    FailoverKind, FailoverRun, GroupState, PrimaryLease, Step, StepFacts, StepSeen, StepState, StepStatus,
+    VerdictReport,
 };
 use crate::spec::ClusterSpec;
 use crate::types::{LogId, NodeId, NodeInfo, StoredMembership};
@@ -180,6 +181,10 @@ pub enum Command {
         by: NodeId,
         /// Its wall clock.
         at_ms: u64,
+        /// The step's status the start was decided on; refused once the step has moved on.
+        /// Absent in entries written before vigil compared it: those start unconditionally.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<StepSeen>,
     },
     /// A step of the running failover ended.
     StepFinished {
@@ -533,8 +538,8 @@ impl ClusterState {
                 CommandResponse::Applied
             }
             Command::BeginFailover { .. } => self.begin_failover(index, command),
-            Command::StepStarted { group, run_id, index: step, by, at_ms } => {
-                self.step_started(group, *run_id, *step, *by, *at_ms)
+            Command::StepStarted { group, run_id, index: step, by, at_ms, seen } => {
+                self.step_started(group, *run_id, *step, *by, *at_ms, *seen)
             }
             Command::StepFinished { group, run_id, index: step, succeeded, detail, facts, at_ms, next_by } => {
                 let response = self.step_finished(group, *run_id, *step, *succeeded, detail, facts, *at_ms);
@@ -796,11 +801,28 @@ impl ClusterState {
         }
     }
 
-    fn step_started(&mut self, group: &str, run_id: u64, step: usize, by: NodeId, at_ms: u64) -> CommandResponse {
+    fn step_started(
+        &mut self,
+        group: &str,
+        run_id: u64,
+        step: usize,
+        by: NodeId,
+        at_ms: u64,
+        seen: Option<StepSeen>,
+    ) -> CommandResponse {
         let run = match self.running_step(group, run_id, step) {
             Ok(run) => run,
             Err(refusal) => return refusal,
         };
+        let now = StepSeen::of(&run.steps[step].status);
+        if let Some(seen) = seen
+            && now != Some(seen)
+        {
+            let now = now.map_or_else(|| "succeeded".to_string(), |now| now.to_string());
+            return CommandResponse::Refused {
+                reason: format!("step {step} was {seen} when this start was decided, and is {now} now"),
+            };
+        }
         let attempt = match &run.steps[step].status {
             StepStatus::Pending => 1,
             StepStatus::Started { attempt, .. } | StepStatus::Failed { attempt, .. } => attempt + 1,

@@ -1,98 +1,18 @@
-//! Applying lease commands: a renewal is accepted only from the node beside the primary of
-//! the current epoch, and never while a failover replaces that primary.
+//! Applying lease and failover commands: a renewal is accepted only from the node beside the
+//! primary of the current epoch, and never while a failover replaces that primary; a step
+//! starts only from the status its start was decided on.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+mod support;
 
-use openraft::{LogId, Membership};
-use vigil_consensus::group::{FailoverKind, Step, StepStatus};
-use vigil_consensus::spec::{ClusterSpec, FenceMethod, PostgresGroup, PostgresMember, SecretSource, SyncMode};
-use vigil_consensus::{ClusterState, Command, CommandResponse, NodeId, NodeInfo};
-
-fn node(id: NodeId) -> NodeInfo {
-    NodeInfo {
-        name: format!("n{id}"),
-        datacenter: format!("dc{id}"),
-        raft_addr: String::new(),
-        api_addr: String::new(),
-    }
-}
-
-fn state_with_group() -> (ClusterState, u64) {
-    state_with_sync(SyncMode::Off)
-}
-
-fn state_with_sync(synchronous: SyncMode) -> (ClusterState, u64) {
-    let mut state = ClusterState::default();
-    let nodes: BTreeMap<NodeId, NodeInfo> = (1..=3).map(|id| (id, node(id))).collect();
-    state.apply_membership(LogId::new_term_index(1, 1), Membership::new(vec![(1..=3).collect()], nodes).unwrap());
-    let member = |n: u16| PostgresMember {
-        name: format!("pg{n}"),
-        host: "127.0.0.1".into(),
-        port: 5430 + n,
-        node: format!("n{n}"),
-        data_dir: None,
-        start_command: None,
-        stop_command: None,
-        priority: 0,
-        nofailover: false,
-    };
-    let group = PostgresGroup {
-        name: "main".into(),
-        database: "postgres".into(),
-        user: "vigil".into(),
-        password: SecretSource { file: Some("/p".into()), env: None },
-        replication_user: "replicator".into(),
-        replication_password: SecretSource { file: Some("/r".into()), env: None },
-        maximum_lag_on_failover: 1_000,
-        down_after: Duration::from_millis(600),
-        probe_interval: Duration::from_millis(200),
-        probe_timeout: Duration::from_millis(500),
-        lease_duration: Duration::from_millis(1500),
-        fence_method: FenceMethod::ReadOnly,
-        synchronous,
-        bin_dir: "/usr/bin".into(),
-        run_as: None,
-        allow_reclone: false,
-        datacenter_preference: vec![],
-        members: (1..=3).map(member).collect(),
-    };
-    let spec = ClusterSpec { postgres: vec![group], ..ClusterSpec::default() };
-    let mut index = 2;
-    let mut apply = |state: &mut ClusterState, command: Command| {
-        index += 1;
-        state.apply_command(LogId::new_term_index(1, index), &command)
-    };
-    assert_eq!(
-        apply(&mut state, Command::ApplySpec { spec, at_unix_ms: 1, proposer: 1, author: "t".into() }),
-        CommandResponse::Applied
-    );
-    let primary = Command::RecordPrimary {
-        group: "main".into(),
-        member: "pg1".into(),
-        epoch: Some(3),
-        at_unix_ms: 2,
-        proposer: 1,
-    };
-    assert_eq!(apply(&mut state, primary), CommandResponse::Applied);
-    (state, index)
-}
+use openraft::LogId;
+use support::{state_with_group, state_with_sync};
+use vigil_consensus::group::{Step, StepSeen, StepStatus};
+use vigil_consensus::spec::SyncMode;
+use vigil_consensus::{ClusterState, Command, CommandResponse, NodeId};
 
 /// A failover of pg1 to `candidate`: fence pg1, then promote.
 fn begin(candidate: &str) -> Command {
-    Command::BeginFailover {
-        group: "main".into(),
-        kind: FailoverKind::Automatic,
-        reason: "test".into(),
-        old_primary: Some("pg1".into()),
-        candidate: candidate.into(),
-        plan: vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote],
-        detected_at_ms: None,
-        decided_at_ms: 3,
-        old_primary_lsn: None,
-        candidate_lsn: None,
-        proposer: 1,
-    }
+    support::begin(candidate, vec![Step::FenceOldPrimary { member: "pg1".into() }, Step::Promote])
 }
 
 fn renew(holder: NodeId, member: &str, epoch: u64) -> Command {
@@ -211,7 +131,8 @@ fn a_run_given_up_after_its_promotion_started_spends_its_epoch() {
     // Given up with its promotion started: that epoch is spent.
     let CommandResponse::RunStarted { run_id, epoch } = apply(&mut state, begin("pg2")) else { panic!("not started") };
     assert_eq!(epoch, 4);
-    let started = |index: usize| Command::StepStarted { group: "main".into(), run_id, index, by: 2, at_ms: 4 };
+    let started =
+        |index: usize| Command::StepStarted { group: "main".into(), run_id, index, by: 2, at_ms: 4, seen: None };
     assert_eq!(apply(&mut state, started(0)), CommandResponse::Applied);
     let fenced = Command::StepFinished {
         group: "main".into(),
@@ -255,7 +176,7 @@ fn a_step_that_succeeds_starts_the_next_in_the_same_entry() {
     let status =
         |state: &ClusterState, index: usize| state.groups["main"].running.as_ref().unwrap().steps[index].status.clone();
     assert_eq!(
-        apply(&mut state, Command::StepStarted { group: "main".into(), run_id, index: 0, by: 2, at_ms: 3 }),
+        apply(&mut state, Command::StepStarted { group: "main".into(), run_id, index: 0, by: 2, at_ms: 3, seen: None }),
         CommandResponse::Applied
     );
     // A failure starts nothing.
@@ -304,4 +225,56 @@ fn a_strict_failover_to_a_member_dropped_from_the_synchronous_set_is_refused() {
     }
     assert!(state.groups["main"].running.is_none());
     assert!(matches!(apply(&mut state, begin("pg2")), CommandResponse::RunStarted { .. }));
+}
+
+/// A start decided on a running attempt that lands after that attempt's failure is refused:
+/// applied, it would retry the step at once, without the wait a retry keeps. A start decided
+/// on the failure applies, and an entry written before starts carried their status still
+/// starts the step.
+#[test]
+fn a_start_applies_only_on_the_status_it_was_decided_on() {
+    let (mut state, mut index) = state_with_group();
+    let mut apply = |state: &mut ClusterState, command: Command| {
+        index += 1;
+        state.apply_command(LogId::new_term_index(1, index), &command)
+    };
+    let CommandResponse::RunStarted { run_id, .. } = apply(&mut state, begin("pg2")) else { panic!("not started") };
+    let start =
+        |seen: Option<StepSeen>| Command::StepStarted { group: "main".into(), run_id, index: 0, by: 1, at_ms: 4, seen };
+    let failed = Command::StepFinished {
+        group: "main".into(),
+        run_id,
+        index: 0,
+        succeeded: false,
+        detail: "no answer".into(),
+        facts: Default::default(),
+        at_ms: 5,
+        next_by: None,
+    };
+    let status = |state: &ClusterState| state.groups["main"].running.as_ref().unwrap().steps[0].status.clone();
+    // Decided on a pending step that another start has since taken: refused.
+    assert_eq!(apply(&mut state, start(Some(StepSeen::Pending))), CommandResponse::Applied);
+    match apply(&mut state, start(Some(StepSeen::Pending))) {
+        CommandResponse::Refused { reason } => {
+            assert!(reason.contains("was pending") && reason.contains("started (attempt 1) now"), "{reason}")
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+    // Decided while attempt 1 ran, landing after it failed: refused, the failure stands.
+    assert_eq!(apply(&mut state, failed.clone()), CommandResponse::Applied);
+    match apply(&mut state, start(Some(StepSeen::Started { attempt: 1 }))) {
+        CommandResponse::Refused { reason } => assert!(reason.contains("failed (attempt 1) now"), "{reason}"),
+        other => panic!("accepted: {other:?}"),
+    }
+    assert!(matches!(status(&state), StepStatus::Failed { attempt: 1, .. }));
+    // Decided on that failure: attempt 2.
+    assert_eq!(apply(&mut state, start(Some(StepSeen::Failed { attempt: 1 }))), CommandResponse::Applied);
+    assert_eq!(status(&state), StepStatus::Started { by: 1, attempt: 2, at_ms: 4 });
+    // An entry of an older vigil, with no status: read as such, and starts whatever the
+    // step's status.
+    let old = serde_json::to_string(&start(None)).unwrap();
+    assert!(!old.contains("seen"), "{old}");
+    assert_eq!(serde_json::from_str::<Command>(&old).unwrap(), start(None));
+    assert_eq!(apply(&mut state, start(None)), CommandResponse::Applied);
+    assert_eq!(status(&state), StepStatus::Started { by: 1, attempt: 3, at_ms: 4 });
 }

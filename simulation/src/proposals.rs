@@ -426,6 +426,9 @@ impl World {
                 let name = self.step_name(group, *step);
                 self.trace.note(self.now, format!("{group} #{run_id} step {step} ({name}) started on n{by}"));
             }
+            (Command::StepStarted { group, run_id, index: step, .. }, CommandResponse::Refused { reason }) => {
+                self.trace.note(self.now, format!("{group} #{run_id} start of step {step} refused: {reason}"));
+            }
             (Command::StepFinished { group, run_id, index: step, succeeded, detail, .. }, _) if applied => {
                 if !succeeded {
                     let key = (group.clone(), *run_id, *step);

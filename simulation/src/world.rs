@@ -439,7 +439,9 @@ impl World {
         let sim = &mut self.nodes[node];
         let Some(coordinator) = sim.coordinator.as_mut() else { return };
         let ctx = Ctx { now: sim.clock.now(self.now), state: &sim.state, leader, term, followers: followers.as_ref() };
-        let effects = coordinator.handle(&ctx, event);
+        // The coordinator's log lines (shown with `RUST_LOG`) name the node and the simulated time.
+        let span = tracing::info_span!("node", n = node + 1, t = %format_args!("{:.3}", self.now as f64 / 1e6));
+        let effects = span.in_scope(|| coordinator.handle(&ctx, event));
         sim.last_handled = self.now;
         sim.applied_unseen = false;
         self.stats.handle_calls += 1;

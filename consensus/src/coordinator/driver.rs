@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::lease_clock::LeaseView;
 use super::{Action, EffectId, Mono, Out, Outcome, Purpose, Reach, View};
 use crate::decision::{Decision, Situation, decide};
-use crate::group::{FailoverRun, GroupState, Step, StepFacts, StepStatus};
+use crate::group::{FailoverRun, GroupState, Step, StepFacts, StepSeen, StepStatus};
 use crate::spec::{GroupPolicy, SyncMode};
 use crate::state::{Command, CommandResponse};
 use crate::types::NodeId;
@@ -107,9 +107,10 @@ pub struct Driver {
     /// Each step's status as this node last saw it, and when it first saw it so.
     seen: BTreeMap<StepKey, (StepStatus, Mono)>,
     starting: BTreeSet<StepKey>,
-    /// Leader steps this node started, by the attempt its start was committed under; waiting
-    /// for the state to show it when the attempt is not known yet.
-    started_here: BTreeMap<StepKey, Option<u32>>,
+    /// Leader steps this node started, by the attempt its start makes: a step the state
+    /// shows started by this node under another attempt was started by an earlier run of
+    /// this node (a start committed after a restart), and is started again, not run.
+    started_here: BTreeMap<StepKey, u32>,
     running: BTreeMap<StepKey, Running>,
     /// Host-local attempts this node ran, so each runs once.
     ran_here: BTreeSet<(StepKey, u32)>,
@@ -273,17 +274,17 @@ impl Driver {
                 false
             }
             StepStatus::Started { by, attempt, .. } => {
-                let mine = *by == view.node
-                    && self.started_here.get(&key).is_some_and(|known| known.is_none_or(|a| a == *attempt));
-                if mine {
-                    self.started_here.insert(key.clone(), Some(*attempt));
+                if *by == view.node && self.started_here.get(&key) == Some(attempt) {
                     if !self.running.contains_key(&key) && !self.results.contains_key(&key) {
                         self.run_step(view, out, policy, run, key.clone(), *attempt);
                     }
                     false
                 } else {
+                    // Started by another leader, or by this node before it restarted (its
+                    // start committed late): whether that attempt ran is unknown, so the step
+                    // starts again under a new attempt.
                     if !self.starting.contains(&key) {
-                        tracing::warn!(group, run = run.id, step = %step.step, previous = by, "resuming a step another leader started");
+                        tracing::warn!(group, run = run.id, step = %step.step, previous = by, attempt, "resuming a step started by an earlier leader");
                     }
                     true
                 }
@@ -321,18 +322,20 @@ impl Driver {
             }
         }
         if start && !self.starting.contains(&key) {
+            let seen = StepSeen::of(&step.status);
             let command = Command::StepStarted {
                 group: group.to_string(),
                 run_id: run.id,
                 index,
                 by: executor,
                 at_ms: view.ctx.now.wall_ms,
+                seen,
             };
             out.propose(Purpose::Driver(Pending::Start { key: key.clone() }), command, PROPOSE_TIMEOUT);
             self.starting.insert(key.clone());
             self.running.remove(&key);
-            if !host_local {
-                self.started_here.insert(key, None);
+            if let (false, Some(seen)) = (host_local, seen) {
+                self.started_here.insert(key, seen.next_attempt());
             }
         }
     }
@@ -456,7 +459,8 @@ impl Driver {
             if let Some((next_key, _, host_local)) = &next {
                 self.starting.insert(next_key.clone());
                 if !host_local {
-                    self.started_here.insert(next_key.clone(), None);
+                    // Only a pending step is started in the same entry: its first attempt.
+                    self.started_here.insert(next_key.clone(), 1);
                 }
             }
             let command = Command::StepFinished {

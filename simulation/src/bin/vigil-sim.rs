@@ -12,6 +12,10 @@
 //! Mutations: skip_lease_wait, silent_fence_failure, unfenced_promotion, unconfirmed_fence,
 //! unordered_fence_and_lift, wall_clock_step_timeouts, born_fenced_after_restart,
 //! unversioned_sync_setting.
+//!
+//! With `RUST_LOG` set (e.g. `RUST_LOG=vigil_consensus=info`), the coordinators' own log
+//! lines go to stderr as they happen, each under `node{n=.. t=..}`: the node and the
+//! simulated time, to read beside the trace.
 
 use std::process::ExitCode;
 
@@ -20,8 +24,24 @@ use vigil_simulation::batch;
 use vigil_simulation::report::Soak;
 use vigil_simulation::{Config, run};
 
+/// The coordinators' log lines on stderr, filtered by `RUST_LOG`; the span that names the
+/// node and the time is always shown.
+fn show_coordinator_logs() {
+    let filter = tracing_subscriber::EnvFilter::from_default_env()
+        .add_directive("vigil_simulation=info".parse().expect("a valid directive"));
+    tracing_subscriber::fmt()
+        .without_time()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("RUST_LOG").is_some() {
+        show_coordinator_logs();
+    }
     match parse(&args) {
         Ok(Command::Run { seed, config }) => run_one(seed, &config),
         Ok(Command::Soak { minutes, report, start, config, mutation }) => {
