@@ -524,6 +524,15 @@ fn drive_one(
             }
             None
         } else {
+            if health == Some(Health::Down) && replaced {
+                // The failover began before this node's own probes found its primary down
+                // (the other nodes' probes came first): a fence does not land on a server
+                // that does not answer, so, as before a failover, this node also makes sure
+                // it is down on its own host and then releases the lease, rather than leave
+                // the leader to wait a whole lease for it to run out. The fence is still
+                // tried: a server that runs but does not answer probes is not down.
+                keep_down_primary(view, out, policy, member, local, false);
+            }
             hand_over(view, out, policy, member, local);
             Some(Want::Fenced { stale: false })
         }
@@ -739,6 +748,9 @@ fn keep_down_primary(
 /// wait for it to run out.
 fn hand_over(view: &View<'_>, out: &mut Out<'_>, policy: &GroupPolicy, member: &MemberPolicy, local: &mut Local) {
     if local.handed_over || local.hand_over_in_flight || !local.fence.settled_fenced() {
+        return;
+    }
+    if local.holding.as_ref().is_some_and(|holding| holding.release_in_flight) {
         return;
     }
     if local.holding.as_ref().is_some_and(|holding| holding.released) {
