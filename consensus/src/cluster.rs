@@ -347,6 +347,11 @@ impl Cluster {
     }
 
     async fn write(&self, command: Command) -> LeaderResponse {
+        // Checked here, on the leader, whoever sent it: an API that checked it already, or a
+        // node forwarding or relaying what it was handed.
+        if let Err(over) = crate::limits::check_command(&command) {
+            return LeaderResponse::Failed { reason: format!("too large: {over}") };
+        }
         outcome(self.raft.client_write(command).await)
     }
 

@@ -14,12 +14,29 @@ pub enum StoreError {
         /// Why.
         source: Box<redb::DatabaseError>,
     },
+    /// The database file cannot be read at start: corrupt (reading it failed or made the
+    /// database library panic) or the disk failed.
+    #[error("the raft log {path} cannot be read: {reason}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong reading it.
+        reason: String,
+    },
     /// A read or write of the database failed.
     #[error("raft log storage failed: {0}")]
     Database(String),
     /// A stored record did not decode.
     #[error("raft log holds a record that does not decode: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A snapshot file does not decode.
+    #[error("snapshot file {path} is corrupt: {source}")]
+    SnapshotCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
     /// A snapshot file could not be read or written.
     #[error("snapshot file {path}: {source}")]
     SnapshotFile {

@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod decision;
 pub mod error;
 pub mod group;
+pub mod limits;
 pub mod log_store;
 pub mod node;
 pub mod pki;

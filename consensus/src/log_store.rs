@@ -40,13 +40,40 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log at `path`, creating it if it does not exist.
+    /// Opens the log at `path`, creating it if it does not exist, and reads its metadata and
+    /// both ends of the log once: a corrupt file is reported here, named, at start.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| StoreError::open(path, e))?;
-        let store = Self { db: Arc::new(db) };
-        // Create both tables up front so readers never meet a missing table.
-        store.write_sync(Durability::Immediate, |_, _| Ok(()))?;
-        Ok(store)
+        // redb panics on some corrupted pages instead of returning an error: a panic while
+        // opening and reading the file is taken for corruption of that file.
+        let opened = std::panic::catch_unwind(|| -> Result<Self, StoreError> {
+            let db =
+                Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| StoreError::open(path, e))?;
+            let store = Self { db: Arc::new(db) };
+            // Create both tables up front so readers never meet a missing table.
+            store.write_sync(Durability::Immediate, |_, _| Ok(()))?;
+            store.read_ends()?;
+            Ok(store)
+        });
+        let unreadable = |reason: String| StoreError::Unreadable { path: path.to_path_buf(), reason };
+        match opened {
+            Ok(Err(StoreError::Database(reason))) => Err(unreadable(reason)),
+            Ok(Err(StoreError::Decode(error))) => Err(unreadable(format!("a record does not decode: {error}"))),
+            Ok(result) => result,
+            Err(panic) => Err(unreadable(panic_message(panic.as_ref()))),
+        }
+    }
+
+    /// Reads the vote, the commit index, the last purged id and the first and last entries.
+    fn read_ends(&self) -> Result<(), StoreError> {
+        let _: Option<Vote> = self.read_meta(KEY_VOTE)?;
+        let _: Option<LogId> = self.read_meta(KEY_COMMITTED)?;
+        let _: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        for entry in [log.first()?, log.last()?].into_iter().flatten() {
+            let _: Entry = serde_json::from_slice(entry.1.value())?;
+        }
+        Ok(())
     }
 
     /// Whether the log holds any vote or entry, that is, whether this node has ever run.
@@ -220,5 +247,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 delete_range(log, Bound::Unbounded, Bound::Included(log_id.index))
             })
             .await?)
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => format!("the database library panicked: {message}"),
+        (_, Some(message)) => format!("the database library panicked: {message}"),
+        _ => "the database library panicked".to_string(),
     }
 }

@@ -647,6 +647,10 @@ impl PostgresGroup {
     }
 }
 
+/// The longest any timing of a group may be: an hour is far beyond any useful setting, and
+/// every sum and product of timings stays far from overflow below it.
+pub const MAX_TIMING: Duration = Duration::from_secs(3600);
+
 /// The checks every kind of group shares: timings and lease against the probe interval.
 fn check_timings(
     field: &str,
@@ -655,6 +659,23 @@ fn check_timings(
     down_after: Duration,
     lease_duration: Duration,
 ) -> Result<(), SpecError> {
+    for (name, value) in [
+        ("probe_interval", probe_interval),
+        ("probe_timeout", probe_timeout),
+        ("down_after", down_after),
+        ("lease_duration", lease_duration),
+    ] {
+        if value > MAX_TIMING {
+            return Err(error(
+                format!("{field}.{name}"),
+                format!(
+                    "must be at most {} (got {})",
+                    humantime::format_duration(MAX_TIMING),
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+    }
     if probe_interval < Duration::from_millis(50) {
         return Err(error(format!("{field}.probe_interval"), "must be at least 50ms"));
     }

@@ -75,7 +75,9 @@ impl StateMachineStore {
 fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::SnapshotCorrupt { path: path.clone(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::snapshot_file(&path, e)),
     }

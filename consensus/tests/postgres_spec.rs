@@ -21,9 +21,14 @@ fn nodes() -> BTreeMap<NodeId, NodeInfo> {
 }
 
 fn spec(member_extra: &str) -> ClusterSpec {
+    spec_with("", member_extra)
+}
+
+fn spec_with(group_extra: &str, member_extra: &str) -> ClusterSpec {
     toml::from_str(&format!(
         r#"
 [[postgres]]
+{group_extra}
 name = "main"
 user = "vigil"
 password = {{ env = "PGPASSWORD" }}
@@ -81,4 +86,20 @@ fn a_member_that_cannot_be_fenced_is_refused_and_one_without_a_guard_is_named() 
     assert!(!policy.members[0].guarded);
     assert!(policy.members[0].unguarded_because.is_some_and(|why| why.contains("data_dir")));
     assert!(policy.members[1].guarded && policy.members[1].unguarded_because.is_none());
+}
+
+/// Timings past an hour are refused with the field named: multiplied by the checks and the
+/// lease rules, durations as long as these overflowed and panicked the API handler (the
+/// probe interval) or, passing validation, killed the lease keeper (the lease).
+#[test]
+fn timings_longer_than_an_hour_are_refused_not_overflowed() {
+    for (field, value) in [("probe_interval", "200000000000years"), ("lease_duration", "100000000000years")] {
+        let long = spec_with(&format!("{field} = \"{value}\""), "");
+        let error = long.validate(&nodes()).unwrap_err();
+        assert_eq!(error.field, format!("postgres[0].{field}"));
+        assert!(error.message.starts_with("must be at most 1h"), "{error}");
+    }
+    let mut hour = spec("");
+    hour.postgres[0].lease_duration = vigil_consensus::spec::MAX_TIMING;
+    hour.validate(&nodes()).unwrap();
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use vigil_consensus::node::{NodeSetup, RaftSettings};
+use vigil_consensus::spec::MAX_TIMING;
 use vigil_consensus::tls::{Identity, TlsPaths};
 use vigil_consensus::{NodeId, NodeInfo};
 
@@ -272,6 +273,22 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
     let api_addr = check.socket_addr("node.api_addr", &node.api_addr)?;
 
     let raft = &raw.raft;
+    for (field, value) in [
+        ("raft.heartbeat_interval", raft.heartbeat_interval),
+        ("raft.election_timeout_min", raft.election_timeout_min),
+        ("raft.election_timeout_max", raft.election_timeout_max),
+    ] {
+        if value > MAX_TIMING {
+            return Err(check.error(
+                field,
+                format!(
+                    "must be at most {} (got {})",
+                    humantime::format_duration(MAX_TIMING),
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+    }
     if raft.heartbeat_interval.is_zero() {
         return Err(check.error("raft.heartbeat_interval", "must be longer than 0"));
     }

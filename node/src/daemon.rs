@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use vigil_consensus::node::RaftNode;
+use vigil_consensus::node::{RaftNode, StartError};
 
 use crate::api::routes::ApiState;
 use crate::config::{DATA_DIR_OWNER_FILE, DataDirOwner, NodeConfig};
@@ -51,7 +51,13 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
     crate::coordination::spawn(&raft_node.cluster, guard, &tasks, &cancel);
     tasks.close();
 
-    wait_for_termination().await?;
+    let stopped = tokio::select! {
+        signalled = wait_for_termination() => {
+            signalled?;
+            None
+        }
+        fatal = raft_stopped(raft_node.cluster.clone()) => Some(fatal),
+    };
     info!("shutting down");
     cancel.cancel();
     raft_node.shutdown(SHUTDOWN_GRACE).await;
@@ -65,7 +71,40 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
         );
     }
     info!("stopped");
-    Ok(())
+    match stopped {
+        Some(fatal) => Err(anyhow::Error::new(fatal)),
+        None => Ok(()),
+    }
+}
+
+/// Raft stopped while the node ran (a storage failure is fatal to openraft): the daemon
+/// must exit rather than run on without consensus, so its service manager restarts it or
+/// pages someone.
+#[derive(Debug, thiserror::Error)]
+#[error("raft stopped: {0}")]
+pub struct RaftStopped(String);
+
+/// Whether `error` is a storage failure: the log or a snapshot unreadable at start, or Raft
+/// stopped at run time.
+pub fn is_storage_failure(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<RaftStopped>() || matches!(cause.downcast_ref::<StartError>(), Some(StartError::Store(_)))
+    })
+}
+
+/// Waits until openraft reports that it stopped with a fatal error.
+async fn raft_stopped(cluster: vigil_consensus::Cluster) -> RaftStopped {
+    let mut watch = cluster.changes();
+    loop {
+        if let Err(fatal) = &cluster.metrics().running_state {
+            error!(%fatal, "raft stopped; the node exits");
+            return RaftStopped(fatal.to_string());
+        }
+        if openraft::async_runtime::WatchReceiver::changed(&mut watch).await.is_err() {
+            // The metrics channel closed: openraft is gone.
+            return RaftStopped("raft is no longer running".to_string());
+        }
+    }
 }
 
 fn write_data_dir_owner(config: &NodeConfig) -> anyhow::Result<()> {

@@ -14,6 +14,10 @@ pub const UNREACHABLE: u8 = 4;
 pub const NO_LEADER: u8 = 5;
 /// The cluster refused the request (for example, the member already exists).
 pub const REFUSED: u8 = 6;
+/// `vigil run`: the node's stored state cannot be used: its Raft log or snapshot file does
+/// not read at start (the message names the file), or storage failed while it ran and Raft
+/// stopped. Not worth a blind restart loop: look at the disk and the file named.
+pub const STORAGE: u8 = 7;
 
 /// A failed command: what to print and which exit code to use.
 #[derive(Debug)]
@@ -44,6 +48,10 @@ impl Failure {
     /// The cluster refused.
     pub fn refused(message: String) -> Self {
         Self { code: REFUSED, message }
+    }
+    /// The node's storage cannot be used.
+    pub fn storage(message: String) -> Self {
+        Self { code: STORAGE, message }
     }
     /// Anything else.
     pub fn other(message: String) -> Self {

@@ -55,7 +55,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             telemetry::init_logging(format, &config.log.level, Some(config.id));
             daemon::run(config, format).await.map_err(|error| {
                 tracing::error!(error = format!("{error:#}"), "node failed");
-                Failure::from(error)
+                if daemon::is_storage_failure(&error) {
+                    Failure::storage(format!("{error:#}"))
+                } else {
+                    Failure::from(error)
+                }
             })
         }
         Command::CheckConfig { file } => {

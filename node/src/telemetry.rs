@@ -128,6 +128,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("vigil_raft_last_log_index", "Highest Raft log index in this node's log");
     metrics::describe_gauge!("vigil_peer_rtt_seconds", "QUIC round-trip time estimate to each peer");
     metrics::describe_counter!("vigil_raft_rpc_errors_total", "Failed Raft RPCs to each peer, by kind");
+    metrics::describe_counter!(
+        "vigil_api_connections_refused_total",
+        "API connections closed before any request, by reason: handshake, handshake_timeout, too_many"
+    );
     metrics::describe_gauge!("vigil_group_epoch", "Epoch of each group");
     metrics::describe_gauge!("vigil_group_paused", "1 when automatic failover of the group is paused");
     metrics::describe_gauge!("vigil_group_blocked", "1 when the primary is down and no failover is possible");

@@ -64,6 +64,16 @@ fn impossible_raft_timings_are_refused() {
     );
 }
 
+/// A duration so long that doubling it would overflow is refused with the cap named, not a
+/// panic.
+#[test]
+fn an_overlong_raft_timing_is_refused() {
+    assert_config_refused(
+        |c| c.replace("heartbeat_interval = \"50ms\"", "heartbeat_interval = \"200000000000years\""),
+        "raft.heartbeat_interval: must be at most 1h",
+    );
+}
+
 #[test]
 fn missing_certificate_file_is_named() {
     assert_config_refused(|c| c.replace("certs/node1.crt", "certs/nowhere.crt"), "nowhere.crt: cannot read");
@@ -218,4 +228,48 @@ fn log_lines_carry_the_node_id_in_text_and_json() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert_eq!(value["node"], 1, "{line}");
     }
+}
+
+/// A node that ran once, stopped, then has `damage` done to its data dir: `vigil run` stops
+/// at start with the storage exit code and a message naming `file`.
+fn assert_storage_refused(damage: impl FnOnce(&std::path::Path), file: &str, expected: &str) {
+    let mut cluster = TestCluster::new(1);
+    cluster.start(1);
+    cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
+    cluster.note(1, "before the damage");
+    cluster.stop(1);
+    let data = cluster.data_dir(1);
+    damage(&data);
+    let run = vigil(&["run", "--config", cluster.nodes[&1].config.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(7), "run: {}", stderr(&run));
+    let named = data.join(file);
+    assert!(stderr(&run).contains(named.to_str().unwrap()), "the file is not named: {}", stderr(&run));
+    assert!(stderr(&run).contains(expected), "expected {expected:?}: {}", stderr(&run));
+}
+
+/// A Raft log overwritten with garbage stops the node at start, naming the file.
+#[test]
+fn a_corrupted_log_stops_the_node_naming_the_file() {
+    assert_storage_refused(
+        |data| {
+            let path = data.join("raft-log.redb");
+            let length = std::fs::metadata(&path).unwrap().len() as usize;
+            std::fs::write(&path, vec![0x5a; length]).unwrap();
+        },
+        "raft-log.redb",
+        "raft log",
+    );
+}
+
+/// A snapshot that does not decode stops the node at start, naming the file.
+#[test]
+fn a_corrupted_snapshot_stops_the_node_naming_the_file() {
+    assert_storage_refused(
+        |data| {
+            std::fs::create_dir_all(data.join("snapshots")).unwrap();
+            std::fs::write(data.join("snapshots/snapshot.json"), b"{\"meta\": [1, 2").unwrap();
+        },
+        "snapshots/snapshot.json",
+        "is corrupt",
+    );
 }

@@ -152,23 +152,7 @@ fn members_add_and_remove_change_the_voters() {
     cluster.wait_for_agreed_leader(&[1, 2, 3], AGREEMENT_TIMEOUT);
     cluster.add_joining_node(4);
     cluster.start(4);
-    let (raft, api) = (cluster.nodes[&4].raft_port, cluster.nodes[&4].api_port);
-    let output = cluster.cli(
-        2,
-        &[
-            "members",
-            "add",
-            "4",
-            &format!("127.0.0.1:{raft}"),
-            "--api",
-            &format!("127.0.0.1:{api}"),
-            "--name",
-            "n4",
-            "--datacenter",
-            "dc4",
-        ],
-    );
-    assert!(output.status.success(), "members add failed: {}", String::from_utf8_lossy(&output.stderr));
+    cluster.add_member(2, 4);
     let (leader, _) = cluster.wait_for_agreed_leader(&[1, 2, 3, 4], AGREEMENT_TIMEOUT);
     let voters = |id: u64| -> BTreeSet<u64> {
         cluster.status(id).unwrap()["members"]
@@ -182,6 +166,7 @@ fn members_add_and_remove_change_the_voters() {
     assert_eq!(voters(leader), BTreeSet::from([1, 2, 3, 4]));
 
     // Adding it again is refused, with a reason and the "refused" exit code.
+    let raft = cluster.nodes[&4].raft_port;
     let again = cluster.cli(
         1,
         &[

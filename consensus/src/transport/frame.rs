@@ -2,9 +2,12 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
 
 /// The largest frame accepted. Snapshots travel in one frame, so this bounds them too.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// What a frame's buffer starts with; it grows from there as the data arrives.
+const INITIAL_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +44,12 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
     if length > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(length));
     }
-    let mut body = vec![0u8; length];
-    recv.read_exact(&mut body).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    // The buffer grows as the data arrives: a peer that announces 64 MiB and sends nothing
+    // makes this node allocate nothing.
+    let mut body = Vec::with_capacity(length.min(INITIAL_BUFFER_BYTES));
+    (&mut *recv).take(length as u64).read_to_end(&mut body).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    if body.len() < length {
+        return Err(FrameError::Stream(format!("stream ended after {} of {length} bytes", body.len())));
+    }
     Ok(serde_json::from_slice(&body)?)
 }

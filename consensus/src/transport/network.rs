@@ -11,7 +11,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use crate::error::TransportError;
 use crate::state_machine::Snapshot;
 use crate::transport::client::Transport;
-use crate::transport::rpc::{RaftRequest, RaftResponse};
+use crate::transport::rpc::{RaftRequest, RaftResponse, SnapshotBytes};
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
 
 /// The least time an append (or heartbeat) may take before its peer counts as unreachable.
@@ -113,7 +113,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let request = RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let request =
+            RaftRequest::InstallSnapshot { vote, meta: snapshot.meta, data: SnapshotBytes(snapshot.snapshot) };
         let call = self.call(request, option.hard_ttl());
         let response = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),

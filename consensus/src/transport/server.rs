@@ -158,7 +158,7 @@ async fn handle(request: RaftRequest, peer: NodeId, cluster: &Cluster, cluster_n
         RaftRequest::InstallSnapshot { vote, meta, data } => match impersonation(peer, &vote) {
             Some(refusal) => refusal,
             None => raft
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data.0 })
                 .await
                 .map_or_else(|e| failed(&e), RaftResponse::InstallSnapshot),
         },

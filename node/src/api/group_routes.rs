@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::decision::{STALE_AFTER_MS, Situation, plan_requested};
 use vigil_consensus::group::{GroupState, Health};
+use vigil_consensus::limits;
 use vigil_consensus::spec::{ClusterSpec, GroupKind, GroupPolicy};
 use vigil_consensus::state::CommandResponse;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
@@ -16,7 +17,7 @@ use vigil_consensus::{ClusterState, Command, SubmitError};
 use crate::api::model::{
     ApplySpecRequest, FailoverRequest, GroupMemberStatus, GroupStatus, PauseRequest, RunReceipt, WriteReceipt,
 };
-use crate::api::routes::{ApiState, error_response, submit_error_response};
+use crate::api::routes::{ApiState, error_response, submit_error_response, too_large};
 use crate::spec_file;
 
 /// Answers a committed command: `on_done` for one the state machine took, 409 with the
@@ -50,6 +51,9 @@ pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<Apply
     if let Err(error) = spec_file::validate(&spec, &nodes) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string());
     }
+    if let Err(over) = limits::check_spec(&spec).and_then(|()| limits::check_author(&request.author)) {
+        return too_large(over);
+    }
     let command = Command::ApplySpec {
         spec,
         at_unix_ms: unix_millis_now(),
@@ -65,6 +69,9 @@ pub async fn get_spec(State(state): State<ApiState>) -> Json<ClusterSpec> {
 }
 
 async fn set_paused(state: &ApiState, group: String, paused: bool, author: String) -> Response {
+    if let Err(over) = limits::check_author(&author) {
+        return too_large(over);
+    }
     let command =
         Command::SetPaused { group, paused, author, at_unix_ms: unix_millis_now(), proposer: state.cluster.node_id };
     answer(state.cluster.submit(LeaderRequest::Write { command }).await, receipt)

@@ -3,7 +3,7 @@
 //! Reads answer from this node's own view; writes go through [`Cluster::submit`], which
 //! forwards them to the leader when this node is not the leader.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::ServerState;
 use serde::Deserialize;
 use vigil_consensus::cluster::unix_millis_now;
+use vigil_consensus::limits;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, EventKind, NodeId, NodeInfo, SubmitError};
 
@@ -20,6 +21,9 @@ use crate::api::model::{
     AddMemberRequest, ApiError, Health, HistoryReport, MemberStatus, NodeSummary, NoteRequest, StatusReport,
     WriteReceipt,
 };
+
+/// The largest request body read: twice the largest spec.
+pub const MAX_BODY_BYTES: usize = 2 * limits::MAX_SPEC_BYTES;
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -50,12 +54,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{group}/resume", axum::routing::post(group_routes::resume))
         .route("/groups/{group}/switchover", axum::routing::post(group_routes::switchover))
         .route("/groups/{group}/failover", axum::routing::post(group_routes::failover))
+        // No body needs more than a spec at its cap, in TOML and inside a JSON string.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// An error answer with its machine-readable kind.
 pub fn error_response(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (status, Json(ApiError { error: error.to_string(), message: message.into() })).into_response()
+}
+
+/// The answer to a request with a value over its cap: 413, naming the field and the cap.
+pub fn too_large(over: limits::OverCap) -> Response {
+    error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", over.to_string())
 }
 
 /// The answer to a request the cluster could not carry out.
@@ -216,6 +227,9 @@ async fn remove_member(State(state): State<ApiState>, Path(id): Path<NodeId>) ->
 async fn add_note(State(state): State<ApiState>, Json(request): Json<NoteRequest>) -> Response {
     if request.text.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "text: must not be empty");
+    }
+    if let Err(over) = limits::check_note(&request.author, &request.text) {
+        return too_large(over);
     }
     let command = state.cluster.event_command(EventKind::Note { author: request.author, text: request.text });
     state.cluster.submit(LeaderRequest::Write { command }).await.map_or_else(submit_error_response, receipt)

@@ -179,6 +179,17 @@ impl TestCluster {
         self.write_config(id, "", true, "certs");
     }
 
+    /// Makes the joining node `id` (see [`TestCluster::add_joining_node`]) a voter through
+    /// node `via` with `vigil members add`, and checks that the command succeeded.
+    pub fn add_member(&self, via: u64, id: u64) {
+        let (raft, api) = (self.nodes[&id].raft_port, self.nodes[&id].api_port);
+        let (id, name, datacenter) = (id.to_string(), format!("n{id}"), format!("dc{id}"));
+        let (raft, api) = (format!("127.0.0.1:{raft}"), format!("127.0.0.1:{api}"));
+        let args = ["members", "add", &id, &raft, "--api", &api, "--name", &name, "--datacenter", &datacenter];
+        let output = self.cli(via, &args);
+        assert!(output.status.success(), "members add failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
     /// Starts every node.
     pub fn start_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
@@ -298,6 +309,16 @@ impl TestCluster {
 
     /// `GET path` on node `id`'s API with the operator certificate: the status code and body.
     pub fn http_get(&self, id: u64, path: &str) -> (u16, String) {
+        self.http(id, hyper::Method::GET, path, String::new())
+    }
+
+    /// `POST path` with a JSON `body` on node `id`'s API with the operator certificate: the
+    /// status code and body.
+    pub fn http_post(&self, id: u64, path: &str, body: String) -> (u16, String) {
+        self.http(id, hyper::Method::POST, path, body)
+    }
+
+    fn http(&self, id: u64, method: hyper::Method, path: &str, body: String) -> (u16, String) {
         let certs = self.dir.path().join("certs");
         let identity = vigil_consensus::tls::Identity::load(&vigil_consensus::tls::TlsPaths {
             ca: certs.join("ca.crt"),
@@ -311,7 +332,7 @@ impl TestCluster {
             let client = vigil::api::client::ApiClient::new(&identity, vec![endpoint]).expect("client");
             let mut session = client.session().await.expect("session");
             let (status, body) =
-                session.exchange(hyper::Method::GET, path, bytes::Bytes::new()).await.expect("GET answered");
+                session.exchange(method, path, bytes::Bytes::from(body)).await.expect("request answered");
             (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
         })
     }
