@@ -12,8 +12,8 @@ use vigil_consensus::node::{NodeSetup, RaftNode, RaftSettings};
 use vigil_consensus::pki::CertificateAuthority;
 use vigil_consensus::tls::{Identity, TlsPaths};
 use vigil_consensus::transport::client::Transport;
-use vigil_consensus::transport::endpoint;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
+use vigil_consensus::transport::{endpoint, frame};
 use vigil_consensus::types::Vote;
 use vigil_consensus::{Command, EventKind, NodeId, NodeInfo};
 
@@ -195,6 +195,35 @@ async fn peer_of_another_cluster_is_refused() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("belongs to cluster \"test\""), "{error}");
+    for node in lab.nodes {
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// A connection that skips the hello gets no answer but a refusal, and is closed: with a
+/// certificate of the cluster's CA, a node of another cluster (or a tool) that never says
+/// which cluster it belongs to reaches nothing of Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_before_the_hello_is_refused_and_the_connection_closed() {
+    let lab = start_three().await;
+    let ca = CertificateAuthority::load(
+        &std::fs::read_to_string(lab.ca_dir.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(lab.ca_dir.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_identity(dir.path(), "node6", &ca, &ca.issue_node(6, &[]).unwrap());
+    let identity = Identity::load(&paths).unwrap();
+    let (endpoint, client_config) = endpoint::bind(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = lab.members[&1].raft_addr.parse().unwrap();
+    let connection = endpoint.connect_with(client_config, addr, "node-1.vigil").unwrap().await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    frame::write_frame(&mut send, &RaftRequest::Ping).await.unwrap();
+    let answer: RaftResponse = frame::read_frame(&mut recv).await.unwrap();
+    let RaftResponse::Error { reason } = answer else { panic!("answered before a hello: {answer:?}") };
+    assert!(reason.contains("no hello"), "{reason}");
+    let closed = tokio::time::timeout(Duration::from_secs(3), connection.closed()).await.expect("connection closed");
+    assert!(closed.to_string().contains("no hello from this cluster"), "{closed}");
     for node in lab.nodes {
         node.shutdown(Duration::from_secs(2)).await;
     }

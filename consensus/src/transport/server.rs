@@ -3,9 +3,12 @@
 //!
 //! A peer is known by its certificate alone. Every Raft message that names a sender (the
 //! leader in `AppendEntries`, the candidate in `Vote`) must name the node the certificate
-//! names; anything else is refused and logged with the reason.
+//! names; anything else is refused and logged with the reason. Nothing but a `Hello` naming
+//! this node's cluster is answered on a connection before such a `Hello` was: a certificate
+//! of another cluster's CA with the same names never reaches Raft.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::vote::RaftLeaderId;
 use rustls::pki_types::CertificateDer;
@@ -68,6 +71,7 @@ async fn serve_connection(
         return;
     };
     debug!(%remote, peer, "raft connection accepted");
+    let greeted = Arc::new(AtomicBool::new(false));
     loop {
         let (mut send, mut recv) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -82,6 +86,7 @@ async fn serve_connection(
         let cluster = cluster.clone();
         let cluster_name = cluster_name.clone();
         let connection = connection.clone();
+        let greeted = greeted.clone();
         tokio::spawn(async move {
             let request: RaftRequest = match read_frame(&mut recv).await {
                 Ok(request) => request,
@@ -90,7 +95,15 @@ async fn serve_connection(
                     return;
                 }
             };
-            let response = handle(request, peer, &cluster, &cluster_name).await;
+            let response = if matches!(request, RaftRequest::Hello { .. }) || greeted.load(Ordering::Acquire) {
+                handle(request, peer, &cluster, &cluster_name, &greeted).await
+            } else {
+                warn!(peer, "refused a raft request sent before the connection's hello");
+                metrics::counter!("vigil_raft_requests_refused_total", "reason" => "no_hello").increment(1);
+                Handled::CloseAfter(RaftResponse::Error {
+                    reason: "no hello on this connection yet: say which cluster it belongs to first".to_string(),
+                })
+            };
             let refused_hello = matches!(&response, Handled::CloseAfter(_));
             let response = response.into_response();
             if let Err(error) = write_frame(&mut send, &response).await {
@@ -99,7 +112,7 @@ async fn serve_connection(
             if refused_hello {
                 // Let the refusal reach the peer before the connection goes.
                 let _ = send.stopped().await;
-                connection.close(2u32.into(), b"cluster mismatch");
+                connection.close(2u32.into(), b"no hello from this cluster");
             }
         });
     }
@@ -128,16 +141,24 @@ fn impersonation(peer: NodeId, vote: &Vote) -> Option<RaftResponse> {
     })
 }
 
-async fn handle(request: RaftRequest, peer: NodeId, cluster: &Cluster, cluster_name: &str) -> Handled {
+async fn handle(
+    request: RaftRequest,
+    peer: NodeId,
+    cluster: &Cluster,
+    cluster_name: &str,
+    greeted: &AtomicBool,
+) -> Handled {
     let raft = &cluster.raft;
     let failed = |error: &dyn std::fmt::Display| RaftResponse::Error { reason: error.to_string() };
     let response = match request {
         RaftRequest::Hello { cluster: theirs } if theirs == cluster_name => {
+            greeted.store(true, Ordering::Release);
             info!(peer, "peer connected");
             RaftResponse::Hello { cluster: cluster_name.to_string(), node_id: cluster.node_id }
         }
         RaftRequest::Hello { cluster: theirs } => {
             warn!(peer, their_cluster = %theirs, "refused a peer of another cluster");
+            metrics::counter!("vigil_raft_requests_refused_total", "reason" => "other_cluster").increment(1);
             return Handled::CloseAfter(RaftResponse::Error {
                 reason: format!("node {} belongs to cluster {cluster_name:?}, not {theirs:?}", cluster.node_id),
             });
