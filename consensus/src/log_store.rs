@@ -10,6 +10,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,6 +49,9 @@ impl LogStore {
         let opened = std::panic::catch_unwind(|| -> Result<Self, StoreError> {
             let db =
                 Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| StoreError::open(path, e))?;
+            // redb creates the file with the process's umask: the owner's only.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Database(format!("cannot restrict its permissions: {e}")))?;
             let store = Self { db: Arc::new(db) };
             // Create both tables up front so readers never meet a missing table.
             store.write_sync(Durability::Immediate, |_, _| Ok(()))?;

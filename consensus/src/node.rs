@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,10 @@ impl RaftNode {
     pub async fn start(setup: NodeSetup, cancel: CancellationToken) -> Result<Self, StartError> {
         // Bind first: a port in use must fail start-up before anything touches the data dir.
         let (endpoint, client_config) = endpoint::bind(&setup.identity, setup.bind_addr)?;
+        // The data dir holds the cluster's state, history and secrets-bearing spec: the
+        // owner's only, also when it existed before with wider modes.
         std::fs::create_dir_all(&setup.data_dir)
+            .and_then(|()| std::fs::set_permissions(&setup.data_dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|source| StartError::DataDir { path: setup.data_dir.clone(), source })?;
         let log_store = LogStore::open(&setup.data_dir.join(LOG_FILE))?;
         let fresh = log_store.is_empty()?;

@@ -28,6 +28,20 @@ pub fn operator_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
 }
 
+/// Checks an operator's name: it names files in the output directory and a DNS name in the
+/// certificate, so letters, digits and inner hyphens only, at most 63 (never `../x`).
+pub fn check_operator_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !valid {
+        bail!("--operator: {name:?} is not a name: use 1 to 63 letters, digits and inner hyphens");
+    }
+    Ok(())
+}
+
 /// Creates a new CA in `out` and certificates for `nodes` and one operator.
 pub fn init(
     out: &Path,
@@ -42,6 +56,7 @@ pub fn init(
     if let Some(zero) = nodes.iter().find(|id| **id == 0) {
         bail!("--nodes: node ids start at 1, got {zero}");
     }
+    check_operator_name(operator)?;
     std::fs::create_dir_all(out).with_context(|| format!("--out: cannot create {}", out.display()))?;
     let (ca_cert, ca_key) = ca_files(out);
     // Refuse before writing anything, so a half-replaced set of files never exists.
@@ -84,7 +99,10 @@ pub fn issue(dir: &Path, what: IssueFor<'_>, extra_names: &[String]) -> anyhow::
     let ((cert, key), issued) = match what {
         IssueFor::Node(0) => bail!("--node: node ids start at 1"),
         IssueFor::Node(id) => (node_files(dir, id), ca.issue_node(id, extra_names)?),
-        IssueFor::Operator(name) => (operator_files(dir, name), ca.issue_operator(name)?),
+        IssueFor::Operator(name) => {
+            check_operator_name(name)?;
+            (operator_files(dir, name), ca.issue_operator(name)?)
+        }
     };
     for path in [&cert, &key] {
         if path.exists() {

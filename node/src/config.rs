@@ -360,6 +360,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
     check_data_dir(&check, &data_dir)?;
     check_data_dir_owner(&check, &data_dir, &raw.cluster_name, node.id)?;
     let tls_paths = TlsPaths { ca: resolve(&raw.tls.ca), cert: resolve(&raw.tls.cert), key: resolve(&raw.tls.key) };
+    check_key_private(&check, &tls_paths.key)?;
     let identity = Identity::load(&tls_paths).map_err(|e| check.error("tls", e.to_string()))?;
     identity.check_names_node(node.id).map_err(|e| check.error("tls.cert", e.to_string()))?;
 
@@ -402,6 +403,22 @@ fn check_data_dir(check: &Checker, data_dir: &Path) -> Result<(), ConfigError> {
         }
         Err(e) => Err(check.error(field, format!("{}: {e}", data_dir.display()))),
     }
+}
+
+/// Refuses a private key that anyone but its owner may read: the node's key is who the node
+/// is, to every peer and client.
+fn check_key_private(check: &Checker, key: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    // A missing or unreadable key is reported, with its reason, by the TLS loading after this.
+    let Ok(metadata) = std::fs::metadata(key) else { return Ok(()) };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(check.error(
+            "tls.key",
+            format!("{} may be read by others (mode {mode:o}): make it the owner's only (chmod 600)", key.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// The file in the data dir that records whose data it holds.

@@ -1,6 +1,8 @@
 //! `vigil run`: the node daemon. Validates, binds, starts Raft and the API, and shuts down
 //! cleanly on SIGTERM or SIGINT.
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -113,8 +115,13 @@ fn write_data_dir_owner(config: &NodeConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     let owner = DataDirOwner { cluster_name: config.cluster_name.clone(), node_id: config.id };
-    std::fs::write(&path, serde_json::to_vec_pretty(&owner)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(&owner)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn wait_for_termination() -> anyhow::Result<()> {

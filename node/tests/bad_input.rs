@@ -74,6 +74,35 @@ fn an_overlong_raft_timing_is_refused() {
     );
 }
 
+/// A node key that others may read is refused, naming the field and the way out.
+#[test]
+fn a_key_readable_by_others_is_refused() {
+    let cluster = TestCluster::new(1);
+    let key = cluster.dir.path().join("certs/node1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = cluster.nodes[&1].config.to_str().unwrap().to_string();
+    let checked = vigil(&["check-config", &config]);
+    assert_eq!(checked.status.code(), Some(3), "{}", stderr(&checked));
+    assert!(stderr(&checked).contains("tls.key"), "{}", stderr(&checked));
+    assert!(stderr(&checked).contains("mode 644") && stderr(&checked).contains("chmod 600"), "{}", stderr(&checked));
+}
+
+/// An operator name that is not a plain name (a path, say) is refused before anything is
+/// written.
+#[test]
+fn an_operator_name_that_is_a_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let init = vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1", "--operator", "../x"]);
+    assert_eq!(init.status.code(), Some(1), "{}", stderr(&init));
+    assert!(stderr(&init).contains("--operator: \"../x\" is not a name"), "{}", stderr(&init));
+    assert!(!dir.path().join("x.key").exists() && !out.join("ca.key").exists(), "something was written");
+    assert!(vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1"]).status.success());
+    let issue = vigil(&["certs", "issue", "--dir", out.to_str().unwrap(), "--operator", "a/b"]);
+    assert_ne!(issue.status.code(), Some(0));
+    assert!(stderr(&issue).contains("is not a name"), "{}", stderr(&issue));
+}
+
 #[test]
 fn missing_certificate_file_is_named() {
     assert_config_refused(|c| c.replace("certs/node1.crt", "certs/nowhere.crt"), "nowhere.crt: cannot read");

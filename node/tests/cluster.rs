@@ -193,3 +193,23 @@ fn members_add_and_remove_change_the_voters() {
     assert!(text.contains("add node 4 as voter"), "{text}");
     assert!(text.contains("remove node 4"), "{text}");
 }
+
+/// The data dir and the files vigil writes in it are the owner's only, also when the
+/// directory existed before with a wider mode.
+#[test]
+fn the_data_dir_is_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = TestCluster::new(1);
+    let data = cluster.data_dir(1);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cluster.start(1);
+    let (leader, _) = cluster.wait_for_agreed_leader(&[1], AGREEMENT_TIMEOUT);
+    cluster.note(leader, "a note");
+    cluster.stop(1);
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    for name in ["raft-log.redb", "vigil-node.json"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+}
