@@ -21,6 +21,48 @@ pub fn primary_conninfo(host: &str, port: u16, user: &str, password: &str, appli
     .join(" ")
 }
 
+/// How a PostgreSQL tool vigil runs (`pg_rewind`, `pg_basebackup`) reaches a server: the
+/// connection string without the password, which reaches the tool through its environment
+/// (`PGPASSWORD`), never its command line, where every local user could read it in `ps`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ToolConnection {
+    /// The connection string, without a password.
+    pub conninfo: String,
+    /// The password.
+    pub password: String,
+}
+
+impl ToolConnection {
+    /// A connection to `host:port` as `user`, named `application_name`, to `database` if
+    /// given (a replication connection names none).
+    pub fn new(
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+        application_name: &str,
+        database: Option<&str>,
+    ) -> Self {
+        let mut words = vec![("host", host.to_string()), ("port", port.to_string()), ("user", user.to_string())];
+        words.push(("application_name", application_name.to_string()));
+        if let Some(database) = database {
+            words.push(("dbname", database.to_string()));
+        }
+        let conninfo = words
+            .iter()
+            .map(|(keyword, value)| format!("{keyword}={}", libpq_value(value)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        ToolConnection { conninfo, password: password.to_string() }
+    }
+}
+
+impl std::fmt::Debug for ToolConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolConnection").field("conninfo", &self.conninfo).field("password", &"<hidden>").finish()
+    }
+}
+
 fn libpq_value(value: &str) -> String {
     let needs_quotes = value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\');
     if !needs_quotes {

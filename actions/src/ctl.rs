@@ -29,7 +29,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_postgres::types::PgLsn;
 
-use crate::conninfo::{conf_setting, fenced_auto_conf, replica_auto_conf};
+use crate::conninfo::{ToolConnection, conf_setting, fenced_auto_conf, replica_auto_conf};
 use crate::error::ActionError;
 
 /// How to control one PostgreSQL server on this machine.
@@ -285,12 +285,12 @@ pub async fn persist_fence(ctl: &PgCtl) -> Result<(), ActionError> {
     write_auto_conf(ctl, &fenced_auto_conf(&read_auto_conf(ctl)?))
 }
 
-/// Rewinds a stopped server's data directory onto `source_conninfo`'s timeline with
+/// Rewinds a stopped server's data directory onto `source`'s timeline with
 /// `pg_rewind` (the server needs `wal_log_hints = on` or data checksums). A replica that
 /// crashed first finishes its crash recovery as a standby; any other server that was not
 /// shut down cleanly is recovered by `pg_rewind` itself. Returns pg_rewind's last
 /// line of output ("no rewind required" or "Done!").
-pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Result<String, ActionError> {
+pub async fn rewind(ctl: &PgCtl, source: &ToolConnection, timeout: Duration) -> Result<String, ActionError> {
     let deadline = Instant::now() + timeout;
     let what = format!("rewinding {}", ctl.data_dir.display());
     bounded(deadline, what, async {
@@ -303,7 +303,7 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
             os("--target-pgdata"),
             ctl.data_dir.clone().into(),
             os("--source-server"),
-            os(source_conninfo),
+            os(&source.conninfo),
             os("--progress"),
         ];
         // pg_rewind copies every file that differs from the source, configuration included:
@@ -331,9 +331,8 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
         if signal.exists() {
             std::fs::remove_file(&signal).map_err(|error| file_error("removing", &signal, &error))?;
         }
-        let (command, description) = tool(ctl, "pg_rewind", &args);
-        // The connection string holds a password: never show it in errors.
-        let description = description.replace(source_conninfo, "<source conninfo>");
+        let (mut command, description) = tool(ctl, "pg_rewind", &args);
+        command.env("PGPASSWORD", &source.password);
         let output = output_of(command, &description).await;
         // Also after a failure: pg_rewind may have copied the source's configuration before
         // it gave up, and a later re-clone keeps whatever configuration it finds as the
@@ -354,8 +353,8 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
 }
 
 /// Replaces a stopped (or running, which is stopped first) server's data directory with a
-/// fresh copy of the primary's, taken with `pg_basebackup` over `replication_conninfo` (the
-/// replication role's connection, as in `primary_conninfo`). For when `pg_rewind` cannot
+/// fresh copy of the primary's, taken with `pg_basebackup` over `source` (the replication
+/// role's connection, as in `primary_conninfo`). For when `pg_rewind` cannot
 /// bring the member back: nothing is deleted, the old directory is renamed beside the new
 /// one (`<data_dir>.vigil-replaced-<unix ms>`, reported) for the operator to inspect and
 /// remove. The member's own configuration files are kept, as across a rewind. The copy is
@@ -365,7 +364,7 @@ pub async fn rewind(ctl: &PgCtl, source_conninfo: &str, timeout: Duration) -> Re
 /// swapped in once complete: a copy that fails or is cut short (the primary unreachable
 /// half-way) leaves the data directory exactly as it was, so a later attempt never mistakes
 /// a partial copy, with the primary's configuration in it, for the member's own.
-pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration) -> Result<PathBuf, ActionError> {
+pub async fn reclone(ctl: &PgCtl, source: &ToolConnection, timeout: Duration) -> Result<PathBuf, ActionError> {
     let deadline = Instant::now() + timeout;
     let what = format!("re-cloning {}", ctl.data_dir.display());
     bounded(deadline, what, async {
@@ -401,13 +400,13 @@ pub async fn reclone(ctl: &PgCtl, replication_conninfo: &str, timeout: Duration)
             os("--pgdata"),
             clone.clone().into(),
             os("--dbname"),
-            os(replication_conninfo),
+            os(&source.conninfo),
             os("--wal-method=stream"),
             os("--checkpoint=fast"),
             os("--no-password"),
         ];
-        let (command, description) = tool(ctl, "pg_basebackup", &args);
-        let description = description.replace(replication_conninfo, "<replication conninfo>");
+        let (mut command, description) = tool(ctl, "pg_basebackup", &args);
+        command.env("PGPASSWORD", &source.password);
         let output = output_of(command, &description).await?;
         if !output.status.success() {
             let _ = std::fs::remove_dir_all(&clone);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use vigil_actions::{
-    ActionError, GENERATION_PARAMETER, PgCtl, prepare_for_promotion, primary_conninfo, promote, promote_born_fenced,
-    reclone, repoint, rewind, set_synchronous_standby_names, start_as_replica, stop_server, unfence, wait_for_replay,
-    wait_for_upstream, write_epoch,
+    ActionError, GENERATION_PARAMETER, PgCtl, ToolConnection, prepare_for_promotion, primary_conninfo, promote,
+    promote_born_fenced, reclone, repoint, rewind, set_synchronous_standby_names, start_as_replica, stop_server,
+    unfence, wait_for_replay, wait_for_upstream, write_epoch,
 };
 use vigil_chaos_tests::postgres::{PgCluster, REPLICATION_PASSWORD, REPLICATION_USER, VIGIL_PASSWORD, VIGIL_USER};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
@@ -46,6 +46,43 @@ fn conninfo_to(cluster: &PgCluster, primary: usize, replica: usize) -> String {
         REPLICATION_PASSWORD,
         &cluster.instances()[replica].name,
     )
+}
+
+/// The replication role's connection from `replica` to `primary`, for a tool.
+fn tool_connection_to(cluster: &PgCluster, primary: usize, replica: usize) -> ToolConnection {
+    let port = cluster.instances()[primary].port;
+    let name = &cluster.instances()[replica].name;
+    ToolConnection::new("127.0.0.1", port, REPLICATION_USER, REPLICATION_PASSWORD, name, None)
+}
+
+/// Runs `work` while a thread reads every process's command line every few milliseconds:
+/// panics if one held `secret`; returns what `work` returned and whether a command line
+/// naming `tool` was seen at all (so that the check was not vacuous).
+async fn watching_command_lines<T>(tool: &str, secret: &str, work: impl std::future::Future<Output = T>) -> (T, bool) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, tool, secret) = (stop.clone(), tool.to_string(), secret.to_string());
+        std::thread::spawn(move || {
+            let (mut seen, mut leaks) = (false, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(line) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    let line = String::from_utf8_lossy(&line).replace('\0', " ");
+                    seen |= line.contains(&tool);
+                    if line.contains(&secret) {
+                        leaks.push(line);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (seen, leaks)
+        })
+    };
+    let result = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, leaks) = watcher.join().unwrap();
+    assert!(leaks.is_empty(), "a password on a command line: {leaks:?}");
+    (result, seen)
 }
 
 async fn observe(cluster: &PgCluster, index: usize) -> PgObservation {
@@ -362,7 +399,7 @@ async fn a_failed_reclone_leaves_the_data_directory_as_it_was() {
     let replica = ctl(&cluster, 1);
     let data_dir = cluster.instances()[1].data_dir.clone();
     let own_conf = std::fs::read(data_dir.join("postgresql.conf")).unwrap();
-    let wrong = primary_conninfo("127.0.0.1", cluster.instances()[0].port, REPLICATION_USER, "wrong", "pg2");
+    let wrong = ToolConnection::new("127.0.0.1", cluster.instances()[0].port, REPLICATION_USER, "wrong", "pg2", None);
     let error = reclone(&replica, &wrong, Duration::from_secs(30)).await.expect_err("the copy must fail");
     assert!(error.to_string().contains("left as it was"), "{error}");
     assert_eq!(std::fs::read(data_dir.join("postgresql.conf")).unwrap(), own_conf);
@@ -375,7 +412,16 @@ async fn a_failed_reclone_leaves_the_data_directory_as_it_was() {
         .collect();
     assert!(beside.is_empty(), "left beside the data directory: {beside:?}");
 
-    let aside = reclone(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("re-cloned");
+    // The right password, in pg_basebackup's environment and never on its command line.
+    let source = tool_connection_to(&cluster, 0, 1);
+    let (aside, seen) = watching_command_lines(
+        "pg_basebackup",
+        REPLICATION_PASSWORD,
+        reclone(&replica, &source, Duration::from_secs(60)),
+    )
+    .await;
+    let aside = aside.expect("re-cloned");
+    assert!(seen, "pg_basebackup was never seen running");
     assert!(aside.join("PG_VERSION").exists(), "the old directory is kept aside");
     assert_eq!(std::fs::read(data_dir.join("postgresql.conf")).unwrap(), own_conf, "own configuration kept");
     start_as_replica(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("starts");
@@ -393,11 +439,12 @@ async fn a_killed_replica_rejoins_and_streams_again() {
     cluster.kill_postmaster(1).unwrap();
     cluster.sql(0, "CREATE TABLE after_kill AS SELECT generate_series(1, 1000) AS n").unwrap();
     let replica = ctl(&cluster, 1);
-    let source = format!(
-        "host=127.0.0.1 port={} user={VIGIL_USER} password={VIGIL_PASSWORD} dbname=postgres",
-        cluster.instances()[0].port
-    );
-    rewind(&replica, &source, Duration::from_secs(60)).await.expect("rewound");
+    let port = cluster.instances()[0].port;
+    let source = ToolConnection::new("127.0.0.1", port, VIGIL_USER, VIGIL_PASSWORD, "vigil-rewind", Some("postgres"));
+    let (rewound, seen) =
+        watching_command_lines("pg_rewind", VIGIL_PASSWORD, rewind(&replica, &source, Duration::from_secs(60))).await;
+    rewound.expect("rewound");
+    assert!(seen, "pg_rewind was never seen running");
     start_as_replica(&replica, &conninfo_to(&cluster, 0, 1), Duration::from_secs(60)).await.expect("starts");
     cluster.wait_streaming(1, Duration::from_secs(30)).expect("streams from the primary again");
     cluster.sql(0, "CREATE TABLE after_rejoin AS SELECT 7 AS n").unwrap();

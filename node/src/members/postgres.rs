@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{error, warn};
-use vigil_actions::{ActionError, PgCtl};
+use vigil_actions::{ActionError, PgCtl, ToolConnection};
 use vigil_consensus::coordinator::{
     ActionFailure, ActionReport, FailureKind, Seen, StandbyState, SyncGeneration, SyncState,
 };
@@ -24,7 +24,7 @@ use vigil_consensus::group::{Health, MemberFacts, StepFacts, Verdict};
 use vigil_consensus::spec::{FenceMethod, PostgresGroup, PostgresMember};
 use vigil_probes::{PgObservation, PgProbe, PgTarget, ProbeOutcome};
 
-use super::targets::{pg_ctl, pg_target, primary_conninfo};
+use super::targets::{pg_ctl, pg_target, primary_conninfo, replication_connection};
 use super::{ActionResult, BoxFuture, Member, failure, failure_in, misconfigured};
 use crate::guard::{GuardClient, GuardedServer};
 
@@ -218,9 +218,14 @@ impl PgMember {
         // pg_rewind reads the primary as vigil's own role, which must be a superuser. Its
         // session is named so that a fence on the primary (which ends client sessions) spares
         // it: a rewind cut off half-way leaves a data directory that cannot be rewound again.
-        let source_conninfo =
-            vigil_actions::primary_conninfo(&source.host, source.port, &source.user, &source.password, "vigil-rewind");
-        let source_conninfo = format!("{source_conninfo} dbname={}", source.database);
+        let rewind_source = ToolConnection::new(
+            &source.host,
+            source.port,
+            &source.user,
+            &source.password,
+            "vigil-rewind",
+            Some(&source.database),
+        );
         let conninfo = primary_conninfo(group, primary, &member.name).map_err(misconfigured)?;
         // A clean stop spares pg_rewind a crash recovery; a server that will not stop cleanly
         // is stopped at once.
@@ -232,11 +237,12 @@ impl PgMember {
         vigil_actions::checkpoint(&source, REJOIN_STEP_TIMEOUT)
             .await
             .map_err(|e| failure_in(&format!("checkpoint on {} before rewinding", primary.name), e))?;
-        let rewound = match vigil_actions::rewind(&ctl, &source_conninfo, REJOIN_STEP_TIMEOUT).await {
+        let rewound = match vigil_actions::rewind(&ctl, &rewind_source, REJOIN_STEP_TIMEOUT).await {
             Ok(outcome) => format!("pg_rewind: {outcome}"),
             Err(error) if group.allow_reclone => {
                 warn!(group = %group.name, member = %member.name, %error, "pg_rewind failed: re-cloning with pg_basebackup");
-                let aside = vigil_actions::reclone(&ctl, &conninfo, REJOIN_STEP_TIMEOUT)
+                let clone_source = replication_connection(group, primary, &member.name).map_err(misconfigured)?;
+                let aside = vigil_actions::reclone(&ctl, &clone_source, REJOIN_STEP_TIMEOUT)
                     .await
                     .map_err(|e| failure_in(&format!("pg_rewind failed ({error}), and so did pg_basebackup"), e))?;
                 format!(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use vigil_actions::PgCtl;
+use vigil_actions::{PgCtl, ToolConnection};
 use vigil_consensus::spec::{PostgresGroup, PostgresMember, RedisGroup, RedisMember};
 use vigil_probes::{PgTarget, RedisTarget, RedisTls};
 
@@ -67,6 +67,18 @@ pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica
     let password =
         resolve_secret(&group.replication_password).map_err(unreadable(&group.name, "replication_password"))?;
     Ok(vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica))
+}
+
+/// The replication role's connection to `primary` for a tool run for `replica`
+/// (`pg_basebackup`), its password apart from the command line.
+pub fn replication_connection(
+    group: &PostgresGroup,
+    primary: &PostgresMember,
+    replica: &str,
+) -> Result<ToolConnection, TargetError> {
+    let password =
+        resolve_secret(&group.replication_password).map_err(unreadable(&group.name, "replication_password"))?;
+    Ok(ToolConnection::new(&primary.host, primary.port, &group.replication_user, &password, replica, None))
 }
 
 /// Connection settings for vigil on the Redis `member`.
