@@ -127,3 +127,35 @@ fn the_guard_lifts_only_before_its_deadline_and_a_late_lift_cannot_undo_its_fenc
     let log = std::fs::read_to_string(dir.path().join("guard.log")).unwrap();
     assert!(log.contains("the master refuses writes"), "{log}");
 }
+
+/// Only the guard's own user may talk to it: a connection from another user (`nobody`,
+/// through a socket whose mode was widened to everyone's) is refused and logged, and what it
+/// sends is never read.
+#[test]
+fn a_connection_from_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(nix::unistd::geteuid().is_root(), "this test runs the guard as root and a client as nobody");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _guard = start_guard(dir.path());
+    let socket = dir.path().join(SOCKET_FILE);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // util-linux's logger, run as nobody, connects to the socket and writes a line.
+    let sent = Command::new("runuser")
+        .args(["-u", "nobody", "--", "logger", "--socket-errors=off", "--socket"])
+        .arg(&socket)
+        .arg("{\"type\":\"disarm\",\"group\":\"cache\"}")
+        .output()
+        .expect("running logger as nobody");
+    assert!(sent.status.success(), "logger: {}", String::from_utf8_lossy(&sent.stderr));
+    let log = || std::fs::read_to_string(dir.path().join("guard.log")).unwrap();
+    for _ in 0..250 {
+        if log().contains("refused a connection from another user") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = log();
+    assert!(log.contains("refused a connection from another user") && log.contains("uid=65534"), "{log}");
+    assert!(!log.contains("unreadable message"), "the message of another user was read: {log}");
+}

@@ -215,6 +215,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     let connected = Arc::new(AtomicUsize::new(0));
     let mut idle_since = Some(Instant::now());
     let mut stopping = tokio::task::JoinSet::new();
+    let own_uid = nix::unistd::geteuid().as_raw();
     info!(socket = %socket.display(), "fence guard listening");
     loop {
         let next_deadline = armed.values().map(|entry| entry.deadline).min();
@@ -222,8 +223,16 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    idle_since = None;
-                    serve(stream, messages_tx.clone(), Arc::clone(&connected));
+                    // The socket is the owner's only; a connection from another user (through
+                    // a socket whose mode someone widened) is refused all the same.
+                    match stream.peer_cred().map(|cred| cred.uid()) {
+                        Ok(uid) if uid == own_uid => {
+                            idle_since = None;
+                            serve(stream, messages_tx.clone(), Arc::clone(&connected));
+                        }
+                        Ok(uid) => warn!(uid, "fence guard: refused a connection from another user"),
+                        Err(error) => warn!(%error, "fence guard: refused a connection whose user is unknown"),
+                    }
                 }
             }
             Some((message, answers)) = messages.recv() => match message {
