@@ -4,8 +4,8 @@
 //! A peer is known by its certificate alone. Every Raft message that names a sender (the
 //! leader in `AppendEntries`, the candidate in `Vote`) must name the node the certificate
 //! names; anything else is refused and logged with the reason. Nothing but a `Hello` naming
-//! this node's cluster is answered on a connection before such a `Hello` was: a certificate
-//! of another cluster's CA with the same names never reaches Raft.
+//! this node's cluster is answered on a connection before such a `Hello` was: a node of
+//! another cluster that shares this cluster's CA never reaches Raft.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
