@@ -117,6 +117,20 @@ async fn follower_write_is_forwarded_and_applied_everywhere() {
     }
 }
 
+/// A certificate for node `id` from the lab's own CA (a node the cluster never added), kept
+/// in a directory that lives as long as the returned guard.
+fn node_identity_from_lab_ca(lab: &Lab, id: NodeId) -> (tempfile::TempDir, Identity) {
+    let ca = CertificateAuthority::load(
+        &std::fs::read_to_string(lab.ca_dir.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(lab.ca_dir.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_identity(dir.path(), &format!("node{id}"), &ca, &ca.issue_node(id, &[]).unwrap());
+    let identity = Identity::load(&paths).unwrap();
+    (dir, identity)
+}
+
 async fn call_as(
     identity: &Identity,
     cluster: &str,
@@ -153,14 +167,7 @@ async fn foreign_ca_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vote_claiming_another_identity_is_refused() {
     let lab = start_three().await;
-    let ca = CertificateAuthority::load(
-        &std::fs::read_to_string(lab.ca_dir.join("ca.crt")).unwrap(),
-        &std::fs::read_to_string(lab.ca_dir.join("ca.key")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let paths = write_identity(dir.path(), "node9", &ca, &ca.issue_node(9, &[]).unwrap());
-    let identity = Identity::load(&paths).unwrap();
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, 9);
     let forged = VoteRequest::new(Vote::new(99, 2), None);
     let response = call_as(&identity, "test", 1, &lab.members[&1].raft_addr, RaftRequest::Vote(forged)).await.unwrap();
     let RaftResponse::Error { reason } = response else { panic!("forged vote was not refused: {response:?}") };
@@ -177,14 +184,7 @@ async fn vote_claiming_another_identity_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_of_another_cluster_is_refused() {
     let lab = start_three().await;
-    let ca = CertificateAuthority::load(
-        &std::fs::read_to_string(lab.ca_dir.join("ca.crt")).unwrap(),
-        &std::fs::read_to_string(lab.ca_dir.join("ca.key")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let paths = write_identity(dir.path(), "node5", &ca, &ca.issue_node(5, &[]).unwrap());
-    let identity = Identity::load(&paths).unwrap();
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, 5);
     let error = call_as(
         &identity,
         "elsewhere",
@@ -206,14 +206,7 @@ async fn peer_of_another_cluster_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_before_the_hello_is_refused_and_the_connection_closed() {
     let lab = start_three().await;
-    let ca = CertificateAuthority::load(
-        &std::fs::read_to_string(lab.ca_dir.join("ca.crt")).unwrap(),
-        &std::fs::read_to_string(lab.ca_dir.join("ca.key")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let paths = write_identity(dir.path(), "node6", &ca, &ca.issue_node(6, &[]).unwrap());
-    let identity = Identity::load(&paths).unwrap();
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, 6);
     let (endpoint, client_config) = endpoint::bind(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr: SocketAddr = lab.members[&1].raft_addr.parse().unwrap();
     let connection = endpoint.connect_with(client_config, addr, "node-1.vigil").unwrap().await.unwrap();
