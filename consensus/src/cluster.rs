@@ -16,11 +16,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 
+use crate::authority::{self, OperatorClaim, Requester};
 use crate::coordinator::ProposeError;
 use crate::state::{Command, CommandResponse, EventKind};
 use crate::state_machine::{SharedState, StateMachineStore};
+use crate::tls::Identity;
 use crate::transport::client::{PeerLinks, Transport};
-use crate::transport::rpc::{LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
+use crate::transport::rpc::{Forwarded, LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
+use crate::transport::signed::SignedRequest;
 use crate::types::{NodeId, TypeConfig};
 
 /// The openraft handle of a vigil node.
@@ -81,6 +84,11 @@ pub struct Cluster {
     pub(crate) state: SharedState,
     /// The outgoing transport, for forwarding and for peer link status.
     pub(crate) transport: Arc<Transport>,
+    /// This node's certificate and key: signs what it hands to peers to relay, and holds the
+    /// CA that signed requests are checked against.
+    pub(crate) identity: Arc<Identity>,
+    /// The cluster's name, which signed requests name.
+    pub(crate) cluster_name: Arc<str>,
     /// This node's id.
     pub node_id: NodeId,
 }
@@ -206,21 +214,33 @@ impl Cluster {
     }
 
     /// Carries out `request` on the leader, forwarding it if this node is not the leader.
+    /// What this node asks for itself; an operator's request goes through [`Cluster::submit_as`].
     pub async fn submit(&self, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+        self.submit_as(request, None).await
+    }
+
+    /// Carries out `request` on the leader for `operator`, whom the caller authenticated and
+    /// checked: a leader elsewhere is told who asked, and checks it again.
+    pub async fn submit_as(
+        &self,
+        request: LeaderRequest,
+        operator: Option<OperatorClaim>,
+    ) -> Result<LeaderResponse, SubmitError> {
         // During an election no node knows the leader for a moment; a request waits for one
         // for up to an election's length before the caller hears "no leader".
         let deadline = tokio::time::Instant::now() + NO_LEADER_GRACE;
         loop {
             let outcome = match self.execute_as_leader(request.clone()).await {
                 LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
-                    if request.is_idempotent() {
-                        self.forward_or_relay(leader, request.clone()).await
+                    let forwarded = Forwarded { request: request.clone(), operator: operator.clone() };
+                    if request.is_idempotent() && operator.is_none() {
+                        self.forward_or_relay(leader, forwarded).await
                     } else {
-                        self.forward(leader, request.clone()).await
+                        self.forward(leader, forwarded).await
                     }
                 }
-                LeaderResponse::NotLeader { .. } if request.is_idempotent() => {
-                    self.relay_through_peers(None, request.clone()).await
+                LeaderResponse::NotLeader { .. } if request.is_idempotent() && operator.is_none() => {
+                    self.relay_through_peers(None, &request).await
                 }
                 LeaderResponse::NotLeader { .. } => Err(SubmitError::NoLeader),
                 LeaderResponse::Failed { reason } => Err(SubmitError::Refused(reason)),
@@ -237,7 +257,7 @@ impl Cluster {
 
     /// Forwards an idempotent write to the leader, and hands it to the other voters too if
     /// the leader does not answer within [`RELAY_AFTER`]; the first answer wins.
-    async fn forward_or_relay(&self, leader: NodeId, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
+    async fn forward_or_relay(&self, leader: NodeId, request: Forwarded) -> Result<LeaderResponse, SubmitError> {
         let direct = self.forward(leader, request.clone());
         tokio::pin!(direct);
         tokio::select! {
@@ -246,10 +266,10 @@ impl Cluster {
                     Err(SubmitError::LeaderUnreachable { .. }) => {}
                     outcome => return outcome,
                 }
-                self.relay_through_peers(Some(leader), request).await
+                self.relay_through_peers(Some(leader), &request.request).await
             }
             _ = tokio::time::sleep(RELAY_AFTER) => {
-                let relayed = self.relay_through_peers(Some(leader), request);
+                let relayed = self.relay_through_peers(Some(leader), &request.request);
                 tokio::pin!(relayed);
                 tokio::select! {
                     outcome = &mut direct => match outcome {
@@ -265,13 +285,15 @@ impl Cluster {
         }
     }
 
-    /// Hands `request` to every other voter but `leader`, one after the other, until one
-    /// gets it carried out.
+    /// Hands `request`, signed, to every other voter but `leader`, one after the other, until
+    /// one gets it carried out.
     async fn relay_through_peers(
         &self,
         leader: Option<NodeId>,
-        request: LeaderRequest,
+        request: &LeaderRequest,
     ) -> Result<LeaderResponse, SubmitError> {
+        let signed = SignedRequest::sign(&self.identity, &self.cluster_name, self.node_id, request, unix_millis_now())
+            .map_err(|reason| SubmitError::Refused(format!("cannot sign a request to relay: {reason}")))?;
         let peers: Vec<(NodeId, String)> = {
             let state = self.state.read().expect("state lock poisoned");
             let nodes = state.nodes();
@@ -284,7 +306,7 @@ impl Cluster {
         };
         let mut last = SubmitError::NoLeader;
         for (peer, addr) in peers {
-            match self.transport.call(peer, &addr, &RaftRequest::Relay(request.clone()), FORWARD_TIMEOUT).await {
+            match self.transport.call(peer, &addr, &RaftRequest::Relay(signed.clone()), FORWARD_TIMEOUT).await {
                 Ok(RaftResponse::Forward(LeaderResponse::NotLeader { .. })) => last = SubmitError::NoLeader,
                 Ok(RaftResponse::Forward(LeaderResponse::Failed { reason })) => {
                     return Err(SubmitError::Refused(reason));
@@ -301,24 +323,71 @@ impl Cluster {
         Err(last)
     }
 
-    /// Carries out a request another node relayed: here if this node leads, else forwarded
-    /// to the leader it knows, never relayed again.
-    pub async fn relay(&self, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
-        match self.execute_as_leader(request.clone()).await {
+    /// Carries out a request another node signed and handed to this one to relay: here if
+    /// this node leads, else passed to the leader it knows as [`RaftRequest::Relayed`], never
+    /// relayed again. A request whose signature does not hold is not carried.
+    pub async fn relay(&self, signed: SignedRequest) -> Result<LeaderResponse, SubmitError> {
+        let (origin, request) = match self.open_signed(&signed) {
+            Ok(opened) => opened,
+            Err(refusal) => return Ok(refusal),
+        };
+        match self.execute_for(&Requester { node: origin, operator: None }, request).await {
             LeaderResponse::NotLeader { leader: Some(leader) } if leader != self.node_id => {
-                self.forward(leader, request).await
+                self.send_to_leader(leader, RaftRequest::Relayed(signed)).await
             }
             response => Ok(response),
         }
     }
 
-    async fn forward(&self, leader: NodeId, request: LeaderRequest) -> Result<LeaderResponse, SubmitError> {
-        let Some(node) = self.state.read().expect("state lock poisoned").nodes().get(&leader).cloned() else {
+    /// Carries out, if this node leads, a signed request another node relayed to it.
+    pub async fn execute_relayed(&self, signed: SignedRequest) -> LeaderResponse {
+        match self.open_signed(&signed) {
+            Ok((origin, request)) => self.execute_for(&Requester { node: origin, operator: None }, request).await,
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Carries out, if this node leads, a request node `peer` (by its certificate) forwarded.
+    pub async fn execute_forwarded(&self, peer: NodeId, forwarded: Forwarded) -> LeaderResponse {
+        self.execute_for(&Requester { node: peer, operator: forwarded.operator }, forwarded.request).await
+    }
+
+    fn open_signed(&self, signed: &SignedRequest) -> Result<(NodeId, LeaderRequest), LeaderResponse> {
+        signed.open(&self.identity, &self.cluster_name, unix_millis_now()).map_err(|reason| {
+            tracing::warn!(%reason, "refused a signed request");
+            metrics::counter!("vigil_raft_requests_refused_total", "reason" => "bad_signature").increment(1);
+            LeaderResponse::Failed { reason: format!("refused: {reason}") }
+        })
+    }
+
+    /// Checks that `requester` may ask for `request` (see [`crate::authority`]) and carries
+    /// it out if this node leads. A node that does not lead answers where the leader is:
+    /// the leader checks against its own state.
+    async fn execute_for(&self, requester: &Requester, request: LeaderRequest) -> LeaderResponse {
+        if self.current_leader() == Some(self.node_id) {
+            let checked = authority::check(requester, &request, &self.state());
+            if let Err(reason) = checked {
+                tracing::warn!(node = requester.node, %reason, "refused a request from another node");
+                metrics::counter!("vigil_raft_requests_refused_total", "reason" => "not_allowed").increment(1);
+                return LeaderResponse::Failed { reason: format!("refused: {reason}") };
+            }
+        }
+        self.execute_as_leader(request).await
+    }
+
+    async fn forward(&self, leader: NodeId, request: Forwarded) -> Result<LeaderResponse, SubmitError> {
+        self.send_to_leader(leader, RaftRequest::Forward(request)).await
+    }
+
+    async fn send_to_leader(&self, leader: NodeId, request: RaftRequest) -> Result<LeaderResponse, SubmitError> {
+        // openraft's membership: a node that has not applied the first entries yet already
+        // knows where the leader is.
+        let Some(node) = self.known_nodes().get(&leader).cloned() else {
             return Err(SubmitError::NoLeader);
         };
         let response = self
             .transport
-            .call(leader, &node.raft_addr, &RaftRequest::Forward(request), FORWARD_TIMEOUT)
+            .call(leader, &node.raft_addr, &request, FORWARD_TIMEOUT)
             .await
             .map_err(|e| SubmitError::LeaderUnreachable { leader, reason: e.to_string() })?;
         match response {
@@ -365,6 +434,14 @@ impl Cluster {
         };
         if voters.contains(&id) {
             return LeaderResponse::Failed { reason: format!("node {id} is already a voter") };
+        }
+        if self.state().removed.contains(&id) {
+            return LeaderResponse::Failed {
+                reason: format!(
+                    "node id {id} belonged to a node that was removed; ids are never reused: give the new node \
+                     another id and its own certificate"
+                ),
+            };
         }
         if let Some((other, _)) = nodes.iter().find(|(other, info)| **other != id && info.name == node.name) {
             return LeaderResponse::Failed { reason: format!("name {:?} is already taken by node {other}", node.name) };

@@ -133,7 +133,14 @@ impl RaftNode {
         let raft = Raft::new(setup.id, config, NetworkFactory::new(transport.clone()), log_store, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let cluster = Cluster { raft, state, transport, node_id: setup.id };
+        let cluster = Cluster {
+            raft,
+            state,
+            transport,
+            identity: Arc::new(setup.identity.clone()),
+            cluster_name: setup.cluster_name.as_str().into(),
+            node_id: setup.id,
+        };
         let server = tokio::spawn(server::serve(
             endpoint.clone(),
             cluster.clone(),

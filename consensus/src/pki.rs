@@ -2,7 +2,9 @@
 //!
 //! The names in the certificates are the ones [`crate::tls`] checks: node certificates
 //! carry `node-<id>.vigil` and [`crate::tls::API_SERVER_NAME`]; operator certificates
-//! carry neither, so they open the API but never the Raft port as a node.
+//! carry neither, so they open the API but never the Raft port as a node. Every leaf names
+//! the cluster in its subject's organization, and an operator's names its role in a URI
+//! (`urn:vigil:role:admin` or `urn:vigil:role:viewer`).
 
 use std::net::IpAddr;
 
@@ -12,7 +14,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::{API_SERVER_NAME, node_server_name};
+use crate::authority::Role;
+use crate::tls::{API_SERVER_NAME, CA_COMMON_NAME_PREFIX, node_server_name, role_uri};
 use crate::types::NodeId;
 
 /// How long the CA certificate is valid.
@@ -44,6 +47,7 @@ impl From<rcgen::Error> for PkiError {
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     certificate: IssuedCertificate,
+    cluster: String,
 }
 
 impl CertificateAuthority {
@@ -51,21 +55,28 @@ impl CertificateAuthority {
     pub fn generate(cluster: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, format!("vigil cluster CA {cluster}"));
+        params.distinguished_name.push(DnType::CommonName, format!("{CA_COMMON_NAME_PREFIX}{cluster}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         set_validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key)?;
         let certificate = IssuedCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(Self { issuer: Issuer::new(params, key), certificate })
+        Ok(Self { issuer: Issuer::new(params, key), certificate, cluster: cluster.to_string() })
     }
 
     /// Loads an existing CA from its certificate and key (PEM), to issue more certificates.
+    /// The cluster's name is read from the CA's common name, as [`Self::generate`] wrote it.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let cluster = cluster_of_ca(cert_pem)?;
         let certificate = IssuedCertificate { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() };
-        Ok(Self { issuer, certificate })
+        Ok(Self { issuer, certificate, cluster })
+    }
+
+    /// The cluster this CA is for.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
     }
 
     /// The CA's own certificate and key.
@@ -78,14 +89,17 @@ impl CertificateAuthority {
     pub fn issue_node(&self, id: NodeId, extra_names: &[String]) -> Result<IssuedCertificate, PkiError> {
         let mut names = vec![node_server_name(id), API_SERVER_NAME.to_string(), "localhost".to_string()];
         names.extend(extra_names.iter().cloned());
-        let mut params = leaf_params(&format!("vigil node {id}"), &names)?;
+        let mut params = leaf_params(&format!("vigil node {id}"), &self.cluster, &names)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
 
-    /// Issues an operator certificate for the CLI, named `name`.
-    pub fn issue_operator(&self, name: &str) -> Result<IssuedCertificate, PkiError> {
-        let mut params = leaf_params(&format!("vigil operator {name}"), &[format!("{name}.operator.vigil")])?;
+    /// Issues an operator certificate for the CLI, named `name`, with `role`.
+    pub fn issue_operator(&self, name: &str, role: Role) -> Result<IssuedCertificate, PkiError> {
+        let mut params =
+            leaf_params(&format!("vigil operator {name}"), &self.cluster, &[format!("{name}.operator.vigil")])?;
+        let uri = role_uri(role).try_into().map_err(|_| PkiError("role URI is not ASCII".to_string()))?;
+        params.subject_alt_names.push(SanType::URI(uri));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
@@ -97,9 +111,20 @@ impl CertificateAuthority {
     }
 }
 
-fn leaf_params(common_name: &str, names: &[String]) -> Result<CertificateParams, PkiError> {
+fn cluster_of_ca(cert_pem: &str) -> Result<String, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError(format!("the CA certificate is not PEM: {e}")))?;
+    let certificate = pem.parse_x509().map_err(|e| PkiError(format!("the CA certificate is unreadable: {e}")))?;
+    let common_name = certificate.subject().iter_common_name().next().and_then(|name| name.as_str().ok());
+    common_name.and_then(|name| name.strip_prefix(CA_COMMON_NAME_PREFIX)).map(str::to_string).ok_or_else(|| {
+        PkiError(format!("the CA certificate's common name is not {CA_COMMON_NAME_PREFIX:?} and a cluster name"))
+    })
+}
+
+fn leaf_params(common_name: &str, cluster: &str, names: &[String]) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, cluster);
     for name in names {
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),

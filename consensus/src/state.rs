@@ -473,6 +473,10 @@ pub struct ClusterState {
     pub history: VecDeque<Event>,
     /// The id the next event gets.
     pub next_event_id: u64,
+    /// Nodes removed from the cluster: their certificates are refused from then on, and
+    /// their ids are never given to another node.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -944,7 +948,10 @@ impl ClusterState {
         membership: openraft::Membership<NodeId, NodeInfo>,
     ) -> CommandResponse {
         self.last_applied = Some(log_id);
+        let before: BTreeSet<NodeId> = self.nodes().into_keys().collect();
         self.membership = StoredMembership::new(Some(log_id), membership);
+        let after = self.nodes();
+        self.removed.extend(before.into_iter().filter(|id| !after.contains_key(id)));
         CommandResponse::Empty
     }
 

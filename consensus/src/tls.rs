@@ -19,10 +19,83 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::authority::Role;
 use crate::types::NodeId;
 
 /// The DNS name under which every node's HTTPS API is verified.
 pub const API_SERVER_NAME: &str = "api.vigil";
+
+/// How a CA's common name starts; the cluster's name follows.
+pub const CA_COMMON_NAME_PREFIX: &str = "vigil cluster CA ";
+
+/// The URI an operator certificate carries to name its role.
+pub fn role_uri(role: Role) -> String {
+    format!("urn:vigil:role:{role}")
+}
+
+/// What a certificate says about its holder, as vigil reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateClaims {
+    /// The node it names (`node-<id>.vigil`), if exactly one.
+    pub node: Option<NodeId>,
+    /// The operator it names (`<name>.operator.vigil`), if exactly one.
+    pub operator: Option<String>,
+    /// The cluster its subject's organization names; absent in certificates made before
+    /// vigil wrote it.
+    pub cluster: Option<String>,
+    /// The role it names; absent in certificates made before roles.
+    pub role: Option<Role>,
+    /// Problems that make it ambiguous (two roles, two clusters), in words.
+    pub problems: Vec<String>,
+}
+
+/// Reads what `certificate` says about its holder. An unparsable certificate says nothing.
+pub fn certificate_claims(certificate: &CertificateDer<'_>) -> CertificateClaims {
+    let mut claims = CertificateClaims::default();
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate.as_ref()) else {
+        claims.problems.push("unparsable certificate".to_string());
+        return claims;
+    };
+    claims.node = node_id_of_certificate(certificate);
+    let clusters: Vec<&str> = parsed.subject().iter_organization().filter_map(|name| name.as_str().ok()).collect();
+    match clusters.as_slice() {
+        [] => {}
+        [one] => claims.cluster = Some(one.to_string()),
+        _ => claims.problems.push("names more than one cluster".to_string()),
+    }
+    let names = parsed.subject_alternative_name().ok().flatten().map(|names| names.value.general_names.clone());
+    let mut operators = Vec::new();
+    let mut roles = Vec::new();
+    for name in names.unwrap_or_default() {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => {
+                if let Some(operator) = dns.strip_suffix(".operator.vigil") {
+                    operators.push(operator.to_string());
+                }
+            }
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                if let Some(role) = uri.strip_prefix("urn:vigil:role:") {
+                    match role.parse::<Role>() {
+                        Ok(role) => roles.push(role),
+                        Err(reason) => claims.problems.push(reason),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match operators.as_slice() {
+        [] => {}
+        [one] => claims.operator = Some(one.clone()),
+        _ => claims.problems.push("names more than one operator".to_string()),
+    }
+    match roles.as_slice() {
+        [] => {}
+        [one] => claims.role = Some(*one),
+        _ => claims.problems.push("names more than one role".to_string()),
+    }
+    claims
+}
 
 /// The ALPN protocol of the Raft transport.
 pub const RAFT_ALPN: &[u8] = b"vigil-raft/1";
@@ -46,6 +119,17 @@ pub fn node_id_of_certificate(certificate: &CertificateDer<'_>) -> Option<NodeId
     // A certificate naming two nodes is ambiguous; refuse it rather than pick one.
     if ids.next().is_some() { None } else { Some(id) }
 }
+
+/// The signature schemes a node may sign a relayed request with: TLS 1.3's, strongest
+/// first among those `rcgen` makes keys for.
+const TLS13_SIGNATURE_SCHEMES: &[rustls::SignatureScheme] = &[
+    rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+    rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+    rustls::SignatureScheme::ED25519,
+    rustls::SignatureScheme::RSA_PSS_SHA256,
+    rustls::SignatureScheme::RSA_PSS_SHA384,
+    rustls::SignatureScheme::RSA_PSS_SHA512,
+];
 
 /// The crypto provider used for every TLS configuration of vigil.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
@@ -128,6 +212,59 @@ impl Identity {
             )
         })?;
         Ok(())
+    }
+
+    /// Signs `message` with this identity's private key: the scheme used (its TLS code) and
+    /// the signature. Nodes sign the requests they hand to a peer to relay, so that the
+    /// leader knows who they come from, whoever carried them.
+    pub fn sign(&self, message: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let key = rustls::crypto::ring::sign::any_supported_type(&self.key).map_err(|e| e.to_string())?;
+        let signer = key
+            .choose_scheme(TLS13_SIGNATURE_SCHEMES)
+            .ok_or_else(|| format!("{}: no TLS 1.3 signature scheme fits this key", self.paths.key.display()))?;
+        let signature = signer.sign(message).map_err(|e| e.to_string())?;
+        Ok((u16::from(signer.scheme()), signature))
+    }
+
+    /// Checks that `chain` is valid now for this cluster's CA and that its certificate made
+    /// `signature` of `message` with `scheme`; answers the node the certificate names.
+    pub fn verify_node_signature(
+        &self,
+        chain: &[CertificateDer<'_>],
+        message: &[u8],
+        scheme: u16,
+        signature: &[u8],
+    ) -> Result<NodeId, String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+            .build()
+            .map_err(|e| format!("cannot build a verifier: {e}"))?;
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| format!("the signer's certificate: {}", describe_tls_error(&e)))?;
+        let node = node_id_of_certificate(leaf).ok_or("the signer's certificate names no node")?;
+        let scheme = rustls::SignatureScheme::from(scheme);
+        if !TLS13_SIGNATURE_SCHEMES.contains(&scheme) {
+            return Err(format!("signature scheme {scheme:?} is not accepted"));
+        }
+        let algorithms = crypto_provider().signature_verification_algorithms;
+        let candidates = algorithms
+            .mapping
+            .iter()
+            .find(|(known, _)| *known == scheme)
+            .map(|(_, candidates)| *candidates)
+            .ok_or_else(|| format!("signature scheme {scheme:?} is not supported"))?;
+        let certificate = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("unusable certificate: {e}"))?;
+        if candidates.iter().any(|algorithm| certificate.verify_signature(*algorithm, message, signature).is_ok()) {
+            Ok(node)
+        } else {
+            Err(format!("the signature is not node {node}'s"))
+        }
+    }
+
+    /// This identity's certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
     }
 
     /// The file paths this identity was loaded from.

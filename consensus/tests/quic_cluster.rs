@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use openraft::raft::VoteRequest;
 use tokio_util::sync::CancellationToken;
+use vigil_consensus::authority::{OperatorClaim, Role};
 use vigil_consensus::error::TransportError;
 use vigil_consensus::node::{NodeSetup, RaftNode, RaftSettings};
 use vigil_consensus::pki::CertificateAuthority;
 use vigil_consensus::tls::{Identity, TlsPaths};
 use vigil_consensus::transport::client::Transport;
+use vigil_consensus::transport::rpc::Forwarded;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse, RaftRequest, RaftResponse};
+use vigil_consensus::transport::signed::SignedRequest;
 use vigil_consensus::transport::{endpoint, frame};
 use vigil_consensus::types::Vote;
-use vigil_consensus::{Command, EventKind, NodeId, NodeInfo};
+use vigil_consensus::{Command, EventKind, NodeId, NodeInfo, SubmitError};
 
 fn free_udp_addr() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -94,19 +97,35 @@ async fn wait_for_leader(lab: &Lab) -> NodeId {
     }
 }
 
-fn note(text: &str) -> Command {
-    Command::RecordEvent { at_unix_ms: 1, proposer: 0, kind: EventKind::Note { author: "t".into(), text: text.into() } }
+fn note(proposer: NodeId, text: &str) -> Command {
+    Command::RecordEvent { at_unix_ms: 1, proposer, kind: EventKind::Note { author: "t".into(), text: text.into() } }
 }
 
-/// A write submitted on a follower is forwarded to the leader, committed, and applied on
-/// every node.
+fn admin(name: &str) -> Option<OperatorClaim> {
+    Some(OperatorClaim { name: name.to_string(), role: Role::Admin })
+}
+
+/// A write an operator asked a follower for is forwarded to the leader, committed, and
+/// applied on every node; the same write with no operator behind it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_write_is_forwarded_and_applied_everywhere() {
     let lab = start_three().await;
     let leader = wait_for_leader(&lab).await;
     let follower = lab.nodes.iter().find(|n| n.cluster.node_id != leader).unwrap();
-    let response = follower.cluster.submit(LeaderRequest::Write { command: note("hello") }).await.unwrap();
-    let LeaderResponse::Done { log_index, .. } = response else { panic!("not done: {response:?}") };
+    let id = follower.cluster.node_id;
+    let alone = follower.cluster.submit(LeaderRequest::Write { command: note(id, "on my own") }).await;
+    let Err(SubmitError::Refused(reason)) = alone else { panic!("a node's own note was not refused: {alone:?}") };
+    assert!(reason.contains("an admin operator must ask"), "{reason}");
+    let viewer = Some(OperatorClaim { name: "t".into(), role: Role::Viewer });
+    let as_viewer = follower.cluster.submit_as(LeaderRequest::Write { command: note(id, "hi") }, viewer).await;
+    let Err(SubmitError::Refused(reason)) = as_viewer else { panic!("a viewer's note was taken: {as_viewer:?}") };
+    assert!(reason.contains("changes need the admin role"), "{reason}");
+    let someone_else = follower.cluster.submit_as(LeaderRequest::Write { command: note(id, "hi") }, admin("u")).await;
+    let Err(SubmitError::Refused(reason)) = someone_else else { panic!("a borrowed author: {someone_else:?}") };
+    assert!(reason.contains("names \"t\" as its author"), "{reason}");
+
+    let response = follower.cluster.submit_as(LeaderRequest::Write { command: note(id, "hello") }, admin("t")).await;
+    let LeaderResponse::Done { log_index, .. } = response.unwrap() else { panic!("not done") };
     for node in &lab.nodes {
         node.cluster.wait_applied(log_index, Duration::from_secs(5)).await.unwrap();
         let state = node.cluster.state();
@@ -217,6 +236,131 @@ async fn a_request_before_the_hello_is_refused_and_the_connection_closed() {
     assert!(reason.contains("no hello"), "{reason}");
     let closed = tokio::time::timeout(Duration::from_secs(3), connection.closed()).await.expect("connection closed");
     assert!(closed.to_string().contains("no hello from this cluster"), "{closed}");
+    for node in lab.nodes {
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+fn renew(holder: NodeId) -> LeaderRequest {
+    LeaderRequest::Write { command: Command::RenewLease { group: "g".into(), member: "m".into(), holder, epoch: 1 } }
+}
+
+fn forwarded(request: LeaderRequest) -> RaftRequest {
+    RaftRequest::Forward(Forwarded { request, operator: None })
+}
+
+async fn refusal_of(identity: &Identity, to: NodeId, lab: &Lab, request: RaftRequest) -> String {
+    let response = call_as(identity, "test", to, &lab.members[&to].raft_addr, request).await.unwrap();
+    match response {
+        RaftResponse::Forward(LeaderResponse::Failed { reason }) => reason,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// A node forwarding to the leader speaks for itself only: its own lease, never another
+/// node's, and never a decision that only a leader takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_forward_only_what_it_may_say_for_itself() {
+    let lab = start_three().await;
+    let leader = wait_for_leader(&lab).await;
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    let victim = (1..=3).find(|id| *id != leader && *id != other).unwrap();
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, other);
+
+    let release = LeaderRequest::Write {
+        command: Command::ReleaseLease { group: "g".into(), member: "m".into(), holder: victim, reason: "x".into() },
+    };
+    let reason = refusal_of(&identity, leader, &lab, forwarded(release)).await;
+    assert!(reason.contains(&format!("naming node {victim} as its lease holder")), "{reason}");
+
+    let begin = LeaderRequest::Write {
+        command: Command::BeginFailover {
+            group: "g".into(),
+            kind: vigil_consensus::group::FailoverKind::Automatic,
+            reason: "forged".into(),
+            old_primary: Some("m".into()),
+            candidate: "r".into(),
+            plan: Vec::new(),
+            detected_at_ms: None,
+            decided_at_ms: 1,
+            old_primary_lsn: None,
+            candidate_lsn: None,
+            proposer: other,
+        },
+    };
+    let reason = refusal_of(&identity, leader, &lab, forwarded(begin)).await;
+    assert!(reason.contains("only the leader decides it"), "{reason}");
+
+    let remove = LeaderRequest::RemoveMember { id: victim };
+    let reason = refusal_of(&identity, leader, &lab, forwarded(remove)).await;
+    assert!(reason.contains("an admin operator must ask"), "{reason}");
+    assert_eq!(lab.nodes[0].cluster.state().nodes().len(), 3, "nobody was removed");
+
+    // Its own renewal is taken (the state machine answers for the unknown group).
+    let own = call_as(&identity, "test", leader, &lab.members[&leader].raft_addr, forwarded(renew(other))).await;
+    assert!(matches!(own, Ok(RaftResponse::Forward(LeaderResponse::Done { .. }))), "{own:?}");
+    for node in lab.nodes {
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// A request relayed through another voter keeps its origin: signed by the node it comes
+/// from, it commits; signed by one node for another's lease, or altered on the way, it is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_request_is_judged_by_the_node_that_signed_it() {
+    let lab = start_three().await;
+    let leader = wait_for_leader(&lab).await;
+    let origin = (1..=3).find(|id| *id != leader).unwrap();
+    let carrier = (1..=3).find(|id| *id != leader && *id != origin).unwrap();
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, origin);
+    let now = vigil_consensus::cluster::unix_millis_now();
+
+    let signed = SignedRequest::sign(&identity, "test", origin, &renew(origin), now).unwrap();
+    let relayed = call_as(&identity, "test", carrier, &lab.members[&carrier].raft_addr, RaftRequest::Relay(signed))
+        .await
+        .unwrap();
+    assert!(matches!(relayed, RaftResponse::Forward(LeaderResponse::Done { .. })), "{relayed:?}");
+
+    let for_another = SignedRequest::sign(&identity, "test", origin, &renew(carrier), now).unwrap();
+    let reason = refusal_of(&identity, carrier, &lab, RaftRequest::Relay(for_another)).await;
+    assert!(reason.contains(&format!("naming node {carrier} as its lease holder")), "{reason}");
+
+    let mut altered = SignedRequest::sign(&identity, "test", origin, &renew(origin), now).unwrap();
+    altered.body = altered.body.replace("\"epoch\":1", "\"epoch\":2");
+    let reason = refusal_of(&identity, carrier, &lab, RaftRequest::Relay(altered)).await;
+    assert!(reason.contains(&format!("the signature is not node {origin}'s")), "{reason}");
+
+    let stale = SignedRequest::sign(&identity, "test", origin, &renew(origin), now - 120_000).unwrap();
+    let reason = refusal_of(&identity, carrier, &lab, RaftRequest::Relay(stale)).await;
+    assert!(reason.contains("away from this node's clock"), "{reason}");
+    for node in lab.nodes {
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// Once a node is removed, its certificate is refused on the Raft port, and its id cannot
+/// be given to a new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_and_its_id_never_reused() {
+    let lab = start_three().await;
+    let leader = wait_for_leader(&lab).await;
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    let leader_node = lab.nodes.iter().find(|n| n.cluster.node_id == leader).unwrap();
+    let removed = leader_node.cluster.execute_as_leader(LeaderRequest::RemoveMember { id: gone }).await;
+    assert!(matches!(removed, LeaderResponse::Done { .. }), "{removed:?}");
+    assert!(leader_node.cluster.state().removed.contains(&gone));
+
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, gone);
+    let hello = RaftRequest::Hello { cluster: "test".into() };
+    let error = call_as(&identity, "test", leader, &lab.members[&leader].raft_addr, hello).await.unwrap_err();
+    assert!(error.to_string().contains(&format!("node {gone} was removed")), "{error}");
+
+    let again = LeaderRequest::AddMember { id: gone, node: lab.members[&gone].clone(), learner_only: true };
+    let LeaderResponse::Failed { reason } = leader_node.cluster.execute_as_leader(again).await else {
+        panic!("a removed id was given again")
+    };
+    assert!(reason.contains("ids are never reused"), "{reason}");
     for node in lab.nodes {
         node.shutdown(Duration::from_secs(2)).await;
     }

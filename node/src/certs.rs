@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use vigil_consensus::NodeId;
+use vigil_consensus::authority::Role;
 use vigil_consensus::pki::{CertificateAuthority, IssuedCertificate};
 
 /// File mode of private keys: readable by the owner only.
@@ -42,7 +43,7 @@ pub fn check_operator_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates a new CA in `out` and certificates for `nodes` and one operator.
+/// Creates a new CA in `out` and certificates for `nodes` and one operator, an admin.
 pub fn init(
     out: &Path,
     cluster: &str,
@@ -77,7 +78,7 @@ pub fn init(
         let (cert, key) = node_files(out, *id);
         write_pair(&cert, &key, &ca.issue_node(*id, extra_names)?)?;
     }
-    write_pair(&operator_cert, &operator_key, &ca.issue_operator(operator)?)?;
+    write_pair(&operator_cert, &operator_key, &ca.issue_operator(operator, Role::Admin)?)?;
     Ok(planned)
 }
 
@@ -85,8 +86,8 @@ pub fn init(
 pub enum IssueFor<'a> {
     /// A node certificate.
     Node(NodeId),
-    /// An operator certificate.
-    Operator(&'a str),
+    /// An operator certificate with its role.
+    Operator(&'a str, Role),
 }
 
 /// Issues one more certificate from the CA in `dir`.
@@ -99,9 +100,9 @@ pub fn issue(dir: &Path, what: IssueFor<'_>, extra_names: &[String]) -> anyhow::
     let ((cert, key), issued) = match what {
         IssueFor::Node(0) => bail!("--node: node ids start at 1"),
         IssueFor::Node(id) => (node_files(dir, id), ca.issue_node(id, extra_names)?),
-        IssueFor::Operator(name) => {
+        IssueFor::Operator(name, role) => {
             check_operator_name(name)?;
-            (operator_files(dir, name), ca.issue_operator(name)?)
+            (operator_files(dir, name), ca.issue_operator(name, role)?)
         }
     };
     for path in [&cert, &key] {

@@ -189,7 +189,7 @@ pub enum CertsCommand {
         /// Extra host names or IP addresses for the node certificates (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// The operator certificate's name.
+        /// The operator certificate's name (it gets the admin role).
         #[arg(long, default_value = "admin")]
         operator: String,
     },
@@ -202,8 +202,11 @@ pub enum CertsCommand {
         #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
         node: Option<NodeId>,
         /// Issue an operator certificate with this name.
-        #[arg(long)]
+        #[arg(long, requires = "role")]
         operator: Option<String>,
+        /// The operator's role: `viewer` reads, `admin` also changes the cluster.
+        #[arg(long, requires = "operator")]
+        role: Option<vigil_consensus::authority::Role>,
         /// Extra host names or IP addresses (node certificates only).
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -264,11 +267,27 @@ fn default_author() -> String {
 }
 
 impl Target {
-    /// A client for this target.
+    /// A client for this target. With `--config` alone, the node's local socket when it is
+    /// there (root on the node's host: an admin), else its API with the node's certificate
+    /// (which reads only).
     pub fn client(&self) -> Result<ApiClient, Failure> {
         let (identity, mut endpoints) = match &self.config {
             Some(path) => {
                 let config = NodeConfig::load(path).map_err(|e| Failure::config(e.to_string()))?;
+                let socket = crate::api::server::local_socket_path(&config.data_dir);
+                if self.endpoint.is_empty() {
+                    match std::fs::symlink_metadata(&socket) {
+                        Ok(_) => return Ok(ApiClient::local(&socket)),
+                        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                            return Err(Failure::config(format!(
+                                "cannot reach {}: permission denied (the node's data dir and local socket are \
+                                 root's: use sudo, or an operator certificate with --endpoint, --ca, --cert and --key)",
+                                socket.display()
+                            )));
+                        }
+                        Err(_) => {}
+                    }
+                }
                 (config.identity, vec![config.api_addr.to_string()])
             }
             None => {

@@ -41,6 +41,13 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
 
     let tasks = TaskTracker::new();
     let state = ApiState { cluster: raft_node.cluster.clone(), cluster_name: config.cluster_name.clone(), prometheus };
+    let local = crate::api::server::bind_local(&config.data_dir).with_context(|| {
+        format!(
+            "cannot listen on the local socket {}",
+            crate::api::server::local_socket_path(&config.data_dir).display()
+        )
+    })?;
+    tasks.spawn(crate::api::server::serve_local(local, state.clone(), config.info.name.clone(), cancel.child_token()));
     let identity = config.identity.clone();
     let api_cancel = cancel.child_token();
     tasks.spawn(async move {

@@ -80,11 +80,14 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Certs(CertsCommand::Issue { dir, node, operator, sans }) => {
-            let what = match (&node, &operator) {
-                (Some(id), _) => certs::IssueFor::Node(*id),
-                (None, Some(name)) => certs::IssueFor::Operator(name),
-                (None, None) => {
+        Command::Certs(CertsCommand::Issue { dir, node, operator, role, sans }) => {
+            let what = match (&node, &operator, role) {
+                (Some(id), _, _) => certs::IssueFor::Node(*id),
+                (None, Some(name), Some(role)) => certs::IssueFor::Operator(name, role),
+                (None, Some(_), None) => {
+                    return Err(Failure::usage("--role: give admin or viewer for an operator".to_string()));
+                }
+                (None, None, _) => {
                     return Err(Failure::usage("give --node ID or --operator NAME".to_string()));
                 }
             };

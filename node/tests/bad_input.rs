@@ -98,9 +98,24 @@ fn an_operator_name_that_is_a_path_is_refused() {
     assert!(stderr(&init).contains("--operator: \"../x\" is not a name"), "{}", stderr(&init));
     assert!(!dir.path().join("x.key").exists() && !out.join("ca.key").exists(), "something was written");
     assert!(vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1"]).status.success());
-    let issue = vigil(&["certs", "issue", "--dir", out.to_str().unwrap(), "--operator", "a/b"]);
+    let issue = vigil(&["certs", "issue", "--dir", out.to_str().unwrap(), "--operator", "a/b", "--role", "admin"]);
     assert_ne!(issue.status.code(), Some(0));
     assert!(stderr(&issue).contains("is not a name"), "{}", stderr(&issue));
+}
+
+/// An operator certificate needs a role, and only admin or viewer is one.
+#[test]
+fn an_operator_certificate_needs_a_known_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    assert!(vigil(&["certs", "init", "--out", out.to_str().unwrap(), "--nodes", "1"]).status.success());
+    let none = vigil(&["certs", "issue", "--dir", out.to_str().unwrap(), "--operator", "bob"]);
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(stderr(&none).contains("--role <ROLE>"), "{}", stderr(&none));
+    let unknown = vigil(&["certs", "issue", "--dir", out.to_str().unwrap(), "--operator", "bob", "--role", "root"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("expected admin or viewer"), "{}", stderr(&unknown));
+    assert!(!out.join("bob.key").exists(), "nothing is written");
 }
 
 #[test]

@@ -9,3 +9,4 @@ pub mod frame;
 pub mod network;
 pub mod rpc;
 pub mod server;
+pub mod signed;

@@ -5,7 +5,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::authority::OperatorClaim;
 use crate::state::{Command, CommandResponse};
+use crate::transport::signed::SignedRequest;
 use crate::types::{NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote};
 
 /// A request from one node to another.
@@ -34,12 +36,29 @@ pub enum RaftRequest {
         /// The serialized state.
         data: SnapshotBytes,
     },
-    /// A write that only the leader can do, forwarded by a follower.
-    Forward(LeaderRequest),
-    /// A write a node could not get to the leader itself, handed to a peer that forwards it
-    /// once more (never relays it again): a node cut off from the leader alone still
-    /// reaches it through another node.
-    Relay(LeaderRequest),
+    /// A write that only the leader can do, forwarded by the node it comes from (the
+    /// peer's certificate names it).
+    Forward(Forwarded),
+    /// A write a node could not get to the leader itself, handed to a peer that passes it on
+    /// to the leader as [`RaftRequest::Relayed`] (never relays it again): a node cut off from
+    /// the leader alone still reaches it through another node. Signed by the node it comes
+    /// from, so the leader knows its origin whoever carried it.
+    Relay(SignedRequest),
+    /// A relayed write on its last hop, from the relaying node to the leader: carried out
+    /// only by a leader, never passed on.
+    Relayed(SignedRequest),
+}
+
+/// A request forwarded by the node it comes from, with the operator that node speaks for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The request.
+    #[serde(flatten)]
+    pub request: LeaderRequest,
+    /// The operator the forwarding node authenticated, for an operator's request. Absent
+    /// from what nodes before roles sent: those requests get a node's rights only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<OperatorClaim>,
 }
 
 /// A response to a [`RaftRequest`].

@@ -20,7 +20,7 @@ use crate::state_machine::Snapshot;
 use crate::tls::node_id_of_certificate;
 use crate::transport::client::describe_connection_error;
 use crate::transport::frame::{read_frame, write_frame};
-use crate::transport::rpc::{RaftRequest, RaftResponse};
+use crate::transport::rpc::{LeaderResponse, RaftRequest, RaftResponse};
 use crate::types::{NodeId, Vote};
 
 /// Accepts connections on `endpoint` until `cancel` fires.
@@ -95,7 +95,14 @@ async fn serve_connection(
                     return;
                 }
             };
-            let response = if matches!(request, RaftRequest::Hello { .. }) || greeted.load(Ordering::Acquire) {
+            let removed = cluster.state().removed.contains(&peer);
+            let response = if removed {
+                warn!(peer, "refused a raft request from a node that was removed from the cluster");
+                metrics::counter!("vigil_raft_requests_refused_total", "reason" => "removed").increment(1);
+                Handled::CloseAfter(RaftResponse::Error {
+                    reason: format!("node {peer} was removed from the cluster: its certificate is no longer accepted"),
+                })
+            } else if matches!(request, RaftRequest::Hello { .. }) || greeted.load(Ordering::Acquire) {
                 handle(request, peer, &cluster, &cluster_name, &greeted).await
             } else {
                 warn!(peer, "refused a raft request sent before the connection's hello");
@@ -183,11 +190,15 @@ async fn handle(
                 .await
                 .map_or_else(|e| failed(&e), RaftResponse::InstallSnapshot),
         },
-        RaftRequest::Forward(request) => RaftResponse::Forward(cluster.execute_as_leader(request).await),
-        RaftRequest::Relay(request) => match cluster.relay(request).await {
+        RaftRequest::Forward(forwarded) => RaftResponse::Forward(cluster.execute_forwarded(peer, forwarded).await),
+        RaftRequest::Relay(signed) => match cluster.relay(signed).await {
             Ok(response) => RaftResponse::Forward(response),
+            // The leader's refusal travels back as the leader's answer, so the origin does
+            // not try the next peer for an answer that will be the same.
+            Err(crate::SubmitError::Refused(reason)) => RaftResponse::Forward(LeaderResponse::Failed { reason }),
             Err(error) => RaftResponse::Error { reason: error.to_string() },
         },
+        RaftRequest::Relayed(signed) => RaftResponse::Forward(cluster.execute_relayed(signed).await),
     };
     Handled::Answer(response)
 }

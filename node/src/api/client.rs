@@ -1,6 +1,8 @@
 //! The HTTPS client the CLI uses: mutual TLS with a certificate from the cluster CA, the
-//! server verified as a node of this cluster.
+//! server verified as a node of this cluster; or plain HTTP on a node's local socket, for
+//! root on the node's host.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use vigil_consensus::tls::{API_SERVER_NAME, Identity};
 
@@ -52,14 +54,20 @@ pub enum ClientError {
 /// A client for one or more endpoints, tried in order until one answers.
 pub struct ApiClient {
     endpoints: Vec<String>,
-    connector: TlsConnector,
+    connector: Option<TlsConnector>,
+    local: Option<PathBuf>,
 }
 
 impl ApiClient {
     /// A client that authenticates with `identity` and calls `endpoints` (`HOST:PORT`).
     pub fn new(identity: &Identity, endpoints: Vec<String>) -> anyhow::Result<Self> {
         let config = identity.client_config(&[API_ALPN])?;
-        Ok(Self { endpoints, connector: TlsConnector::from(Arc::new(config)) })
+        Ok(Self { endpoints, connector: Some(TlsConnector::from(Arc::new(config))), local: None })
+    }
+
+    /// A client that calls a node through its local socket at `socket`.
+    pub fn local(socket: &Path) -> Self {
+        Self { endpoints: vec![socket.display().to_string()], connector: None, local: Some(socket.to_path_buf()) }
     }
 
     /// `GET path`, decoded.
@@ -129,16 +137,22 @@ impl ApiClient {
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
-        let mut session = ApiSession::open(&self.connector, endpoint, API_SERVER_NAME).await?;
+        let mut session = self.open(endpoint).await?;
         session.exchange(method, path, body).await
+    }
+
+    async fn open(&self, endpoint: &str) -> Result<ApiSession, String> {
+        match (&self.local, &self.connector) {
+            (Some(socket), _) => ApiSession::open_local(socket).await,
+            (None, Some(connector)) => ApiSession::open(connector, endpoint, API_SERVER_NAME).await,
+            (None, None) => Err("no way to reach the node".to_string()),
+        }
     }
 
     /// A kept-alive connection to the first endpoint, for many calls in a row.
     pub async fn session(&self) -> Result<ApiSession, ClientError> {
         let endpoint = self.endpoints.first().cloned().unwrap_or_default();
-        ApiSession::open(&self.connector, &endpoint, API_SERVER_NAME)
-            .await
-            .map_err(|reason| ClientError::Unreachable { endpoint, reason })
+        self.open(&endpoint).await.map_err(|reason| ClientError::Unreachable { endpoint, reason })
     }
 }
 
@@ -160,6 +174,22 @@ impl ApiSession {
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         Ok(Self { endpoint: endpoint.to_string(), sender })
+    }
+
+    /// Connects to a node's local socket at `socket`.
+    pub async fn open_local(socket: &Path) -> Result<Self, String> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "cannot connect to {}: permission denied (the node's local socket is root's: use sudo, or an \
+                 operator certificate with --endpoint, --ca, --cert and --key)",
+                socket.display()
+            ),
+            _ => format!("cannot connect to {}: {e}", socket.display()),
+        })?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(Self { endpoint: "localhost".to_string(), sender })
     }
 
     /// Sends one request and reads the whole answer.

@@ -1,10 +1,10 @@
 //! The API's group routes: the spec, pause and resume, switchover and failover, and the
 //! group part of the status report.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::decision::{STALE_AFTER_MS, Situation, plan_requested};
 use vigil_consensus::group::{GroupState, Health};
@@ -14,6 +14,7 @@ use vigil_consensus::state::CommandResponse;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{ClusterState, Command, SubmitError};
 
+use crate::api::auth::Principal;
 use crate::api::model::{
     ApplySpecRequest, FailoverRequest, GroupMemberStatus, GroupStatus, PauseRequest, RunReceipt, WriteReceipt,
 };
@@ -42,7 +43,11 @@ fn receipt(log_index: u64, _: CommandResponse) -> Response {
 }
 
 /// `POST /spec`.
-pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<ApplySpecRequest>) -> Response {
+pub async fn apply_spec(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Json(request): Json<ApplySpecRequest>,
+) -> Response {
     let spec = match spec_file::parse(&request.toml) {
         Ok(spec) => spec,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string()),
@@ -51,16 +56,13 @@ pub async fn apply_spec(State(state): State<ApiState>, Json(request): Json<Apply
     if let Err(error) = spec_file::validate(&spec, &nodes) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", error.to_string());
     }
-    if let Err(over) = limits::check_spec(&spec).and_then(|()| limits::check_author(&request.author)) {
+    let author = principal.author(&request.author);
+    if let Err(over) = limits::check_spec(&spec).and_then(|()| limits::check_author(&author)) {
         return too_large(over);
     }
-    let command = Command::ApplySpec {
-        spec,
-        at_unix_ms: unix_millis_now(),
-        proposer: state.cluster.node_id,
-        author: request.author,
-    };
-    answer(state.cluster.submit(LeaderRequest::Write { command }).await, receipt)
+    let command = Command::ApplySpec { spec, at_unix_ms: unix_millis_now(), proposer: state.cluster.node_id, author };
+    let claim = principal.claim(&request.author);
+    answer(state.cluster.submit_as(LeaderRequest::Write { command }, claim).await, receipt)
 }
 
 /// `GET /spec`.
@@ -68,34 +70,43 @@ pub async fn get_spec(State(state): State<ApiState>) -> Json<ClusterSpec> {
     Json(state.cluster.state().spec.clone())
 }
 
-async fn set_paused(state: &ApiState, group: String, paused: bool, author: String) -> Response {
+async fn set_paused(state: &ApiState, principal: &Principal, group: String, paused: bool, claimed: &str) -> Response {
+    let author = principal.author(claimed);
     if let Err(over) = limits::check_author(&author) {
         return too_large(over);
     }
     let command =
         Command::SetPaused { group, paused, author, at_unix_ms: unix_millis_now(), proposer: state.cluster.node_id };
-    answer(state.cluster.submit(LeaderRequest::Write { command }).await, receipt)
+    answer(state.cluster.submit_as(LeaderRequest::Write { command }, principal.claim(claimed)).await, receipt)
 }
 
 /// `POST /groups/{group}/pause`.
 pub async fn pause(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     Json(request): Json<PauseRequest>,
 ) -> Response {
-    set_paused(&state, group, true, request.author).await
+    set_paused(&state, &principal, group, true, &request.author).await
 }
 
 /// `POST /groups/{group}/resume`.
 pub async fn resume(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     Json(request): Json<PauseRequest>,
 ) -> Response {
-    set_paused(&state, group, false, request.author).await
+    set_paused(&state, &principal, group, false, &request.author).await
 }
 
-async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, forced: bool) -> Response {
+async fn request_run(
+    state: &ApiState,
+    principal: &Principal,
+    group: &str,
+    request: FailoverRequest,
+    forced: bool,
+) -> Response {
     let plan = {
         let replicated = state.cluster.state();
         let Some(spec) = replicated.spec.group(group).map(|group| group.policy()) else {
@@ -126,7 +137,7 @@ async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, fo
     let command = Command::BeginFailover {
         group: group.to_string(),
         kind: plan.kind,
-        reason: format!("{} by {}", plan.reason, request.author),
+        reason: format!("{} by {}", plan.reason, principal.author(&request.author)),
         old_primary: plan.old_primary,
         candidate: plan.candidate,
         plan: plan.steps,
@@ -136,7 +147,8 @@ async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, fo
         candidate_lsn: plan.candidate_lsn,
         proposer: state.cluster.node_id,
     };
-    answer(state.cluster.submit(LeaderRequest::Write { command }).await, |_, response| match response {
+    let claim = principal.claim(&request.author);
+    answer(state.cluster.submit_as(LeaderRequest::Write { command }, claim).await, |_, response| match response {
         CommandResponse::RunStarted { run_id, epoch } => {
             (StatusCode::OK, Json(RunReceipt { run_id, epoch, candidate })).into_response()
         }
@@ -147,15 +159,17 @@ async fn request_run(state: &ApiState, group: &str, request: FailoverRequest, fo
 /// `POST /groups/{group}/switchover`.
 pub async fn switchover(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     Json(request): Json<FailoverRequest>,
 ) -> Response {
-    request_run(&state, &group, request, false).await
+    request_run(&state, &principal, &group, request, false).await
 }
 
 /// `POST /groups/{group}/failover`: forced, to a named member.
 pub async fn failover(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     Json(request): Json<FailoverRequest>,
 ) -> Response {
@@ -166,7 +180,7 @@ pub async fn failover(
             "to: a forced failover needs the member to promote",
         );
     }
-    request_run(&state, &group, request, true).await
+    request_run(&state, &principal, &group, request, true).await
 }
 
 /// `GET /groups/{group}`.

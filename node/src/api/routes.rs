@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::ServerState;
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use vigil_consensus::limits;
 use vigil_consensus::transport::rpc::{LeaderRequest, LeaderResponse};
 use vigil_consensus::{Cluster, EventKind, NodeId, NodeInfo, SubmitError};
 
+use crate::api::auth::{self, Principal};
 use crate::api::group_routes;
 use crate::api::model::{
     AddMemberRequest, ApiError, Health, HistoryReport, MemberStatus, NodeSummary, NoteRequest, StatusReport,
@@ -56,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{group}/failover", axum::routing::post(group_routes::failover))
         // No body needs more than a spec at its cap, in TOML and inside a JSON string.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .with_state(state)
 }
 
@@ -192,7 +194,11 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 
-async fn add_member(State(state): State<ApiState>, Json(request): Json<AddMemberRequest>) -> Response {
+async fn add_member(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Json(request): Json<AddMemberRequest>,
+) -> Response {
     for (field, value) in [("raft_addr", &request.raft_addr), ("api_addr", &request.api_addr)] {
         if value.parse::<std::net::SocketAddr>().is_err() {
             return error_response(
@@ -215,24 +221,34 @@ async fn add_member(State(state): State<ApiState>, Json(request): Json<AddMember
         raft_addr: request.raft_addr,
         api_addr: request.api_addr,
     };
-    let submitted =
-        state.cluster.submit(LeaderRequest::AddMember { id: request.id, node, learner_only: request.learner }).await;
-    submitted.map_or_else(submit_error_response, receipt)
+    let add = LeaderRequest::AddMember { id: request.id, node, learner_only: request.learner };
+    state.cluster.submit_as(add, principal.claim("")).await.map_or_else(submit_error_response, receipt)
 }
 
-async fn remove_member(State(state): State<ApiState>, Path(id): Path<NodeId>) -> Response {
-    state.cluster.submit(LeaderRequest::RemoveMember { id }).await.map_or_else(submit_error_response, receipt)
+async fn remove_member(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<NodeId>,
+) -> Response {
+    let remove = LeaderRequest::RemoveMember { id };
+    state.cluster.submit_as(remove, principal.claim("")).await.map_or_else(submit_error_response, receipt)
 }
 
-async fn add_note(State(state): State<ApiState>, Json(request): Json<NoteRequest>) -> Response {
+async fn add_note(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Json(request): Json<NoteRequest>,
+) -> Response {
     if request.text.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "text: must not be empty");
     }
-    if let Err(over) = limits::check_note(&request.author, &request.text) {
+    let author = principal.author(&request.author);
+    if let Err(over) = limits::check_note(&author, &request.text) {
         return too_large(over);
     }
-    let command = state.cluster.event_command(EventKind::Note { author: request.author, text: request.text });
-    state.cluster.submit(LeaderRequest::Write { command }).await.map_or_else(submit_error_response, receipt)
+    let command = state.cluster.event_command(EventKind::Note { author: author.clone(), text: request.text });
+    let submitted = state.cluster.submit_as(LeaderRequest::Write { command }, principal.claim(&request.author));
+    submitted.await.map_or_else(submit_error_response, receipt)
 }
 
 #[derive(Deserialize)]

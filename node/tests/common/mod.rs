@@ -288,10 +288,17 @@ impl TestCluster {
 
     /// Runs a CLI command as the operator (admin certificate) against `endpoints`.
     pub fn cli_as_operator(&self, endpoints: &[u64], args: &[&str]) -> Output {
+        self.cli_with_certificate("admin", endpoints, args)
+    }
+
+    /// Runs a CLI command with the certificate `name` (`certs/<name>.crt` and `.key`: an
+    /// operator's or a node's) against `endpoints`.
+    pub fn cli_with_certificate(&self, name: &str, endpoints: &[u64], args: &[&str]) -> Output {
         let certs = self.dir.path().join("certs");
         let endpoint_list: Vec<String> =
             endpoints.iter().map(|id| format!("127.0.0.1:{}", self.nodes[id].api_port)).collect();
-        let (ca, cert, key) = (certs.join("ca.crt"), certs.join("admin.crt"), certs.join("admin.key"));
+        let (ca, cert, key) =
+            (certs.join("ca.crt"), certs.join(format!("{name}.crt")), certs.join(format!("{name}.key")));
         let joined = endpoint_list.join(",");
         let mut full: Vec<&str> = args.to_vec();
         full.extend([
