@@ -123,13 +123,16 @@ impl Writer {
 
 /// A planned switchover (writes paused, the candidate catches up to the final offset, then
 /// promoted) loses no acknowledged write, and the old master ends up a replica of the new.
+/// An admin asks a follower for it, and the run names the admin.
 #[test]
 fn switchover_loses_no_acknowledged_write() {
     let RedisLab { vigil, redis, spec_path } = RedisLab::start("", &[], &[]);
     let redis = Arc::new(redis);
     let writer = Writer::start(redis.clone());
     std::thread::sleep(Duration::from_secs(1));
-    let output = vigil.cli(2, &["switchover", "cache", "--to", "redis2"]);
+    let (leader, _) = vigil.wait_for_agreed_leader(&[1, 2, 3], Duration::from_secs(20));
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let output = vigil.cli_as_operator(&[follower], &["switchover", "cache", "--to", "redis2"]);
     assert!(
         output.status.success(),
         "switchover failed: {}\n{}",
@@ -151,6 +154,7 @@ fn switchover_loses_no_acknowledged_write() {
     let run = lab.wait_for_run(0);
     assert_eq!(run["kind"], "switchover");
     assert_eq!(run["succeeded"], true, "{run:#}");
+    assert!(run["reason"].as_str().unwrap().ends_with(" by admin"), "the run names the admin: {run:#}");
 }
 
 /// The vigil beside the master is killed: when the master's lease runs out, the fence guard
