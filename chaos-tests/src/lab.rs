@@ -333,6 +333,17 @@ pub fn write_node_configs(
             )
         })
         .collect();
+    // The lab's password files (beside its certificates, which no spec may name) and
+    // PostgreSQL's data under the temporary directory.
+    let secrets: Vec<String> = ["vigil.password", "replication.password", "redis.password"]
+        .iter()
+        .map(|file| format!("\"{}\"", dir.join(file).display()))
+        .collect();
+    let allow = format!(
+        "[allow]\nsecret_files = [{}]\ndata_dirs = [\"{}\"]\n",
+        secrets.join(", "),
+        std::env::temp_dir().display()
+    );
     let mut nodes = BTreeMap::new();
     for id in 1..=3u64 {
         let host = DATACENTERS[id as usize - 1];
@@ -344,7 +355,7 @@ pub fn write_node_configs(
                 "cluster_name = \"chaos\"\ndata_dir = \"data/n{id}\"\n\n[node]\nid = {id}\nname = \"n{id}\"\n\
                  datacenter = \"dc{id}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\napi_addr = \"{ip}:{API_PORT}\"\n\n\
                  [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
-                 [log]\nlevel = \"info,openraft=warn\"\n\n{extra}\n{members}"
+                 [log]\nlevel = \"info,openraft=warn\"\n\n{extra}\n{allow}\n{members}"
             ),
         )?;
         nodes.insert(

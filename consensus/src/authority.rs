@@ -2,8 +2,8 @@
 //! forwarded or relayed to it.
 //!
 //! A node speaks for itself only: its own verdicts, its own lease renewals and releases,
-//! the rejoins of members beside it, and the results of failover steps the state assigns to
-//! it. Operator requests (spec, pause, switchover, notes, membership) need an operator with
+//! the rejoins of members beside it, its own allow-list, and the results of failover steps
+//! the state assigns to it. Operator requests (spec, pause, switchover, notes, membership) need an operator with
 //! the admin role, whom the forwarding node authenticated by certificate; the author such a
 //! command names must be that operator. Decisions only a leader takes (recording a primary,
 //! the synchronous standbys, beginning an automatic failover, starting and finishing steps)
@@ -108,6 +108,7 @@ fn check_command(requester: &Requester, command: &Command, state: &ClusterState)
         Command::ReportVerdict { node: claimed, .. } => own(*claimed, "observer"),
         Command::RenewLease { holder, .. } | Command::ReleaseLease { holder, .. } => own(*holder, "lease holder"),
         Command::RecordRejoin { proposer, .. } => own(*proposer, "proposer"),
+        Command::PublishAllowList { node: claimed, .. } => own(*claimed, "node"),
         Command::StepFinished { group, run_id, index, next_by, .. } => {
             if next_by.is_some() {
                 return Err(format!("node {node} may not start the next step: only the leader does"));

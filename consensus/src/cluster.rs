@@ -421,6 +421,16 @@ impl Cluster {
         if let Err(over) = crate::limits::check_command(&command) {
             return LeaderResponse::Failed { reason: format!("too large: {over}") };
         }
+        // A spec may ask each node only for what that node allows, whoever applies it.
+        if let Command::ApplySpec { spec, .. } = &command {
+            let checked = {
+                let state = self.state();
+                crate::allow::check_cluster(spec, &state.nodes(), &state.allowed)
+            };
+            if let Err(refusal) = checked {
+                return LeaderResponse::Failed { reason: format!("refused: {refusal}") };
+            }
+        }
         outcome(self.raft.client_write(command).await)
     }
 

@@ -111,6 +111,18 @@ pub enum TransportError {
         /// Why, in words.
         reason: String,
     },
+    /// A message is larger than a frame may be: sending it again will not help.
+    #[error(
+        "a message to node {peer} of {bytes} bytes is over the frame limit of {limit} bytes and will never get \
+         through (is the replicated state too large?)",
+        limit = crate::transport::frame::MAX_FRAME_BYTES
+    )]
+    TooLarge {
+        /// The peer.
+        peer: u64,
+        /// The message's size.
+        bytes: usize,
+    },
     /// The peer answered with something that is not a valid frame or message.
     #[error("node {peer} sent a bad message: {reason}")]
     Protocol {

@@ -9,6 +9,7 @@
 //! - A log entry is acknowledged to openraft only after it is durable on disk.
 //! - A peer is identified by its certificate, never by what its messages claim.
 
+pub mod allow;
 pub mod authority;
 pub mod cluster;
 pub mod coordinator;

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::allow::AllowList;
 use crate::group::{
     FailoverKind, FailoverRun, GroupState, PrimaryLease, Step, StepFacts, StepSeen, StepState, StepStatus,
     VerdictReport,
@@ -208,6 +209,14 @@ pub enum Command {
         #[serde(default)]
         next_by: Option<NodeId>,
     },
+    /// A node says what it allows the spec to make it do (see [`crate::allow`]), replacing
+    /// what it said before.
+    PublishAllowList {
+        /// The node.
+        node: NodeId,
+        /// Its allow-list.
+        allow: AllowList,
+    },
     /// End the running failover.
     FinishFailover {
         /// The group.
@@ -266,6 +275,7 @@ impl fmt::Display for Command {
             Command::FinishFailover { group, run_id, succeeded, .. } => {
                 write!(f, "finish-failover {group} run {run_id} ok={succeeded}")
             }
+            Command::PublishAllowList { node, .. } => write!(f, "publish-allow-list of node {node}"),
         }
     }
 }
@@ -477,6 +487,9 @@ pub struct ClusterState {
     /// their ids are never given to another node.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed: BTreeSet<NodeId>,
+    /// What each node allows the spec to make it do, as it published it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowed: BTreeMap<NodeId, AllowList>,
 }
 
 impl ClusterState {
@@ -554,6 +567,13 @@ impl ClusterState {
             }
             Command::FinishFailover { group, run_id, succeeded, outcome, at_ms, proposer } => {
                 self.finish_failover(index, group, *run_id, *succeeded, outcome, *at_ms, *proposer)
+            }
+            Command::PublishAllowList { node, allow } => {
+                if !self.nodes().contains_key(node) {
+                    return CommandResponse::Refused { reason: format!("node {node} is not a member") };
+                }
+                self.allowed.insert(*node, allow.clone());
+                CommandResponse::Applied
             }
         }
     }
@@ -952,6 +972,7 @@ impl ClusterState {
         self.membership = StoredMembership::new(Some(log_id), membership);
         let after = self.nodes();
         self.removed.extend(before.into_iter().filter(|id| !after.contains_key(id)));
+        self.allowed.retain(|id, _| after.contains_key(id));
         CommandResponse::Empty
     }
 

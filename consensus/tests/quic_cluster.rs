@@ -365,3 +365,20 @@ async fn a_removed_node_is_refused_and_its_id_never_reused() {
         node.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// A message over the frame limit is reported as too large, not as an unreachable peer: it
+/// would never get through, and retrying it as if the peer were down hides why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_frame_limit_is_reported_as_too_large() {
+    let lab = start_three().await;
+    let leader = wait_for_leader(&lab).await;
+    let (_dir, identity) = node_identity_from_lab_ca(&lab, 9);
+    let text = "x".repeat(vigil_consensus::transport::frame::MAX_FRAME_BYTES);
+    let huge = forwarded(LeaderRequest::Write { command: note(9, &text) });
+    let error = call_as(&identity, "test", leader, &lab.members[&leader].raft_addr, huge).await.unwrap_err();
+    assert!(matches!(error, TransportError::TooLarge { .. }), "{error}");
+    assert!(error.to_string().contains("will never get through"), "{error}");
+    for node in lab.nodes {
+        node.shutdown(Duration::from_secs(2)).await;
+    }
+}

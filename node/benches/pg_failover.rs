@@ -113,6 +113,7 @@ fn one_run(profile: &Profile) -> RunTimes {
         } else {
             profile.raft_toml.to_string()
         },
+        ..ClusterOptions::default()
     };
     let lab = Lab::start_with(profile.group_toml, &[], &[], options);
     let killed_port = lab.pg.instances()[0].port;

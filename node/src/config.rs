@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use vigil_consensus::allow::{AllowList, plain_absolute};
 use vigil_consensus::node::{NodeSetup, RaftSettings};
 use vigil_consensus::spec::MAX_TIMING;
 use vigil_consensus::tls::{Identity, TlsPaths};
@@ -51,6 +52,42 @@ pub struct RawConfig {
     /// The voters the cluster is bootstrapped with.
     #[serde(default)]
     pub initial_members: Vec<RawMember>,
+    /// What the replicated spec may make this node do.
+    #[serde(default)]
+    pub allow: RawAllow,
+}
+
+/// The `[allow]` table: what the replicated spec may make this node run and read. Whatever
+/// an admin applies, this node runs no other program and reads no other secret.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAllow {
+    /// Members' `start_command` and `stop_command`, exactly as the spec writes them.
+    pub commands: Vec<String>,
+    /// Groups' `bin_dir`: where `pg_ctl`, `pg_rewind` and `pg_basebackup` are run from.
+    pub bin_dirs: Vec<String>,
+    /// Groups' `run_as`: the OS users those programs run as.
+    pub run_as: Vec<String>,
+    /// Directories the data directories of members beside this node are in.
+    pub data_dirs: Vec<String>,
+    /// Directories (or files) secrets and TLS files are read from.
+    pub secret_files: Vec<String>,
+    /// Environment variables secrets are read from.
+    pub secret_env: Vec<String>,
+}
+
+impl Default for RawAllow {
+    /// Debian's PostgreSQL layout, secrets under `/etc/vigil/secrets`, and no command.
+    fn default() -> Self {
+        Self {
+            commands: Vec::new(),
+            bin_dirs: (13..=17).map(|version| format!("/usr/lib/postgresql/{version}/bin")).collect(),
+            run_as: vec!["postgres".to_string()],
+            data_dirs: vec!["/var/lib/postgresql".to_string()],
+            secret_files: vec!["/etc/vigil/secrets".to_string()],
+            secret_env: Vec::new(),
+        }
+    }
 }
 
 /// The `[node]` table.
@@ -179,6 +216,8 @@ pub struct NodeConfig {
     pub log: LogConfig,
     /// The bootstrap voters; empty when joining.
     pub initial_members: BTreeMap<NodeId, NodeInfo>,
+    /// What the replicated spec may make this node do.
+    pub allow: AllowList,
 }
 
 impl NodeConfig {
@@ -231,6 +270,39 @@ impl Checker {
 
     fn socket_addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         value.parse().map_err(|_| self.error(field, format!("expected IP:PORT such as 127.0.0.1:7100, got {value:?}")))
+    }
+
+    /// The allow-list, its paths checked: absolute, without `.` or `..`. The node's own key
+    /// is never read for the spec, whatever directory holds it.
+    fn allow(&self, raw: &RawAllow, key: &Path) -> Result<AllowList, ConfigError> {
+        for (name, paths) in
+            [("bin_dirs", &raw.bin_dirs), ("data_dirs", &raw.data_dirs), ("secret_files", &raw.secret_files)]
+        {
+            for (index, path) in paths.iter().enumerate() {
+                if !plain_absolute(path) {
+                    return Err(self.error(
+                        format!("allow.{name}[{index}]"),
+                        format!("expected an absolute path without . or .., got {path:?}"),
+                    ));
+                }
+            }
+        }
+        for (name, values) in [("commands", &raw.commands), ("run_as", &raw.run_as), ("secret_env", &raw.secret_env)] {
+            if let Some(index) = values.iter().position(|value| value.trim().is_empty()) {
+                return Err(self.error(format!("allow.{name}[{index}]"), "must not be empty"));
+            }
+        }
+        let key = std::fs::canonicalize(key).unwrap_or_else(|_| key.to_path_buf());
+        let set = |values: &Vec<String>| values.iter().cloned().collect();
+        Ok(AllowList {
+            commands: set(&raw.commands),
+            bin_dirs: set(&raw.bin_dirs),
+            run_as: set(&raw.run_as),
+            data_dirs: set(&raw.data_dirs),
+            secret_files: set(&raw.secret_files),
+            secret_env: set(&raw.secret_env),
+            never_read: [key.display().to_string()].into(),
+        })
     }
 
     fn member(&self, field: &str, member: &RawMember) -> Result<NodeInfo, ConfigError> {
@@ -363,6 +435,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
     check_key_private(&check, &tls_paths.key)?;
     let identity = Identity::load(&tls_paths).map_err(|e| check.error("tls", e.to_string()))?;
     identity.check_names_node(node.id).map_err(|e| check.error("tls.cert", e.to_string()))?;
+    let allow = check.allow(&raw.allow, &tls_paths.key)?;
 
     Ok(NodeConfig {
         cluster_name: raw.cluster_name.clone(),
@@ -379,6 +452,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<NodeConfig, ConfigError> {
         },
         log: raw.log.clone(),
         initial_members,
+        allow,
     })
 }
 

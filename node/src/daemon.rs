@@ -57,7 +57,8 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
     });
     tasks.spawn(log_leader_changes(raft_node.cluster.clone(), cancel.child_token()));
     let guard = crate::guard::GuardClient::start(&config.data_dir, config.id, log_format, &tasks);
-    crate::coordination::spawn(&raft_node.cluster, guard, &tasks, &cancel);
+    let allowed = crate::coordination::Allowed { node: config.info.name.clone(), allow: config.allow.clone() };
+    crate::coordination::spawn(&raft_node.cluster, guard, allowed, &tasks, &cancel);
     tasks.close();
 
     let stopped = tokio::select! {

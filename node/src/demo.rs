@@ -67,7 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let mut nodes = Vec::new();
     for id in NODES {
         let config = dir.join(format!("n{id}.toml"));
-        std::fs::write(&config, node_config(id, args.base_port)).context("cannot write a demo config")?;
+        std::fs::write(&config, node_config(id, args.base_port, &dir)).context("cannot write a demo config")?;
         nodes.push(start_node(id, &config, &dir).await?);
     }
     let endpoints: Vec<String> =
@@ -149,16 +149,23 @@ fn check_ports(base: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_config(id: u64, base: u16) -> String {
+fn node_config(id: u64, base: u16, dir: &Path) -> String {
     let mut config = format!(
         "# Demo node {id}, written by `vigil demo`.\n\
          cluster_name = \"demo\"\n\
          data_dir = \"data/n{id}\"\n\n\
          [node]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
          raft_addr = \"127.0.0.1:{raft}\"\napi_addr = \"127.0.0.1:{api}\"\n\n\
-         [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n",
+         [tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node{id}.crt\"\nkey = \"certs/node{id}.key\"\n\n\
+         # What the spec may make this node read and work in: the demo's password files (not\n\
+         # its certificates beside them) and its PostgreSQL data directories; the PostgreSQL\n\
+         # binaries and the postgres user are allowed by default.\n\
+         [allow]\nsecret_files = [\"{dir}/vigil.password\", \"{dir}/replication.password\", \"{dir}/redis.password\"]\n\
+         data_dirs = [\"{tmp}\"]\n",
         raft = raft_port(base, id),
         api = api_port(base, id),
+        dir = dir.display(),
+        tmp = std::env::temp_dir().display(),
     );
     for member in NODES {
         config.push_str(&format!(

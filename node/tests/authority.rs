@@ -186,3 +186,69 @@ fn a_node_speaking_for_another_is_refused_and_counted() {
     assert_eq!(refused_count(&cluster, leader, "not_allowed"), before + 2);
     assert!(cluster.log_of(leader).contains("refused a request from another node"));
 }
+
+fn pg_spec(cluster: &TestCluster, password_file: &str, start_on: &str) -> std::path::PathBuf {
+    let member = |n: u64| {
+        let data = std::env::temp_dir().join(format!("vigil-allow-test/pg{n}"));
+        let start = if format!("n{n}") == start_on { "start_command = 'true'\n" } else { "" };
+        format!(
+            "[[postgres.members]]\nname = \"pg{n}\"\nhost = \"127.0.0.1\"\nport = {}\nnode = \"n{n}\"\n\
+             data_dir = \"{}\"\n{start}",
+            9 + n,
+            data.display()
+        )
+    };
+    let replication = cluster.dir.path().join("replication.password");
+    std::fs::write(&replication, "x").unwrap();
+    let spec = format!(
+        "[[postgres]]\nname = \"main\"\nuser = \"vigil\"\npassword = {{ file = \"{password_file}\" }}\n\
+         replication_user = \"replicator\"\nreplication_password = {{ file = \"{}\" }}\n\
+         maximum_lag_on_failover = 1024\n{}\n{}",
+        replication.display(),
+        member(1),
+        member(2)
+    );
+    let path = cluster.dir.path().join(format!("spec-{start_on}.toml"));
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+/// Node 1 allows the command `true`, node 2 does not: a spec that has node 2 run it is
+/// refused through node 1, naming the field; the same command beside node 1 is taken. A
+/// spec that would have the nodes read a node's TLS key as a password is refused too.
+#[test]
+fn a_spec_may_ask_each_node_only_for_what_it_allows() {
+    let mut cluster = TestCluster::new(3);
+    cluster.options.allow_extra = "commands = ['true']\n".to_string();
+    let members = cluster.member_list();
+    cluster.write_config(1, &members, false, "certs");
+    cluster.options.allow_extra = String::new();
+    cluster.start_all();
+    cluster.wait_for_agreed_leader(&[1, 2, 3], AGREEMENT_TIMEOUT);
+    let password = cluster.dir.path().join("vigil.password");
+    std::fs::write(&password, "x").unwrap();
+    let password = password.display().to_string();
+
+    let beside_n2 = pg_spec(&cluster, &password, "n2");
+    let refused = cluster.cli(1, &["apply", "-f", beside_n2.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(REFUSED), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("postgres[0].members[1].start_command: node n2 does not allow the command \"true\""),
+        "{}",
+        stderr(&refused)
+    );
+
+    let key = cluster.dir.path().join("certs/node1.key");
+    let steals_a_key = pg_spec(&cluster, key.to_str().unwrap(), "n1");
+    let refused = cluster.cli(2, &["apply", "-f", steals_a_key.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(REFUSED), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("postgres[0].password.file: node n1 does not allow reading"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let beside_n1 = pg_spec(&cluster, &password, "n1");
+    let applied = cluster.cli(2, &["apply", "-f", beside_n1.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+}

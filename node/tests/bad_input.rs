@@ -317,3 +317,15 @@ fn a_corrupted_snapshot_stops_the_node_naming_the_file() {
         "is corrupt",
     );
 }
+
+#[test]
+fn an_allowed_path_that_is_not_plain_is_named() {
+    assert_config_refused(
+        |c| c.replace("data_dirs = [", "data_dirs = [\"/var/lib/../../etc\", "),
+        "allow.data_dirs[0]: expected an absolute path without . or .., got \"/var/lib/../../etc\"",
+    );
+    assert_config_refused(
+        |c| c.replace("[allow]\n", "[allow]\ncommands = [\" \"]\n"),
+        "allow.commands[0]: must not be empty",
+    );
+}

@@ -510,22 +510,28 @@ fn old_primary_that_cannot_be_rewound_is_recloned_when_allowed() {
 /// the commands named in the spec, not with `pg_ctl` directly.
 #[test]
 fn switchover_uses_the_members_own_start_and_stop_commands() {
-    let lab = Lab::start("", &[], &[]);
-    let log = lab.vigil.dir.path().join("commands.log");
-    let data = &lab.pg.instances()[0].data_dir;
-    let pg_ctl = lab.pg.bin_dir().join("pg_ctl");
-    let as_owner = lab.pg.run_as().map(|user| format!("runuser -u {user} --")).unwrap_or_default();
-    let commands = format!(
-        "start_command = 'echo start >> {log} && {as_owner} {pg_ctl} start -D {data} -l {data}/commands-start.log'\n\
-         stop_command = 'echo stop >> {log} && {as_owner} {pg_ctl} stop -D {data} -m fast'\n",
+    let pg = vigil_chaos_tests::postgres::PgCluster::start(3).expect("postgres cluster");
+    let data = pg.instances()[0].data_dir.clone();
+    let log = data.parent().unwrap().join("commands.log");
+    let pg_ctl = pg.bin_dir().join("pg_ctl");
+    let as_owner = pg.run_as().map(|user| format!("runuser -u {user} --")).unwrap_or_default();
+    let start = format!(
+        "echo start >> {log} && {as_owner} {pg_ctl} start -D {data} -l {data}/commands-start.log",
         log = log.display(),
         pg_ctl = pg_ctl.display(),
-        data = data.display(),
+        data = data.display()
     );
-    let spec = common::pg_lab::spec_toml(lab.vigil.dir.path(), &lab.pg, "", &[&commands]);
-    std::fs::write(&lab.spec_path, spec).unwrap();
-    let applied = lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]);
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let stop = format!(
+        "echo stop >> {log} && {as_owner} {pg_ctl} stop -D {data} -m fast",
+        log = log.display(),
+        pg_ctl = pg_ctl.display(),
+        data = data.display()
+    );
+    let commands = format!("start_command = '{start}'\nstop_command = '{stop}'\n");
+    // Node 1, beside pg1, allows exactly these commands in its own configuration.
+    let options =
+        common::ClusterOptions { allow_extra: format!("commands = ['{start}', '{stop}']\n"), ..Default::default() };
+    let lab = Lab::start_on(pg, "", &[&commands], &[], options);
     let output = lab.vigil.cli(1, &["switchover", "main", "--to", "pg2"]);
     assert!(output.status.success(), "switchover failed: {}", String::from_utf8_lossy(&output.stderr));
     let run = lab.wait_for_run(0);

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::TransportError;
 use crate::tls::server_name_of_node;
-use crate::transport::frame::{read_frame, write_frame};
+use crate::transport::frame::{FrameError, read_frame, write_frame};
 use crate::transport::rpc::{RaftRequest, RaftResponse};
 use crate::types::NodeId;
 
@@ -100,8 +100,13 @@ impl Transport {
         let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|e| unreachable(describe_connection_error(&e)))?;
-        write_frame(&mut send, request).await.map_err(|e| unreachable(e.to_string()))?;
-        read_frame(&mut recv).await.map_err(|e| unreachable(e.to_string()))
+        let failed = |error: FrameError| match error {
+            FrameError::TooLarge(bytes) => TransportError::TooLarge { peer, bytes },
+            FrameError::Decode(error) => TransportError::Protocol { peer, reason: error.to_string() },
+            FrameError::Stream(reason) => unreachable(reason),
+        };
+        write_frame(&mut send, request).await.map_err(failed)?;
+        read_frame(&mut recv).await.map_err(failed)
     }
 
     /// The open connection to `peer`, connecting (and saying hello) if there is none.
@@ -198,6 +203,7 @@ impl Transport {
         let kind = match error {
             TransportError::Unreachable { .. } => "unreachable",
             TransportError::Protocol { .. } => "protocol",
+            TransportError::TooLarge { .. } => "too_large",
             TransportError::Remote { .. } => "remote",
             TransportError::Tls(_) | TransportError::Bind { .. } => "local",
         };

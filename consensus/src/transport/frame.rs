@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The largest frame accepted. Snapshots travel in one frame, so this bounds them too.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -36,8 +36,8 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, message: &T
     Ok(())
 }
 
-/// Reads one frame and decodes it.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, FrameError> {
+/// Reads one frame from `recv` (a QUIC stream, or any byte source) and decodes it.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(recv: &mut R) -> Result<T, FrameError> {
     let mut length = [0u8; 4];
     recv.read_exact(&mut length).await.map_err(|e| FrameError::Stream(e.to_string()))?;
     let length = u32::from_be_bytes(length) as usize;

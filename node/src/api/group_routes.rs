@@ -60,9 +60,28 @@ pub async fn apply_spec(
     if let Err(over) = limits::check_spec(&spec).and_then(|()| limits::check_author(&author)) {
         return too_large(over);
     }
+    wait_for_allow_lists(&state).await;
     let command = Command::ApplySpec { spec, at_unix_ms: unix_millis_now(), proposer: state.cluster.node_id, author };
     let claim = principal.claim(&request.author);
     answer(state.cluster.submit_as(LeaderRequest::Write { command }, claim).await, receipt)
+}
+
+/// How long `POST /spec` waits for nodes that have not published their allow-list yet: a
+/// node does as soon as it runs and the cluster has a leader.
+const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits, at most [`ALLOW_LIST_WAIT`], until every node has published what it allows: the
+/// leader refuses a spec while one has not, and a node that has just started publishes
+/// within a moment.
+async fn wait_for_allow_lists(state: &ApiState) {
+    let deadline = tokio::time::Instant::now() + ALLOW_LIST_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let nodes = state.cluster.known_nodes();
+        if nodes.keys().all(|id| state.cluster.state().allowed.contains_key(id)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// `GET /spec`.

@@ -20,6 +20,7 @@
 
 pub mod failpoints;
 pub mod probing;
+pub mod publish;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 use vigil_consensus::Cluster;
+use vigil_consensus::allow::{self, AllowList};
 use vigil_consensus::cluster::unix_millis_now;
 use vigil_consensus::coordinator::{
     self, Action, ActionFailure, Coordinator, Ctx, Effect, Event, FailureKind, Followers, GuardOrder, Mono, Now,
@@ -49,7 +51,7 @@ const EVENT_QUEUE: usize = 4096;
 type Members = BTreeMap<(String, String), Arc<dyn Member>>;
 
 /// Starts the coordination loop and the probes of this node.
-pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel: &CancellationToken) {
+pub fn spawn(cluster: &Cluster, guard: GuardClient, allowed: Allowed, tasks: &TaskTracker, cancel: &CancellationToken) {
     let failpoints = Failpoints::from_env();
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let origin = Instant::now();
@@ -62,11 +64,23 @@ pub fn spawn(cluster: &Cluster, guard: GuardClient, tasks: &TaskTracker, cancel:
         failpoints,
         origin,
         members: Arc::new(Members::new()),
+        allowed: allowed.clone(),
+        refused: BTreeMap::new(),
         spec: None,
         probes: probing::Probes::new(origin),
         leading_since: None,
     };
+    tasks.spawn(publish::publish_allow_list(cluster.clone(), allowed.allow.clone(), cancel.child_token()));
     tasks.spawn(node_loop.run(events_rx));
+}
+
+/// What this node allows the spec to make it do, and its name as the spec names it.
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    /// The node's name.
+    pub node: String,
+    /// Its allow-list, from its configuration.
+    pub allow: AllowList,
 }
 
 struct Loop {
@@ -79,6 +93,10 @@ struct Loop {
     /// The origin of this node's monotonic readings.
     origin: Instant,
     members: Arc<Members>,
+    /// What this node allows.
+    allowed: Allowed,
+    /// The groups of the current spec this node refuses, each with the field it refuses.
+    refused: BTreeMap<String, vigil_consensus::spec::SpecError>,
     /// The spec the members and probes were built from.
     spec: Option<ClusterSpec>,
     probes: probing::Probes,
@@ -142,13 +160,27 @@ impl Loop {
         if self.spec.as_ref() == Some(&spec) {
             return;
         }
+        // A group whose spec asks this node for what it does not allow is not watched here
+        // at all: the leader refuses such a spec, so one can only come from before this node
+        // narrowed its allow-list, or from a leader that did not check.
+        let refused = allow::refused_groups(&spec, &self.allowed.node, &self.allowed.allow);
+        for (group, why) in &refused {
+            if self.refused.get(group) != Some(why) {
+                tracing::error!(%group, %why, "this node refuses the group's spec: it asks for what [allow] does not allow");
+            }
+            metrics::gauge!("vigil_group_refused", "group" => group.clone()).set(1.0);
+        }
+        for group in self.refused.keys().filter(|group| !refused.contains_key(*group)) {
+            metrics::gauge!("vigil_group_refused", "group" => group.clone()).set(0.0);
+        }
         let mut built = Members::new();
-        for group in spec.groups() {
+        for group in spec.groups().filter(|group| !refused.contains_key(group.name())) {
             for member in members::of_group(group, self.cluster.node_id) {
                 let member: Arc<dyn Member> = Arc::from(member);
                 built.insert((member.group().to_string(), member.name().to_string()), member);
             }
         }
+        self.refused = refused;
         self.members = Arc::new(built);
         self.probes.restart(&spec, &self.members, &self.tasks, &self.cancel, &self.events_tx, &self.failpoints);
         self.spec = Some(spec);

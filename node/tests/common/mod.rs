@@ -74,6 +74,8 @@ pub struct TestNode {
 pub struct ClusterOptions {
     /// Extra TOML appended to every node configuration.
     pub extra_toml: String,
+    /// Lines added to the `[allow]` table of every node configuration.
+    pub allow_extra: String,
 }
 
 impl Default for ClusterOptions {
@@ -81,6 +83,7 @@ impl Default for ClusterOptions {
         // vigil's defaults, written out so the tests that edit them (bad input) find them.
         Self {
             extra_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"150ms\"\nelection_timeout_max = \"300ms\"\n".to_string(),
+            allow_extra: String::new(),
         }
     }
 }
@@ -144,6 +147,22 @@ impl TestCluster {
             .collect()
     }
 
+    /// The `[allow]` table of the nodes: the labs' password files (in the cluster directory,
+    /// beside the certificates, which no spec may name), PostgreSQL's data directories under
+    /// the temporary directory, the default binaries and user, and the options' extra lines.
+    pub fn allow_toml(&self) -> String {
+        let secrets: Vec<String> = ["vigil.password", "replication.password", "redis.password"]
+            .iter()
+            .map(|file| format!("\"{}\"", self.dir.path().join(file).display()))
+            .collect();
+        format!(
+            "[allow]\nsecret_files = [{}]\ndata_dirs = [\"{}\"]\n{}\n",
+            secrets.join(", "),
+            std::env::temp_dir().display(),
+            self.options.allow_extra
+        )
+    }
+
     /// Writes node `id`'s configuration; `certs_dir` is relative to the cluster directory.
     pub fn write_config(&self, id: u64, members: &str, join: bool, certs_dir: &str) {
         let node = &self.nodes[&id];
@@ -152,10 +171,11 @@ impl TestCluster {
              [node]\nid = {id}\nname = \"n{id}\"\ndatacenter = \"dc{id}\"\n\
              raft_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\n\n\
              [tls]\nca = \"{certs_dir}/ca.crt\"\ncert = \"{certs_dir}/node{id}.crt\"\nkey = \"{certs_dir}/node{id}.key\"\n\n\
-             [log]\nlevel = \"info,openraft=warn\"\n\n{}\n{}",
+             [log]\nlevel = \"info,openraft=warn\"\n\n{}\n{}\n{}",
             node.raft_port,
             node.api_port,
             self.options.extra_toml,
+            self.allow_toml(),
             if join { String::new() } else { members.to_string() },
         );
         std::fs::write(&node.config, text).unwrap();

@@ -42,6 +42,17 @@ impl Lab {
         options: super::ClusterOptions,
     ) -> Lab {
         let pg = PgCluster::start(3).expect("postgres cluster");
+        Self::start_on(pg, extra_group, member_extra, env, options)
+    }
+
+    /// Like [`Lab::start_with`], over PostgreSQL servers already started.
+    pub fn start_on(
+        pg: PgCluster,
+        extra_group: &str,
+        member_extra: &[&str],
+        env: &[(u64, &str, &str)],
+        options: super::ClusterOptions,
+    ) -> Lab {
         let mut vigil = TestCluster::with_options(3, options);
         for (id, key, value) in env {
             vigil.set_env(*id, key, value);
