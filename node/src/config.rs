@@ -229,6 +229,14 @@ impl NodeConfig {
             field: "(file)".to_string(),
             message: format!("cannot read: {e}"),
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as the configuration file at `path` (relative paths in it are
+    /// relative to `path`'s directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = text.to_string();
         let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError {
             file: file.clone(),
             field: e

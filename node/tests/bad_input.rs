@@ -1,6 +1,9 @@
 //! Bad input gets a clear error naming the field or file, a documented non-zero exit code,
 //! and leaves the data dir untouched.
 
+// The run-time storage test times a real process with the OS clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -328,4 +331,53 @@ fn an_allowed_path_that_is_not_plain_is_named() {
         |c| c.replace("[allow]\n", "[allow]\ncommands = [\" \"]\n"),
         "allow.commands[0]: must not be empty",
     );
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The disk under the Raft log fills up while the node runs: Raft stops on the failed write,
+/// and the daemon exits with the storage exit code (7) rather than run on without consensus,
+/// so that its service manager restarts it or pages someone.
+#[test]
+fn a_storage_failure_at_run_time_stops_the_daemon_with_exit_code_7() {
+    let mut cluster = TestCluster::new(1);
+    let data = cluster.data_dir(1);
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs (the test needs root)");
+    let _mount = Mounted(data.clone());
+    cluster.start(1);
+    cluster.wait_for_agreed_leader(&[1], Duration::from_secs(10));
+    cluster.note(1, "before the disk fills");
+
+    // Fill what is left of the file system.
+    let filler = data.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    drop(file);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = cluster.nodes.get_mut(&1).unwrap().child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon ran on with a full disk:\n{}", cluster.log_of(1));
+        let _ = cluster.cli(1, &["note", &"x".repeat(2000)]);
+    };
+    cluster.nodes.get_mut(&1).unwrap().child = None;
+    assert_eq!(status.code(), Some(7), "{}", cluster.log_of(1));
+    let log = cluster.log_of(1);
+    assert!(log.contains("raft stopped"), "the log does not say why: {log}");
 }
