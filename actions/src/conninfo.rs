@@ -21,6 +21,12 @@ pub fn primary_conninfo(host: &str, port: u16, user: &str, password: &str, appli
     .join(" ")
 }
 
+/// More `keyword=value` words (the TLS settings, say), quoted as libpq wants them, each
+/// after a space: to append to a connection string.
+pub fn more_words(words: &[(&str, String)]) -> String {
+    words.iter().map(|(keyword, value)| format!(" {keyword}={}", libpq_value(value))).collect()
+}
+
 /// How a PostgreSQL tool vigil runs (`pg_rewind`, `pg_basebackup`) reaches a server: the
 /// connection string without the password, which reaches the tool through its environment
 /// (`PGPASSWORD`), never its command line, where every local user could read it in `ps`.
@@ -54,6 +60,12 @@ impl ToolConnection {
             .collect::<Vec<_>>()
             .join(" ");
         ToolConnection { conninfo, password: password.to_string() }
+    }
+
+    /// The same connection with more words (the TLS settings, say).
+    pub fn with_words(mut self, words: &[(&str, String)]) -> Self {
+        self.conninfo.push_str(&more_words(words));
+        self
     }
 }
 

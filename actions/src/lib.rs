@@ -31,7 +31,7 @@ pub use self::redis::{
     redis_role, redis_set_min_replicas, redis_unpause, redis_wait_for_offset, redis_wait_for_upstream,
     redis_write_epoch, redis_write_refusal, redis_write_settings,
 };
-pub use conninfo::{ToolConnection, primary_conninfo};
+pub use conninfo::{ToolConnection, more_words, primary_conninfo};
 pub use ctl::{
     PgCtl, confirm_stopped, is_running, persist_fence, reclone, rewind, start_as_replica, start_fenced, start_server,
     stop_immediately, stop_server,

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, ToSql};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 use vigil_probes::{PgTarget, describe_error, session_options};
 
 use crate::conninfo::sql_literal;
@@ -520,10 +520,10 @@ impl Connection {
         let address = target.address();
         let mut config = target.config();
         config.options(session_options(statement_timeout));
-        let (client, connection) = config
-            .connect(NoTls)
+        let (client, connection) = target
+            .connect(config)
             .await
-            .map_err(|error| ActionError::Connect(format!("connecting to {address}: {}", describe_error(&error))))?;
+            .map_err(|reason| ActionError::Connect(format!("connecting to {address}: {reason}")))?;
         let (closed, closed_signal) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let mut connection = connection;

@@ -114,7 +114,22 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     /// Whether tools run as the `postgres` OS user through `runuser` (we are root).
     run_as_postgres: bool,
+    /// TLS the servers require of every TCP client, if any.
+    tls: Option<PgServerTls>,
     root: TempDir,
+}
+
+/// TLS for the servers (PEM): with it, `pg_hba.conf` admits TCP clients over TLS only
+/// (`hostssl`). The files go to `<root>/tls/` (see [`PgCluster::tls_dir`]), where the
+/// servers and the tools, running as `postgres`, read them.
+#[derive(Clone, Debug)]
+pub struct PgServerTls {
+    /// The CA that signed the servers' certificate.
+    pub ca_pem: String,
+    /// The servers' certificate (every member uses the same, naming 127.0.0.1).
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
 }
 
 /// Where a member runs: what the cluster keeps of the lab so it never needs the lab again.
@@ -139,7 +154,20 @@ impl PgCluster {
         if members == 0 {
             return Err(HarnessError::Invalid("a cluster needs at least one member".into()));
         }
-        PgCluster::launch(vec![Placement::Loopback; members])
+        PgCluster::launch(vec![Placement::Loopback; members], None)
+    }
+
+    /// Like [`PgCluster::start`], the servers requiring TLS of every TCP client.
+    pub fn start_with_tls(members: usize, tls: PgServerTls) -> Result<PgCluster, HarnessError> {
+        if members == 0 {
+            return Err(HarnessError::Invalid("a cluster needs at least one member".into()));
+        }
+        PgCluster::launch(vec![Placement::Loopback; members], Some(tls))
+    }
+
+    /// Where the TLS files are: `ca.crt`, `server.crt`, `server.key`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.path().join("tls")
     }
 
     /// Creates and starts a cluster with member `i` on lab host `hosts[i]`, listening on
@@ -175,12 +203,12 @@ impl PgCluster {
                 subnet: lab.subnet(),
             });
         }
-        PgCluster::launch(placements)
+        PgCluster::launch(placements, None)
     }
 
     /// Creates the directories of the members placed as given, then starts the primary and
     /// clones the replicas.
-    fn launch(placements: Vec<Placement>) -> Result<PgCluster, HarnessError> {
+    fn launch(placements: Vec<Placement>, tls: Option<PgServerTls>) -> Result<PgCluster, HarnessError> {
         let members = placements.len();
         let bin_dir =
             std::env::var_os(BIN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
@@ -220,7 +248,23 @@ impl PgCluster {
         }
 
         // From here on, `Drop` cleans up whatever has started if a later step fails.
-        let mut cluster = PgCluster { instances, placements, bin_dir, run_as_postgres, root };
+        if let Some(tls) = &tls {
+            let dir = root.path().join("tls");
+            fs::create_dir(&dir).map_err(|source| io_error(&format!("create {}", dir.display()), source))?;
+            prepare_dir(&dir, owner)?;
+            for (name, text) in [("ca.crt", &tls.ca_pem), ("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
+                let path = dir.join(name);
+                fs::write(&path, text).map_err(|source| io_error(&format!("write {}", path.display()), source))?;
+                // PostgreSQL refuses a key others may read.
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .map_err(|source| io_error(&format!("chmod {}", path.display()), source))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|source| io_error(&format!("chown {}", path.display()), source))?;
+                }
+            }
+        }
+        let mut cluster = PgCluster { instances, placements, bin_dir, run_as_postgres, tls, root };
         cluster.init_primary()?;
         for replica in 1..members {
             cluster.clone_replica(replica)?;
@@ -521,11 +565,26 @@ impl PgCluster {
             "wal_retrieve_retry_interval = '500ms'".into(),
         ];
         append_conf(&instance.data_dir.join("postgresql.conf"), &settings)?;
-        let mut hba = "# Written by the vigil test harness.\n\
-                       local all all trust\n\
-                       host all all 127.0.0.1/32 scram-sha-256\n\
-                       host replication all 127.0.0.1/32 scram-sha-256\n"
-            .to_string();
+        let host = if self.tls.is_some() {
+            let dir = self.tls_dir();
+            append_conf(
+                &instance.data_dir.join("postgresql.conf"),
+                &[
+                    "ssl = on".to_string(),
+                    format!("ssl_cert_file = '{}'", conf_quote(dir.join("server.crt").display())),
+                    format!("ssl_key_file = '{}'", conf_quote(dir.join("server.key").display())),
+                ],
+            )?;
+            "hostssl"
+        } else {
+            "host"
+        };
+        let mut hba = format!(
+            "# Written by the vigil test harness.\n\
+             local all all trust\n\
+             {host} all all 127.0.0.1/32 scram-sha-256\n\
+             {host} replication all 127.0.0.1/32 scram-sha-256\n"
+        );
         if let Placement::Lab { subnet: (network, prefix), .. } = &self.placements[0] {
             hba.push_str(&format!(
                 "host all all {network}/{prefix} scram-sha-256\n\
@@ -572,6 +631,7 @@ impl PgCluster {
             // A fast checkpoint and no fsync of the copy keep cluster start-up quick;
             // the copy survives anything short of a machine crash, which tests never do.
             .args(["-X", "stream", "-R", "--checkpoint=fast", "--no-sync"]);
+        let basebackup = if self.tls.is_some() { basebackup.env("PGSSLMODE", "require") } else { basebackup };
         self.run(&basebackup)?;
 
         // The copied configuration names the primary's address; each member listens on
@@ -584,8 +644,9 @@ impl PgCluster {
         append_conf(&instance.data_dir.join("postgresql.conf"), &settings)?;
         let conninfo = format!(
             "host={primary_host} port={primary_port} user={REPLICATION_USER} \
-             password={REPLICATION_PASSWORD} application_name={}",
-            instance.name
+             password={REPLICATION_PASSWORD} application_name={}{}",
+            instance.name,
+            if self.tls.is_some() { " sslmode=require" } else { "" }
         );
         set_primary_conninfo(&instance.data_dir.join("postgresql.auto.conf"), &conninfo)?;
         self.start_with_port_retries(index)

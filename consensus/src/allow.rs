@@ -89,6 +89,16 @@ fn check_postgres(field: &str, group: &PostgresGroup, node: &str, allow: &AllowL
     // Every node probes every member, so every node reads the passwords.
     check_secret(&format!("{field}.password"), &group.password, node, allow)?;
     check_secret(&format!("{field}.replication_password"), &group.replication_password, node, allow)?;
+    if let Some(tls) = &group.tls {
+        for (name, path) in tls.files() {
+            if !allow.allows_file(path) {
+                return Err(refused(
+                    format!("{field}.tls.{name}"),
+                    format!("node {node} does not allow reading {path:?} (its [allow] secret_files)"),
+                ));
+            }
+        }
+    }
     let beside: Vec<_> = group.members.iter().enumerate().filter(|(_, member)| member.node == node).collect();
     if beside.is_empty() {
         return Ok(());

@@ -97,6 +97,10 @@ pub struct PostgresGroup {
     /// Off: the member is left stopped with its data untouched, and status says why.
     #[serde(default)]
     pub allow_reclone: bool,
+    /// TLS to the members, for vigil's sessions, its tools and the replicas' streaming.
+    /// Without it, plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PgTlsFiles>,
     /// Datacenters in order of preference for a new primary, after WAL position and priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datacenter_preference: Vec<String>,
@@ -197,6 +201,72 @@ pub struct RedisTlsFiles {
     /// The client certificate's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// How a PostgreSQL connection uses TLS, as libpq's `sslmode` names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgSslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS, the server's certificate not checked (protects against eavesdropping only).
+    Require,
+    /// TLS, the server's certificate signed by the CA.
+    VerifyCa,
+    /// TLS, the server's certificate signed by the CA and naming the member's host.
+    #[default]
+    VerifyFull,
+}
+
+impl PgSslMode {
+    /// The name libpq's `sslmode` takes.
+    pub fn as_libpq(self) -> &'static str {
+        match self {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// TLS to a group's PostgreSQL servers: files on every node (and, for streaming, on every
+/// member's host, readable by the server's OS user).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTlsFiles {
+    /// How the connection uses TLS (`verify-full` unless said otherwise).
+    #[serde(default)]
+    pub mode: PgSslMode,
+    /// The CA that signed the servers' certificates (`sslrootcert`); required to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A client certificate, for servers that require one (`sslcert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The client certificate's key (`sslkey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl PgTlsFiles {
+    /// The libpq keywords that say the same, for `primary_conninfo` and the tools.
+    pub fn libpq_words(&self) -> Vec<(&'static str, String)> {
+        let mut words = vec![("sslmode", self.mode.as_libpq().to_string())];
+        for (keyword, path) in [("sslrootcert", &self.ca), ("sslcert", &self.cert), ("sslkey", &self.key)] {
+            if let Some(path) = path {
+                words.push((keyword, path.clone()));
+            }
+        }
+        words
+    }
+
+    /// Every file it names, with its field name.
+    pub fn files(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)]
+            .into_iter()
+            .filter_map(|(name, path)| path.as_ref().map(|path| (name, path)))
+    }
 }
 
 /// One redis-server of a group.
@@ -533,6 +603,28 @@ impl PostgresGroup {
         check_secret(&format!("{field}.password"), &self.password)?;
         check_secret(&format!("{field}.replication_password"), &self.replication_password)?;
         check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
+        if let Some(tls) = &self.tls {
+            for (name, path) in tls.files() {
+                if !path.starts_with('/') {
+                    return Err(error(
+                        format!("{field}.tls.{name}"),
+                        format!("expected an absolute path, got {path:?}"),
+                    ));
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(error(format!("{field}.tls"), "give cert and key together, or neither"));
+            }
+            if matches!(tls.mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull) && tls.ca.is_none() {
+                return Err(error(
+                    format!("{field}.tls.ca"),
+                    format!(
+                        "mode {:?} checks the servers' certificates: give the CA that signed them",
+                        tls.mode.as_libpq()
+                    ),
+                ));
+            }
+        }
         if !self.bin_dir.starts_with('/') {
             return Err(error(
                 format!("{field}.bin_dir"),

@@ -55,6 +55,7 @@ fn spec() -> PostgresGroup {
         bin_dir: "/usr/lib/postgresql/15/bin".into(),
         run_as: None,
         allow_reclone: false,
+        tls: None,
         datacenter_preference: vec![],
         members: (1..=3).map(member).collect(),
     }

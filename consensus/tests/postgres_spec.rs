@@ -103,3 +103,28 @@ fn timings_longer_than_an_hour_are_refused_not_overflowed() {
     hour.postgres[0].lease_duration = vigil_consensus::spec::MAX_TIMING;
     hour.validate(&nodes()).unwrap();
 }
+
+#[test]
+fn tls_settings_are_checked_and_spelt_as_libpq_spells_them() {
+    let refused = |group_extra: &str| spec_with(group_extra, "").validate(&nodes()).unwrap_err().to_string();
+    assert_eq!(
+        refused(r#"tls = { mode = "verify-full" }"#),
+        "postgres[0].tls.ca: mode \"verify-full\" checks the servers' certificates: give the CA that signed them"
+    );
+    assert!(refused(r#"tls = { ca = "ca.crt" }"#).starts_with("postgres[0].tls.ca: expected an absolute path"));
+    assert!(refused(r#"tls = { ca = "/ca.crt", cert = "/c.crt" }"#).contains("give cert and key together"));
+    let bad_mode = toml::from_str::<ClusterSpec>(
+        "[[postgres]]\nname = \"m\"\nuser = \"v\"\npassword = { env = \"P\" }\nreplication_user = \"r\"\n\
+         replication_password = { env = \"R\" }\nmaximum_lag_on_failover = 1\ntls = { mode = \"prefer\" }\n",
+    );
+    assert!(bad_mode.unwrap_err().to_string().contains("unknown variant `prefer`"));
+
+    let spec = spec_with(r#"tls = { ca = "/etc/vigil/secrets/ca.crt", cert = "/c.crt", key = "/c.key" }"#, "");
+    spec.validate(&nodes()).unwrap();
+    let words = spec.postgres[0].tls.as_ref().unwrap().libpq_words();
+    let words: Vec<String> = words.iter().map(|(keyword, value)| format!("{keyword}={value}")).collect();
+    assert_eq!(
+        words,
+        ["sslmode=verify-full", "sslrootcert=/etc/vigil/secrets/ca.crt", "sslcert=/c.crt", "sslkey=/c.key"]
+    );
+}

@@ -701,3 +701,68 @@ fn sigterm_while_a_stop_hangs_ends_the_daemon_and_its_tasks() {
     assert!(log.lines().rev().take(3).any(|line| line.contains("vigil::daemon: stopped")), "{log}");
     assert!(still_there.is_empty(), "the daemon's pg_ctl outlived it: {still_there:?}");
 }
+
+/// The servers of a lab that take TCP clients over TLS only (`hostssl`), their certificate
+/// from a CA of their own naming 127.0.0.1; the nodes allow the CA file.
+fn tls_pg() -> (vigil_chaos_tests::postgres::PgCluster, common::ClusterOptions) {
+    let ca = vigil_consensus::pki::CertificateAuthority::generate("pg").unwrap();
+    let server = ca.issue_node(99, &["127.0.0.1".to_string()]).unwrap();
+    let tls = vigil_chaos_tests::postgres::PgServerTls {
+        ca_pem: ca.certificate().cert_pem.clone(),
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+    };
+    let pg = vigil_chaos_tests::postgres::PgCluster::start_with_tls(3, tls).expect("postgres cluster with TLS");
+    let options = common::ClusterOptions { secret_files: vec![pg.tls_dir().join("ca.crt")], ..Default::default() };
+    (pg, options)
+}
+
+/// With TLS required by every server, vigil probes with `sslmode=verify-full`, fails over,
+/// and brings the old primary back as a replica: `pg_rewind` and the replicas' streaming
+/// go over TLS too (nothing else gets in).
+#[test]
+fn with_tls_required_vigil_probes_fails_over_and_rejoins() {
+    let (pg, options) = tls_pg();
+    let tls = format!("tls = {{ mode = \"verify-full\", ca = \"{}\" }}\n", pg.tls_dir().join("ca.crt").display());
+    let lab = Lab::start_on(pg, &tls, &[], &[], options);
+    lab.pg.kill_postmaster(0).unwrap();
+    let run = lab.wait_for_run(0);
+    assert_eq!(run["succeeded"], true, "{run:#}\n{}", lab.logs());
+    let new_primary = run["candidate"].as_str().unwrap().to_string();
+    let other = ["pg2", "pg3"].into_iter().find(|name| *name != new_primary).unwrap();
+    lab.wait_for("the other replica to stream from the new primary", |_| lab.streams_from(other, &new_primary));
+    lab.wait_for("pg1 to stream from the new primary", |_| lab.streams_from("pg1", &new_primary));
+    let ssl = lab
+        .pg
+        .sql(lab.index_of(&new_primary), "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)")
+        .unwrap();
+    assert_eq!(ssl, "t", "the replicas stream over TLS");
+}
+
+/// Rotated to a CA that did not sign the servers' certificate, every node reports the
+/// members degraded with the TLS reason, and nothing else happens: no failover, no fence.
+#[test]
+fn with_the_wrong_ca_the_members_are_degraded_and_nothing_moves() {
+    let (pg, mut options) = tls_pg();
+    let stranger = vigil_consensus::pki::CertificateAuthority::generate("other").unwrap();
+    let wrong_ca = pg.tls_dir().join("wrong-ca.crt");
+    std::fs::write(&wrong_ca, &stranger.certificate().cert_pem).unwrap();
+    options.secret_files.push(wrong_ca.clone());
+    let tls = |ca: &std::path::Path| format!("tls = {{ ca = \"{}\" }}\n", ca.display());
+    let right_ca = pg.tls_dir().join("ca.crt");
+    let lab = Lab::start_on(pg, &tls(&right_ca), &[], &[], options);
+    let spec = common::pg_lab::spec_toml(lab.vigil.dir.path(), &lab.pg, &tls(&wrong_ca), &[]);
+    std::fs::write(&lab.spec_path, spec).unwrap();
+    let applied = lab.vigil.cli(1, &["apply", "-f", lab.spec_path.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    lab.wait_for("every verdict degraded with the TLS reason", |group| {
+        group["members"].as_array().unwrap().iter().all(|member| {
+            member["verdicts"].as_object().unwrap().values().all(|verdict| verdict == "degraded")
+                && member["problem"].as_str().is_some_and(|problem| problem.contains("TLS handshake"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(lab.runs().is_empty(), "a failover ran: {:?}", lab.runs());
+    assert!(!lab.pg.is_in_recovery(0).unwrap(), "pg1 is still the primary");
+    assert_eq!(lab.pg.sql(0, "SHOW default_transaction_read_only").unwrap(), "off", "pg1 was not fenced");
+}

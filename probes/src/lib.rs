@@ -14,9 +14,13 @@
 //! through [`tokio_postgres::types::PgLsn`].
 
 mod postgres;
+mod postgres_tls;
 mod redis;
 
-pub use self::postgres::{PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error, session_options};
+pub use self::postgres::{
+    PgConnection, PgObservation, PgProbe, PgTarget, ProbeOutcome, describe_error, session_options,
+};
+pub use self::postgres_tls::{PgTls, TlsMode};
 pub use self::redis::{
     EPOCH_KEY, HEARTBEAT_KEY_PREFIX, RedisObservation, RedisOutcome, RedisProbe, RedisReplicaInfo, RedisTarget,
     RedisTls, describe_redis_error, is_server_error, parse_info,

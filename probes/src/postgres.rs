@@ -2,13 +2,16 @@
 //! epoch read and a heartbeat write when the member is a primary.
 
 use std::fmt;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
+
+use crate::postgres_tls::PgTls;
 
 /// Where and how to reach one PostgreSQL member.
 ///
@@ -27,7 +30,12 @@ pub struct PgTarget {
     pub database: String,
     /// Bound on one check: connecting, and every statement (`statement_timeout`).
     pub timeout: Duration,
+    /// TLS to the server; plain TCP without it.
+    pub tls: Option<PgTls>,
 }
+
+/// A session's connection task: it runs the protocol until the session ends.
+pub type PgConnection = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 
 impl PgTarget {
     /// "host:port", for messages.
@@ -35,8 +43,19 @@ impl PgTarget {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// Connects with `config` (this target's, perhaps adjusted), over TLS when the target
+    /// has it: the session and its connection task. The error is described, in one line.
+    pub async fn connect(&self, mut config: Config) -> Result<(Client, PgConnection), String> {
+        let (mode, connector) = crate::postgres_tls::connector(self.tls.as_ref())
+            .map_err(|reason| format!("TLS settings unusable: {reason}"))?;
+        config.ssl_mode(mode);
+        let (client, connection) = config.connect(connector).await.map_err(|error| describe_error(&error))?;
+        Ok((client, Box::pin(connection)))
+    }
+
     /// A connection configuration for this target: `connect_timeout` and the server-side
-    /// `statement_timeout` are both the target's timeout, and no TLS is negotiated.
+    /// `statement_timeout` are both the target's timeout. TLS is settled by
+    /// [`PgTarget::connect`].
     pub fn config(&self) -> Config {
         let mut config = Config::new();
         config
@@ -173,12 +192,10 @@ impl PgProbe {
 
     async fn connect(&self, deadline: Instant) -> Result<Session, String> {
         let address = self.target.address();
-        let connected = timeout_at(deadline, self.target.config().connect(NoTls)).await;
+        let connected = timeout_at(deadline, self.target.connect(self.target.config())).await;
         let (client, connection) = match connected {
             Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => {
-                return Err(format!("could not connect to {address}: {}", describe_error(&error)));
-            }
+            Ok(Err(reason)) => return Err(format!("could not connect to {address}: {reason}")),
             Err(_) => return Err(format!("timed out connecting to {address}")),
         };
         let (closed, closed_signal) = oneshot::channel::<()>();
@@ -425,6 +442,7 @@ mod tests {
             password: "hunter2".into(),
             database: "postgres".into(),
             timeout: Duration::from_millis(1500),
+            tls: None,
         }
     }
 

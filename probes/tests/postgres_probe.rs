@@ -18,6 +18,7 @@ fn target(cluster: &PgCluster, index: usize) -> PgTarget {
         password: VIGIL_PASSWORD.into(),
         database: "postgres".into(),
         timeout: TIMEOUT,
+        tls: None,
     }
 }
 

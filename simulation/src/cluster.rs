@@ -73,6 +73,7 @@ pub fn spec(nodes: usize) -> ClusterSpec {
         fence_method: FenceMethod::ReadOnly,
         synchronous: SyncMode::Strict,
         allow_reclone: false,
+        tls: None,
         datacenter_preference: Vec::new(),
         members: (0..nodes)
             .map(|index| PostgresMember {

@@ -39,17 +39,22 @@ pub enum Seen {
     },
 }
 
-/// Whether a probe failure means vigil itself was refused (a wrong password or role): the
+/// Whether a probe failure means vigil itself was refused (a wrong password or role, a TLS
+/// setting that does not fit the server, a `pg_hba.conf` that does not let vigil in): the
 /// server is up, so that is never evidence that it is down.
 pub fn is_refusal_of_vigil(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
     // PostgreSQL says "password authentication failed" or names the role; Redis answers
-    // NOAUTH or WRONGPASS.
+    // NOAUTH or WRONGPASS. A TLS handshake that fails (a certificate from another CA, for
+    // another name) reached a server that answered.
     reason.contains("authentication")
         || reason.contains("password")
         || reason.contains("role \"")
         || reason.contains("noauth")
         || reason.contains("wrongpass")
+        || reason.contains("error performing tls handshake")
+        || reason.contains("tls settings unusable")
+        || reason.contains("pg_hba.conf")
 }
 
 /// The verdict state of one member on this node.

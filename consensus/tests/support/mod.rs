@@ -60,6 +60,7 @@ pub fn state_with_sync(synchronous: SyncMode) -> (ClusterState, u64) {
         bin_dir: "/usr/bin".into(),
         run_as: None,
         allow_reclone: false,
+        tls: None,
         datacenter_preference: vec![],
         members: (1..=3).map(member).collect(),
     };

@@ -225,7 +225,8 @@ impl PgMember {
             &source.password,
             "vigil-rewind",
             Some(&source.database),
-        );
+        )
+        .with_words(&super::targets::pg_tls_words(group));
         let conninfo = primary_conninfo(group, primary, &member.name).map_err(misconfigured)?;
         // A clean stop spares pg_rewind a crash recovery; a server that will not stop cleanly
         // is stopped at once.
@@ -727,6 +728,7 @@ mod tests {
             bin_dir: "/usr/lib/postgresql/16/bin".into(),
             run_as: Some("postgres".into()),
             allow_reclone: false,
+            tls: None,
             datacenter_preference: vec![],
             members: vec![PostgresMember {
                 name: "pg1".into(),

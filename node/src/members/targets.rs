@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use vigil_actions::{PgCtl, ToolConnection};
-use vigil_consensus::spec::{PostgresGroup, PostgresMember, RedisGroup, RedisMember};
-use vigil_probes::{PgTarget, RedisTarget, RedisTls};
+use vigil_consensus::spec::{PgSslMode, PostgresGroup, PostgresMember, RedisGroup, RedisMember};
+use vigil_probes::{PgTarget, PgTls, RedisTarget, RedisTls, TlsMode};
 
 use crate::spec_file::resolve_secret;
 
@@ -47,7 +47,34 @@ pub fn pg_target(group: &PostgresGroup, member: &PostgresMember) -> Result<PgTar
         password,
         database: group.database.clone(),
         timeout: group.probe_timeout,
+        tls: pg_tls(group)?,
     })
+}
+
+/// The group's TLS settings for vigil's own sessions, their files read on this host.
+fn pg_tls(group: &PostgresGroup) -> Result<Option<PgTls>, TargetError> {
+    let Some(files) = &group.tls else { return Ok(None) };
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| unreadable(&group.name, "tls")(format!("cannot read {path}: {e}")))
+    };
+    let mode = match files.mode {
+        PgSslMode::Disable => return Ok(None),
+        PgSslMode::Require => TlsMode::Require,
+        PgSslMode::VerifyCa => TlsMode::VerifyCa,
+        PgSslMode::VerifyFull => TlsMode::VerifyFull,
+    };
+    let ca = files.ca.as_deref().map(read).transpose()?;
+    let client = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(PgTls { mode, ca, client }))
+}
+
+/// The libpq words of the group's TLS settings, for the tools and `primary_conninfo`: the
+/// files are named, never read here (each program reads them on its own host).
+pub fn pg_tls_words(group: &PostgresGroup) -> Vec<(&'static str, String)> {
+    group.tls.as_ref().map(|tls| tls.libpq_words()).unwrap_or_default()
 }
 
 /// Host-local control of `member`'s server.
@@ -66,7 +93,9 @@ pub fn pg_ctl(group: &PostgresGroup, member: &PostgresMember) -> Result<PgCtl, T
 pub fn primary_conninfo(group: &PostgresGroup, primary: &PostgresMember, replica: &str) -> Result<String, TargetError> {
     let password =
         resolve_secret(&group.replication_password).map_err(unreadable(&group.name, "replication_password"))?;
-    Ok(vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica))
+    let conninfo =
+        vigil_actions::primary_conninfo(&primary.host, primary.port, &group.replication_user, &password, replica);
+    Ok(conninfo + &vigil_actions::more_words(&pg_tls_words(group)))
 }
 
 /// The replication role's connection to `primary` for a tool run for `replica`
@@ -78,7 +107,8 @@ pub fn replication_connection(
 ) -> Result<ToolConnection, TargetError> {
     let password =
         resolve_secret(&group.replication_password).map_err(unreadable(&group.name, "replication_password"))?;
-    Ok(ToolConnection::new(&primary.host, primary.port, &group.replication_user, &password, replica, None))
+    Ok(ToolConnection::new(&primary.host, primary.port, &group.replication_user, &password, replica, None)
+        .with_words(&pg_tls_words(group)))
 }
 
 /// Connection settings for vigil on the Redis `member`.

@@ -76,6 +76,8 @@ pub struct ClusterOptions {
     pub extra_toml: String,
     /// Lines added to the `[allow]` table of every node configuration.
     pub allow_extra: String,
+    /// Files allowed as secrets besides the labs' password files.
+    pub secret_files: Vec<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -84,6 +86,7 @@ impl Default for ClusterOptions {
         Self {
             extra_toml: "[raft]\nheartbeat_interval = \"50ms\"\nelection_timeout_min = \"150ms\"\nelection_timeout_max = \"300ms\"\n".to_string(),
             allow_extra: String::new(),
+            secret_files: Vec::new(),
         }
     }
 }
@@ -153,7 +156,9 @@ impl TestCluster {
     pub fn allow_toml(&self) -> String {
         let secrets: Vec<String> = ["vigil.password", "replication.password", "redis.password"]
             .iter()
-            .map(|file| format!("\"{}\"", self.dir.path().join(file).display()))
+            .map(|file| self.dir.path().join(file))
+            .chain(self.options.secret_files.iter().cloned())
+            .map(|path| format!("\"{}\"", path.display()))
             .collect();
         format!(
             "[allow]\nsecret_files = [{}]\ndata_dirs = [\"{}\"]\n{}\n",
