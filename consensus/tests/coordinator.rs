@@ -199,3 +199,82 @@ fn the_node_beside_a_primary_found_down_after_its_failover_began_releases_the_le
     assert_eq!((member.as_str(), holder), ("pg1", 1));
     assert!(reason.contains("down for node 1 and not running"), "{reason}");
 }
+
+fn primary_seen() -> Seen {
+    let facts = vigil_consensus::group::MemberFacts { in_recovery: false, ..Default::default() };
+    Seen::Answered(vigil_consensus::group::Verdict {
+        health: vigil_consensus::group::Health::Up,
+        facts: Some(facts),
+        reason: None,
+    })
+}
+
+fn rejoin_effects(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .filter(|effect| matches!(effect, Effect::CatchUp { .. } | Effect::Act { action: Action::Rejoin { .. }, .. }))
+        .count()
+}
+
+/// A switchover restarts the old primary as a replica, and the run ends. A probe of it
+/// that began while the run still ran (it was a primary then) says nothing of what it is
+/// now: the node beside it must not take it for a stale primary and rewind it (seen in CI:
+/// a rejoin stopped the member just restarted as a replica, and pg_rewind could not start
+/// from where a clean stop had left it). A probe made after the run rejoins it if need be.
+#[test]
+fn a_probe_from_before_a_run_ended_does_not_make_its_old_primary_rejoin() {
+    let (state, index) = state_with_group();
+    let mut node = Node::new(state, index, 2);
+    node.handle(Event::Applied);
+    let mut begin = begin("pg2", vec![Step::Promote]);
+    if let Command::BeginFailover { kind, .. } = &mut begin {
+        *kind = vigil_consensus::group::FailoverKind::Switchover;
+    }
+    let CommandResponse::RunStarted { run_id, .. } = node.apply(&begin) else { panic!("not started") };
+    node.handle(Event::Applied);
+    let during_the_run = node.mono();
+    node.handle(Event::Applied);
+    node.apply(&Command::StepStarted { group: "main".into(), run_id, index: 0, by: 2, at_ms: 1, seen: None });
+    let promoted = Command::StepFinished {
+        group: "main".into(),
+        run_id,
+        index: 0,
+        succeeded: true,
+        detail: "promoted".into(),
+        facts: Default::default(),
+        at_ms: 2,
+        next_by: None,
+    };
+    assert_eq!(node.apply(&promoted), CommandResponse::Applied);
+    node.handle(Event::Applied);
+    let finish = Command::FinishFailover {
+        group: "main".into(),
+        run_id,
+        succeeded: true,
+        outcome: "pg2 is the primary".into(),
+        at_ms: 3,
+        proposer: 2,
+    };
+    node.apply(&finish);
+    assert_eq!(node.state.groups["main"].primary.as_deref(), Some("pg2"));
+    let mut effects = node.handle(Event::Applied);
+    effects.extend(node.handle(Event::Probed {
+        group: "main".into(),
+        member: "pg1".into(),
+        seen: primary_seen(),
+        started: during_the_run,
+    }));
+    for _ in 0..8 {
+        effects.extend(node.handle(Event::Applied));
+    }
+    assert_eq!(rejoin_effects(&effects), 0, "acted on a probe from before the run ended: {effects:#?}");
+
+    let after = node.mono();
+    let effects =
+        node.handle(Event::Probed { group: "main".into(), member: "pg1".into(), seen: primary_seen(), started: after });
+    let mut effects = effects;
+    for _ in 0..4 {
+        effects.extend(node.handle(Event::Applied));
+    }
+    assert!(rejoin_effects(&effects) > 0, "a fresh probe of a stale primary does not rejoin it: {effects:#?}");
+}

@@ -80,6 +80,9 @@ pub async fn run(config: NodeConfig, log_format: crate::config::LogFormat) -> an
             "tasks still running after the grace period are abandoned (their tool processes are killed)"
         );
     }
+    // A socket file left behind would answer "connection refused" to the CLI; gone, the CLI
+    // says the node is not running the same way it would for the TLS port.
+    let _ = std::fs::remove_file(crate::api::server::local_socket_path(&config.data_dir));
     info!("stopped");
     match stopped {
         Some(fatal) => Err(anyhow::Error::new(fatal)),

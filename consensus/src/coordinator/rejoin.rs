@@ -5,7 +5,8 @@
 //!
 //! The how is the member's kind's (PostgreSQL: stop, `pg_rewind`, start as a standby;
 //! Redis: `REPLICAOF`). Here is the when: only while the cluster has a primary and no
-//! failover runs, judged by this node's own probes made after the last attempt, with a grace
+//! failover runs, judged by this node's own probes made after the last attempt and after the
+//! last run this node saw running, with a grace
 //! period for a replica that may just be reconnecting, a check on the host before anything is
 //! done to a member that seems stopped, and a long pause after a failure unless the primary
 //! changed (the failure may have been the old primary's).
@@ -157,9 +158,17 @@ impl Rejoiner {
             let Some(primary) = state.primary.as_deref() else { continue };
             if primary == member.name || state.running.is_some() {
                 entry.not_streaming_since = None;
+                if state.running.is_some() {
+                    // A run may stop, restart or re-point the member: what a probe saw before
+                    // its end says nothing of the member after it.
+                    entry.judged_after = Some(now);
+                }
                 continue;
             }
-            let judged = entry.judged_after.is_none_or(|after| verdicts.probed_at(group, &member.name) > Some(after));
+            // By a probe that began after: one under way meanwhile may have seen the member
+            // as it was before.
+            let judged =
+                entry.judged_after.is_none_or(|after| verdicts.probe_started_at(group, &member.name) > Some(after));
             let why = verdicts
                 .current(group, &member.name)
                 .filter(|_| judged)

@@ -157,6 +157,8 @@ struct MemberReports {
     retry_at: Mono,
     /// When the last probe ended.
     probed_at: Mono,
+    /// When the last probe began: what it saw is no older than this.
+    probe_started_at: Mono,
     /// Whether the last probe failed (the member did not answer).
     last_failed: bool,
     /// The last report sent, to send again to a new leader.
@@ -178,6 +180,12 @@ impl Reporter {
     /// When this node's last probe of `member` of `group` ended.
     pub fn probed_at(&self, group: &str, member: &str) -> Option<Mono> {
         Some(self.members.get(&(group.to_string(), member.to_string()))?.probed_at)
+    }
+
+    /// When this node's last probe of `member` of `group` began: a verdict it made says
+    /// nothing of what happened to the member before.
+    pub fn probe_started_at(&self, group: &str, member: &str) -> Option<Mono> {
+        Some(self.members.get(&(group.to_string(), member.to_string()))?.probe_started_at)
     }
 
     /// Whether the last probe of `member` of `group` failed.
@@ -209,6 +217,7 @@ impl Reporter {
             sends: 0,
             retry_at: Mono::default(),
             probed_at: Mono::default(),
+            probe_started_at: Mono::default(),
             last_failed: false,
             last_sent: None,
         });
@@ -217,6 +226,7 @@ impl Reporter {
         }
         let now = view.ctx.now;
         entry.probed_at = now.mono;
+        entry.probe_started_at = started.min(now.mono);
         entry.last_failed = matches!(seen, Seen::Failed { .. });
         let relabelled;
         let seen = match seen {
