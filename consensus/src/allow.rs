@@ -90,14 +90,7 @@ fn check_postgres(field: &str, group: &PostgresGroup, node: &str, allow: &AllowL
     check_secret(&format!("{field}.password"), &group.password, node, allow)?;
     check_secret(&format!("{field}.replication_password"), &group.replication_password, node, allow)?;
     if let Some(tls) = &group.tls {
-        for (name, path) in tls.files() {
-            if !allow.allows_file(path) {
-                return Err(refused(
-                    format!("{field}.tls.{name}"),
-                    format!("node {node} does not allow reading {path:?} (its [allow] secret_files)"),
-                ));
-            }
-        }
+        check_tls_files(field, tls.files(), node, allow)?;
     }
     let beside: Vec<_> = group.members.iter().enumerate().filter(|(_, member)| member.node == node).collect();
     if beside.is_empty() {
@@ -146,15 +139,25 @@ fn check_redis(field: &str, group: &RedisGroup, node: &str, allow: &AllowList) -
         check_secret(&format!("{field}.password"), password, node, allow)?;
     }
     if let Some(tls) = &group.tls {
-        for (name, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
-            if let Some(path) = path
-                && !allow.allows_file(path)
-            {
-                return Err(refused(
-                    format!("{field}.tls.{name}"),
-                    format!("node {node} does not allow reading {path:?} (its [allow] secret_files)"),
-                ));
-            }
+        let files = [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())];
+        check_tls_files(field, files.into_iter().filter_map(|(name, path)| Some((name, path?))), node, allow)?;
+    }
+    Ok(())
+}
+
+/// Every TLS file a group names (`(field name, path)`) must be one the node reads secrets from.
+fn check_tls_files<'a>(
+    field: &str,
+    files: impl Iterator<Item = (&'static str, &'a String)>,
+    node: &str,
+    allow: &AllowList,
+) -> Result<(), SpecError> {
+    for (name, path) in files {
+        if !allow.allows_file(path) {
+            return Err(refused(
+                format!("{field}.tls.{name}"),
+                format!("node {node} does not allow reading {path:?} (its [allow] secret_files)"),
+            ));
         }
     }
     Ok(())

@@ -85,7 +85,8 @@ pub fn check(requester: &Requester, request: &LeaderRequest, state: &ClusterStat
     if state.removed.contains(&node) {
         return Err(format!("node {node} was removed from the cluster"));
     }
-    if !state.nodes().contains_key(&node) {
+    // Looked up in place: this runs for every write another node forwards.
+    if state.membership.membership().get_node(&node).is_none() {
         return Err(format!("node {node} is not a member of the cluster"));
     }
     match request {

@@ -579,6 +579,25 @@ fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     }
 }
 
+/// A group's TLS files (`(field name, path)`): absolute paths, a client certificate and
+/// its key together or neither.
+fn check_tls_files<'a>(
+    field: &str,
+    files: impl Iterator<Item = (&'static str, &'a String)>,
+    has_cert: bool,
+    has_key: bool,
+) -> Result<(), SpecError> {
+    for (name, path) in files {
+        if !path.starts_with('/') {
+            return Err(error(format!("{field}.tls.{name}"), format!("expected an absolute path, got {path:?}")));
+        }
+    }
+    if has_cert != has_key {
+        return Err(error(format!("{field}.tls"), "give cert and key together, or neither"));
+    }
+    Ok(())
+}
+
 fn check_secret(field: &str, secret: &SecretSource) -> Result<(), SpecError> {
     match (&secret.file, &secret.env) {
         (Some(_), Some(_)) => Err(error(field, "give either file or env, not both")),
@@ -604,17 +623,7 @@ impl PostgresGroup {
         check_secret(&format!("{field}.replication_password"), &self.replication_password)?;
         check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
         if let Some(tls) = &self.tls {
-            for (name, path) in tls.files() {
-                if !path.starts_with('/') {
-                    return Err(error(
-                        format!("{field}.tls.{name}"),
-                        format!("expected an absolute path, got {path:?}"),
-                    ));
-                }
-            }
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err(error(format!("{field}.tls"), "give cert and key together, or neither"));
-            }
+            check_tls_files(field, tls.files(), tls.cert.is_some(), tls.key.is_some())?;
             if matches!(tls.mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull) && tls.ca.is_none() {
                 return Err(error(
                     format!("{field}.tls.ca"),
@@ -838,19 +847,9 @@ impl RedisGroup {
             check_secret(&format!("{field}.password"), password)?;
         }
         if let Some(tls) = &self.tls {
-            for (name, path) in [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())] {
-                if let Some(path) = path
-                    && !path.starts_with('/')
-                {
-                    return Err(error(
-                        format!("{field}.tls.{name}"),
-                        format!("expected an absolute path, got {path:?}"),
-                    ));
-                }
-            }
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err(error(format!("{field}.tls"), "give cert and key together, or neither"));
-            }
+            let files = [("ca", Some(&tls.ca)), ("cert", tls.cert.as_ref()), ("key", tls.key.as_ref())];
+            let files = files.into_iter().filter_map(|(name, path)| Some((name, path?)));
+            check_tls_files(field, files, tls.cert.is_some(), tls.key.is_some())?;
         }
         check_timings(field, self.probe_interval, self.probe_timeout, self.down_after, self.lease_duration)?;
         if self.members.is_empty() {

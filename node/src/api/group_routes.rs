@@ -77,7 +77,11 @@ async fn wait_for_allow_lists(state: &ApiState) {
     let deadline = tokio::time::Instant::now() + ALLOW_LIST_WAIT;
     while tokio::time::Instant::now() < deadline {
         let nodes = state.cluster.known_nodes();
-        if nodes.keys().all(|id| state.cluster.state().allowed.contains_key(id)) {
+        let published = {
+            let replicated = state.cluster.state();
+            nodes.keys().all(|id| replicated.allowed.contains_key(id))
+        };
+        if published {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
